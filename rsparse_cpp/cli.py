@@ -1,0 +1,60 @@
+"""rsparse: generate text from a GGUF model (flags named as llama.cpp's llama-cli names them)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rsparse", description=__doc__)
+    p.add_argument("-m", "--model", required=True, help="base GGUF file")
+    p.add_argument("-p", "--prompt", default="Once upon a time", help="prompt text (the user message with --chat)")
+    p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (<= 0: until the context is full)")
+    p.add_argument("-c", "--ctx-size", type=int, default=2048, help="context size (0: the model's)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads for the native kernels")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--temp", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("-s", "--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--stats", action="store_true", help="print timing to stderr")
+    args = p.parse_args(argv)
+
+    from .gguf_file import GGUFError
+    from .llama import Llama
+
+    try:
+        llm = Llama(args.model, n_ctx=args.ctx_size, n_threads=args.threads, seed=args.seed)
+        sampling = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                        repeat_penalty=args.repeat_penalty, stop=args.stop, max_tokens=args.n_predict, stream=True)
+        t0 = time.perf_counter()
+        n = 0
+        if args.chat:
+            for chunk in llm.create_chat_completion([{"role": "user", "content": args.prompt}], **sampling):
+                text = chunk["choices"][0]["delta"].get("content", "")
+                n += bool(text)
+                print(text, end="", flush=True)
+        else:
+            print(args.prompt, end="", flush=True)
+            for chunk in llm.create_completion(args.prompt, **sampling):
+                n += 1
+                print(chunk["choices"][0]["text"], end="", flush=True)
+        print()
+        if args.stats:
+            dt = time.perf_counter() - t0
+            print(f"[rsparse] {n} chunks in {dt:.2f} s", file=sys.stderr)
+    except (GGUFError, ValueError, OSError) as e:
+        print(f"rsparse: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Every GGUF key and tensor name rsparse.cpp reads or writes, in one table.
+
+Stock names follow llama.cpp (so that llama.cpp loads our base files unchanged); `rsparse.*` names belong to the
+companion file. The converter imports this module; the runtime never imports the converter.
+"""
+from __future__ import annotations
+
+import enum
+
+ARCH = "llama"  # general.architecture of every base file we write
+COMPANION_ARCH = "rsparse"  # general.architecture of the companion file
+COMPANION_SUFFIX = ".rsparse.gguf"  # <model>.gguf -> <model>.rsparse.gguf
+
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSION = 3
+GGUF_DEFAULT_ALIGNMENT = 32
+
+
+class GGMLType(enum.IntEnum):
+    """Weight types we read and write; numbers are ggml's, so files stay interchangeable."""
+
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q8_0 = 8
+
+
+# ggml type -> (elements per block, bytes per block). A Q4_0 block: fp16 scale + 16 bytes of nibbles;
+# a Q8_0 block: fp16 scale + 32 int8.
+BLOCK = {
+    GGMLType.F32: (1, 4),
+    GGMLType.F16: (1, 2),
+    GGMLType.Q4_0: (32, 18),
+    GGMLType.Q8_0: (32, 34),
+}
+
+
+class Key:
+    """Metadata keys. `{arch}` is filled with general.architecture."""
+
+    ARCHITECTURE = "general.architecture"
+    NAME = "general.name"
+    FILE_TYPE = "general.file_type"
+    ALIGNMENT = "general.alignment"
+    QUANT_VERSION = "general.quantization_version"
+
+    CONTEXT_LENGTH = "{arch}.context_length"
+    EMBEDDING_LENGTH = "{arch}.embedding_length"
+    BLOCK_COUNT = "{arch}.block_count"
+    FEED_FORWARD_LENGTH = "{arch}.feed_forward_length"
+    HEAD_COUNT = "{arch}.attention.head_count"
+    HEAD_COUNT_KV = "{arch}.attention.head_count_kv"
+    RMS_EPS = "{arch}.attention.layer_norm_rms_epsilon"
+    KEY_LENGTH = "{arch}.attention.key_length"
+    VALUE_LENGTH = "{arch}.attention.value_length"
+    ROPE_DIMENSION_COUNT = "{arch}.rope.dimension_count"
+    ROPE_FREQ_BASE = "{arch}.rope.freq_base"
+    VOCAB_SIZE = "{arch}.vocab_size"
+
+    TOKENIZER_MODEL = "tokenizer.ggml.model"
+    TOKENIZER_PRE = "tokenizer.ggml.pre"
+    TOKENS = "tokenizer.ggml.tokens"
+    TOKEN_TYPE = "tokenizer.ggml.token_type"
+    SCORES = "tokenizer.ggml.scores"
+    MERGES = "tokenizer.ggml.merges"
+    BOS_ID = "tokenizer.ggml.bos_token_id"
+    EOS_ID = "tokenizer.ggml.eos_token_id"
+    UNK_ID = "tokenizer.ggml.unknown_token_id"
+    PAD_ID = "tokenizer.ggml.padding_token_id"
+    EOT_ID = "tokenizer.ggml.eot_token_id"
+    ADD_BOS = "tokenizer.ggml.add_bos_token"
+    ADD_EOS = "tokenizer.ggml.add_eos_token"
+    ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"
+    CHAT_TEMPLATE = "tokenizer.chat_template"
+
+    @staticmethod
+    def arch(key: str, arch: str = ARCH) -> str:
+        return key.format(arch=arch)
+
+
+class TokenType(enum.IntEnum):
+    """llama.cpp's token attribute numbers (tokenizer.ggml.token_type)."""
+
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+class Tensor:
+    """Tensor names. `{bid}` is the block (layer) index."""
+
+    TOKEN_EMBD = "token_embd.weight"
+    OUTPUT_NORM = "output_norm.weight"
+    OUTPUT = "output.weight"
+    ROPE_FREQS = "rope_freqs.weight"
+
+    ATTN_NORM = "blk.{bid}.attn_norm.weight"
+    ATTN_Q = "blk.{bid}.attn_q.weight"
+    ATTN_K = "blk.{bid}.attn_k.weight"
+    ATTN_V = "blk.{bid}.attn_v.weight"
+    ATTN_OUTPUT = "blk.{bid}.attn_output.weight"
+    FFN_NORM = "blk.{bid}.ffn_norm.weight"
+    FFN_GATE = "blk.{bid}.ffn_gate.weight"
+    FFN_UP = "blk.{bid}.ffn_up.weight"
+    FFN_DOWN = "blk.{bid}.ffn_down.weight"
+
+    @staticmethod
+    def blk(name: str, bid: int) -> str:
+        return name.format(bid=bid)
+
+
+# The seven linears of a decoder block that R-Sparse sparsifies, by their short GGUF names.
+LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")

@@ -1,0 +1,104 @@
+"""The dense decode loop against transformers: same logits, same greedy text."""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from rsparse_converter.convert import convert
+from rsparse_cpp.llama import Llama
+from rsparse_cpp.model import ContextFullError, Model
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def hf_logits(model, tokens: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].double().numpy()
+
+
+def hf_model(hf_dir, outtype: str = "f32"):
+    """The transformers model, with its matrices rounded exactly as the GGUF stores them, so that any difference
+    left is the runtime's, not the quantizer's."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    if outtype == "f32":
+        return model
+    qtype = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
+             "q4_0": gguf.GGMLQuantizationType.Q4_0}[outtype]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim != 2:
+                continue
+            w = p.numpy()
+            if qtype == gguf.GGMLQuantizationType.F16 or w.shape[1] % 32:  # the converter's F16 fallback
+                p.copy_(torch.from_numpy(w.astype(np.float16).astype(np.float32)))
+            else:
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype)))
+    return model
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0", "q4_0"])
+def test_tiny_logits_match_transformers(tiny_llama_dir, tmp_path, outtype):
+    """Prefill (batched) and decode (one token at a time) both equal transformers within 1e-4 relative, given the
+    weights as the GGUF stores them. Activations stay float32 in our kernels, so quantized types are as exact."""
+    path = convert(tiny_llama_dir, tmp_path / "m.gguf", outtype, progress=False)
+    ref_model = hf_model(tiny_llama_dir, outtype)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, ref_model.config.vocab_size, size=37).tolist()
+    ref = hf_logits(ref_model, tokens)
+
+    model = Model.load(path, n_ctx=64, n_threads=2, n_batch=16)  # 37 tokens: three prefill chunks
+    assert rel_err(model.forward(tokens, logits_all=True), ref) < 1e-4
+
+    model.reset()
+    model.forward(tokens[:20], logits_all=True)
+    step = np.stack([model.forward([t]) for t in tokens[20:]])
+    assert rel_err(step, ref[20:]) < 1e-4
+
+
+def test_quantized_close_to_float(tiny_llama_dir, tmp_path):
+    """The quantizers' own error, against the float32 model: F16 tiny, Q8_0 small, Q4_0 larger but bounded."""
+    ref_model = hf_model(tiny_llama_dir, "f32")
+    tokens = list(range(3, 40))
+    ref = hf_logits(ref_model, tokens)
+    bounds = {"f16": 5e-3, "q8_0": 2e-2, "q4_0": 0.15}
+    for outtype, bound in bounds.items():
+        path = convert(tiny_llama_dir, tmp_path / f"{outtype}.gguf", outtype, progress=False)
+        logits = Model.load(path, n_ctx=64, n_threads=1).forward(tokens, logits_all=True)
+        assert rel_err(logits, ref) < bound, outtype
+
+
+def test_context_overflow_is_an_error(tiny_llama_dir, tmp_path):
+    path = convert(tiny_llama_dir, tmp_path / "m.gguf", "f32", progress=False)
+    model = Model.load(path, n_ctx=8, n_threads=1)
+    model.forward([1, 2, 3, 4, 5, 6, 7, 8])
+    with pytest.raises(ContextFullError, match="context of 8"):
+        model.forward([1])
+    llm = Llama(path, n_ctx=8)
+    with pytest.raises(ValueError, match="context window"):
+        llm.create_completion(list(range(1, 9)))
+
+
+@pytest.mark.smollm
+@pytest.mark.slow
+def test_smollm_logits_and_greedy_text(smollm_hf_dir, smollm_gguf):
+    """SmolLM2-135M at F32: logits within 1e-4 and 64 greedy tokens identical to transformers."""
+    ref_model = hf_model(smollm_hf_dir, "f32")
+    llm = Llama(smollm_gguf("f32"), n_ctx=256, n_threads=2)
+    prompt = llm.tokenize(b"The capital of France is Paris. The capital of Germany is", add_bos=True)
+    assert rel_err(llm.eval_logits(prompt), hf_logits(ref_model, prompt)) < 1e-4
+
+    with torch.no_grad():
+        out = ref_model.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False)
+    ref_tokens = out[0, len(prompt):].tolist()
+    from rsparse_cpp.generate import generate
+    from rsparse_cpp.sampler import SamplingParams
+
+    ours = list(generate(llm.model, prompt, SamplingParams(temperature=0), np.random.default_rng(0), 64,
+                        stop_ids={llm.tokenizer.eos_id}))
+    assert ours == ref_tokens
