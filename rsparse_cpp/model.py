@@ -91,7 +91,9 @@ class Model:
     def forward(self, tokens, logits_all: bool = False) -> np.ndarray:
         """Run `tokens` at positions n_past.. and return logits: (n_vocab,) for the last token, or (n, n_vocab).
 
-        Prompts longer than n_batch are processed in chunks; each chunk is one batched pass (prefill)."""
+        Prompts longer than n_batch are processed in chunks; each chunk is one batched pass (prefill).
+        The returned array is RunState's logits buffer (no allocation per token): it is overwritten by the next
+        call, so copy it to keep it (logits_all=True returns a fresh array)."""
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         n = len(tokens)
         if n == 0:

@@ -40,6 +40,8 @@ typedef enum rs_status {
     RS_ERR_SHAPE = -3,     /* a size is <= 0, too large, or not a multiple of the block size */
     RS_ERR_NOMEM = -4,     /* allocation failed */
     RS_ERR_THREADS = -5,   /* thread count out of range or thread creation failed */
+    RS_ERR_ALIGN = -6,     /* a pointer is not aligned for its element type (4 bytes for float, 2 for fp16/blocks) */
+    RS_ERR_INDEX = -7,     /* a row index is out of range */
 } rs_status;
 
 /* Human-readable text for an rs_status. Never NULL. */
@@ -51,7 +53,9 @@ RS_API int64_t rs_row_bytes(int type, int64_t n);
 /* ---- thread pool: created once, reused by every call ---------------------------------------------------- */
 typedef struct rs_pool rs_pool;
 
-/* n_threads in [1, 256]. Returns NULL on failure. */
+#define RS_MAX_THREADS 256
+
+/* n_threads in [1, RS_MAX_THREADS]. Returns NULL on failure. */
 RS_API rs_pool *rs_pool_create(int n_threads);
 RS_API void rs_pool_free(rs_pool *pool);
 RS_API int rs_pool_n_threads(const rs_pool *pool);
@@ -61,7 +65,9 @@ RS_API int rs_pool_n_threads(const rs_pool *pool);
 /* y = x W^T for a batch of tokens.
  *   w: (n_out, n_in) in `type`, rows contiguous (rs_row_bytes(type, n_in) bytes each)
  *   x: (n_tok, n_in) float32
- *   y: (n_tok, n_out) float32
+ *   y: (n_tok, n_out) float32, must not overlap x
+ * Quantized weights are dequantized to float and multiplied with float activations (activations are never
+ * quantized), so results stay within float rounding of the exact product of the dequantized weights.
  * n_tok = 1 is decode (a matrix-vector product); n_tok > 1 is prefill, where each weight row is read once for all
  * tokens. Threads split n_out into contiguous slices. */
 RS_API int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
@@ -69,7 +75,7 @@ RS_API int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int6
 
 /* Dequantize selected rows (embedding lookup, "get_rows").
  *   w:    (n_rows_total, n_in) in `type`
- *   rows: (n,) row indices, each in [0, n_rows_total)
+ *   rows: (n,) row indices, each in [0, n_rows_total); all are checked before anything is written
  *   out:  (n, n_in) float32 */
 RS_API int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
                        const int64_t *rows, int64_t n, float *out);

@@ -1,0 +1,83 @@
+/* quant.h -- weight storage formats, written once: ggml's block layouts and fp16 <-> fp32.
+ *
+ * Everything here is little-endian, like GGUF files. */
+#ifndef RS_QUANT_H
+#define RS_QUANT_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "rsparse.h"
+
+#define RS_QK 32  /* elements per block of Q4_0 and Q8_0 */
+
+/* value[i] = qs[i] * d */
+typedef struct {
+    uint16_t d;          /* fp16 scale */
+    int8_t qs[RS_QK];
+} block_q8_0;
+
+/* value[i] = ((qs[i] & 0xF) - 8) * d and value[i + 16] = ((qs[i] >> 4) - 8) * d, for i in [0, 16): element i and
+ * element i + 16 share a byte, which lets SIMD code unpack both halves of a block with one mask and one shift. */
+typedef struct {
+    uint16_t d;          /* fp16 scale */
+    uint8_t qs[RS_QK / 2];
+} block_q4_0;
+
+_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must match ggml's 34-byte layout");
+_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must match ggml's 18-byte layout");
+
+static inline float rs_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+static inline uint32_t rs_bits_from_f32(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+
+/* IEEE binary16 -> binary32, exact for every input (subnormals, inf, NaN with its payload). Written as three
+ * candidates blended with all-ones/all-zeros masks on signed 32-bit values, not branches or ternaries (which gcc 12
+ * keeps as control flow): loops over it then vectorize even with plain SSE2, which has signed compares and
+ * int -> float conversion but no unsigned ones. F16 decode ran 2x faster for it. */
+static inline float rs_fp16_to_fp32(uint16_t h)
+{
+    const int32_t mag = h & 0x7FFF;
+    /* Normal: rebias the exponent from 15 to 127 and widen the mantissa from 10 to 23 bits. */
+    const int32_t normal = (mag << 13) + ((127 - 15) << 23);
+    /* Inf/NaN: all-ones exponent, mantissa (the NaN payload) kept. */
+    const int32_t special = 0x7F800000 | ((mag & 0x3FF) << 13);
+    /* Zero/subnormal: mantissa * 2^-24, exact in float. */
+    const int32_t tiny = (int32_t)rs_bits_from_f32((float)mag * 0x1p-24f);
+    const int32_t is_special = -(int32_t)(mag >= 0x7C00), is_normal = -(int32_t)(mag >= 0x0400);  /* 0 or ~0 */
+    const int32_t bits = (special & is_special) | (normal & is_normal & ~is_special) | (tiny & ~is_normal);
+    return rs_f32_from_bits(((uint32_t)(h & 0x8000) << 16) | (uint32_t)bits);
+}
+
+/* binary32 -> binary16, rounding to nearest even; overflow gives inf, NaN stays NaN (quiet). */
+uint16_t rs_fp32_to_fp16(float f);
+
+/* Known weight type? */
+int rs_type_ok(int type);
+
+/* Elements per block: 1 for F32/F16, 32 for Q4_0/Q8_0; 0 for an unknown type. */
+int64_t rs_type_block(int type);
+
+/* Alignment the kernels need for a row pointer of this type (its widest scalar): 4 for F32, 2 otherwise. */
+int64_t rs_type_align(int type);
+
+/* Dequantizes one row of n elements (n a multiple of the block size; not checked here). */
+void rs_dequant_row(int type, const void *row, float *out, int64_t n);
+
+/* One block each; inline because the kernels call them in their inner loops. */
+static inline void rs_dequant_q8_0(const block_q8_0 *b, float *out /* (32,) */)
+{
+    const float d = rs_fp16_to_fp32(b->d);
+    for (int i = 0; i < RS_QK; i++)
+        out[i] = (float)b->qs[i] * d;
+}
+
+static inline void rs_dequant_q4_0(const block_q4_0 *b, float *out /* (32,) */)
+{
+    const float d = rs_fp16_to_fp32(b->d);
+    for (int i = 0; i < RS_QK / 2; i++) {
+        out[i] = (float)((int)(b->qs[i] & 0x0F) - 8) * d;
+        out[i + RS_QK / 2] = (float)((int)(b->qs[i] >> 4) - 8) * d;
+    }
+}
+
+#endif /* RS_QUANT_H */

@@ -1,0 +1,429 @@
+/* test_native.c -- the C library against independent references: binary16 decoded from its definition in double,
+ * blocks decoded byte by byte from ggml's layout, matmul as a double-precision loop. Run it under
+ * -DRSPARSE_SANITIZE=ON (ASan + UBSan) and once with -fsanitize=thread (the pool tests).
+ *
+ * Exit status 0 when every check passes; each failure prints its file, line and values. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pool.h"
+#include "quant.h"
+#include "rsparse.h"
+
+static int failures;
+static int checks;
+
+#define CHECK(cond, ...)                                                  \
+    do {                                                                  \
+        checks++;                                                         \
+        if (!(cond)) {                                                    \
+            if (++failures <= 20) {                                       \
+                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
+                fprintf(stderr, __VA_ARGS__);                             \
+                fputc('\n', stderr);                                      \
+            }                                                             \
+        }                                                                 \
+    } while (0)
+
+/* ---- deterministic random numbers (xorshift64*) ------------------------------------------------------------ */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static uint32_t rand_u32(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (uint32_t)((rng_state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+static float rand_uniform(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)(rand_u32() >> 8) * 0x1p-24f;
+}
+
+/* ---- independent references ------------------------------------------------------------------------------- */
+
+/* binary16 by its definition; NaN for NaN. */
+static double half_value(uint16_t h)
+{
+    const int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+    double v;
+    if (e == 31)
+        v = m ? NAN : INFINITY;
+    else if (e == 0)
+        v = ldexp(m, -24);
+    else
+        v = ldexp(1024 + m, e - 25);
+    return s ? -v : v;
+}
+
+/* Nearest binary16 to a finite f, ties to even, by search over the ordered codes 0..0x7C00. */
+static uint16_t half_nearest(float f)
+{
+    const double a = fabs((double)f);
+    uint16_t lo = 0, hi = 0x7BFF;  /* largest code with value <= a */
+    if (a >= half_value(0x7BFF)) {
+        lo = 0x7BFF;
+    } else {
+        while (lo < hi) {
+            const uint16_t mid = (uint16_t)((lo + hi + 1) / 2);
+            if (half_value(mid) <= a)
+                lo = mid;
+            else
+                hi = (uint16_t)(mid - 1);
+        }
+    }
+    /* The code above lo; 0x7C00 (inf) rounds like 2^16, the next binade's first value. */
+    const double up = lo == 0x7BFF ? 65536.0 : half_value((uint16_t)(lo + 1));
+    const double dlo = a - half_value(lo), dup = up - a;
+    uint16_t c = lo;
+    if (dup < dlo || (dup == dlo && (lo & 1)))
+        c = (uint16_t)(lo + 1);
+    return (uint16_t)((signbit(f) ? 0x8000 : 0) | c);
+}
+
+static uint16_t read_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* Element i of a row, decoded from its bytes as ggml lays them out. */
+static double ref_element(int type, const uint8_t *row, int64_t i)
+{
+    switch (type) {
+    case RS_TYPE_F32: {
+        float f;
+        memcpy(&f, row + 4 * i, 4);
+        return f;
+    }
+    case RS_TYPE_F16:
+        return half_value(read_u16(row + 2 * i));
+    case RS_TYPE_Q8_0: {
+        const uint8_t *b = row + 34 * (i / 32);
+        return half_value(read_u16(b)) * (double)(int8_t)b[2 + i % 32];
+    }
+    case RS_TYPE_Q4_0: {
+        const uint8_t *b = row + 18 * (i / 32);
+        const int j = (int)(i % 32);
+        const int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
+        return half_value(read_u16(b)) * (q - 8);
+    }
+    }
+    return NAN;
+}
+
+/* Random bytes that make a valid, finite weight matrix. */
+static void fill_weights(int type, uint8_t *w, int64_t n_rows, int64_t n_in)
+{
+    const int64_t rb = rs_row_bytes(type, n_in);
+    for (int64_t r = 0; r < n_rows; r++) {
+        uint8_t *row = w + r * rb;
+        if (type == RS_TYPE_F32) {
+            for (int64_t i = 0; i < n_in; i++) {
+                const float f = rand_uniform(-1.0f, 1.0f);
+                memcpy(row + 4 * i, &f, 4);
+            }
+        } else if (type == RS_TYPE_F16) {
+            for (int64_t i = 0; i < n_in; i++) {
+                uint16_t h = (uint16_t)rand_u32();
+                if (((h >> 10) & 31) >= 16)  /* keep |w| < 2 so sums stay moderate; subnormals included */
+                    h &= (uint16_t)~0x4000u;
+                memcpy(row + 2 * i, &h, 2);
+            }
+        } else {
+            const int64_t bb = type == RS_TYPE_Q8_0 ? 34 : 18;
+            for (int64_t k = 0; k < n_in / 32; k++) {
+                uint8_t *b = row + k * bb;
+                const uint16_t d = rs_fp32_to_fp16(rand_uniform(-0.05f, 0.05f));
+                b[0] = (uint8_t)(d & 0xFF);
+                b[1] = (uint8_t)(d >> 8);
+                for (int64_t j = 2; j < bb; j++)
+                    b[j] = (uint8_t)rand_u32();
+            }
+        }
+    }
+}
+
+/* ---- fp16 ---------------------------------------------------------------------------------------------- */
+static void test_fp16(void)
+{
+    for (uint32_t u = 0; u <= 0xFFFF; u++) {
+        const uint16_t h = (uint16_t)u;
+        const float f = rs_fp16_to_fp32(h);
+        const double want = half_value(h);
+        if (isnan(want)) {
+            CHECK(isnan(f) && ((rs_bits_from_f32(f) >> 13) & 0x3FF) == (h & 0x3FFu), "fp16 NaN %04x", h);
+            const uint16_t back = rs_fp32_to_fp16(f);
+            CHECK((back & 0x7C00) == 0x7C00 && (back & 0x3FF) != 0, "NaN %04x -> %04x", h, back);
+            if (h & 0x200)  /* a quiet NaN survives the round trip bit for bit */
+                CHECK(back == h, "quiet NaN %04x -> %04x", h, back);
+        } else {
+            CHECK((double)f == want && !signbit(f) == !signbit(want), "fp16 %04x -> %a, want %a", h, f, want);
+            CHECK(rs_fp32_to_fp16(f) == h, "round trip %04x -> %04x", h, rs_fp32_to_fp16(f));
+        }
+    }
+    /* Random bit patterns cover every float exponent; scaled uniforms cover the half range densely, including
+     * the rounding boundaries of subnormals and of overflow. */
+    for (int k = 0; k < 400000; k++) {
+        float f;
+        if (k % 2) {
+            f = rs_f32_from_bits(rand_u32());
+        } else {
+            const int e = (int)(rand_u32() % 48) - 30;  /* 2^-30 .. 2^17 */
+            f = ldexpf(rand_uniform(-1.0f, 1.0f), e);
+        }
+        const uint16_t got = rs_fp32_to_fp16(f);
+        if (isnan(f)) {
+            CHECK((got & 0x7C00) == 0x7C00 && (got & 0x3FF) != 0, "NaN %a -> %04x", f, got);
+            continue;
+        }
+        const uint16_t want = half_nearest(f);
+        CHECK(got == want, "fp32 %a -> %04x, want %04x", f, got, want);
+#ifdef __FLT16_MAX__
+        const _Float16 hf = (_Float16)f;  /* the compiler's conversion, a second reference */
+        uint16_t hb;
+        memcpy(&hb, &hf, 2);
+        CHECK(got == hb, "fp32 %a -> %04x, _Float16 gives %04x", f, got, hb);
+#endif
+    }
+    const float edges[] = {65504.0f, 65519.99f, 65520.0f, 65536.0f, 0x1p-24f, 0x1p-25f, 0x1.000002p-25f, 0x1p-14f,
+                           0x1.ffcp-15f, 0x1.ffep-15f, 0.0f, -0.0f, INFINITY, -INFINITY, 1e-45f, 3.4e38f};
+    for (size_t k = 0; k < sizeof edges / sizeof edges[0]; k++)
+        CHECK(rs_fp32_to_fp16(edges[k]) == half_nearest(edges[k]), "edge %a -> %04x, want %04x", edges[k],
+              rs_fp32_to_fp16(edges[k]), half_nearest(edges[k]));
+}
+
+/* ---- matmul and get_rows ----------------------------------------------------------------------------------- */
+static void test_matmul_case(rs_pool *pool, int type, int64_t n_out, int64_t n_in, int64_t n_tok)
+{
+    const int64_t rb = rs_row_bytes(type, n_in);
+    uint8_t *w = malloc((size_t)(n_out * rb));
+    float *x = malloc((size_t)(n_tok * n_in) * sizeof *x);
+    float *y = malloc((size_t)(n_tok * n_out + 1) * sizeof *y);
+    fill_weights(type, w, n_out, n_in);
+    for (int64_t i = 0; i < n_tok * n_in; i++)
+        x[i] = rand_uniform(-2.0f, 2.0f);
+    for (int64_t i = 0; i <= n_tok * n_out; i++)
+        y[i] = NAN;  /* y is output only: stale contents must not leak in */
+    const int st = rs_matmul(pool, type, w, n_out, n_in, x, n_tok, y);
+    CHECK(st == RS_OK, "rs_matmul type %d %lldx%lld n_tok %lld: %s", type, (long long)n_out, (long long)n_in,
+          (long long)n_tok, rs_strerror(st));
+    for (int64_t t = 0; t < n_tok; t++) {
+        for (int64_t r = 0; r < n_out; r++) {
+            double want = 0.0, mag = 0.0;
+            for (int64_t i = 0; i < n_in; i++) {
+                const double p = ref_element(type, w + r * rb, i) * (double)x[t * n_in + i];
+                want += p;
+                mag += fabs(p);
+            }
+            const double got = y[t * n_out + r];
+            CHECK(fabs(got - want) <= 1e-5 * mag + 1e-30, "type %d %lldx%lld n_tok %lld threads %d y[%lld][%lld] = %.9g, "
+                  "want %.9g", type, (long long)n_out, (long long)n_in, (long long)n_tok, rs_pool_n_threads(pool),
+                  (long long)t, (long long)r, got, want);
+        }
+    }
+    CHECK(isnan(y[n_tok * n_out]), "rs_matmul wrote past y");
+    free(w);
+    free(x);
+    free(y);
+}
+
+static void test_matmul(void)
+{
+    static const int types[] = {RS_TYPE_F32, RS_TYPE_F16, RS_TYPE_Q4_0, RS_TYPE_Q8_0};
+    static const int64_t n_in_q[] = {32, 96, 256, 544};            /* 544 = 2 full chunks + a partial one */
+    static const int64_t n_in_f[] = {1, 5, 37, 256, 300, 576};
+    static const int64_t n_outs[] = {1, 7, 33, 64};
+    static const int64_t n_toks[] = {1, 2, 7};
+    for (int nt = 1; nt <= 4; nt++) {
+        rs_pool *pool = rs_pool_create(nt);
+        CHECK(pool != NULL, "rs_pool_create(%d)", nt);
+        if (!pool)
+            continue;
+        for (size_t ti = 0; ti < 4; ti++) {
+            const int type = types[ti];
+            const int quant = type == RS_TYPE_Q4_0 || type == RS_TYPE_Q8_0;
+            const int64_t *n_ins = quant ? n_in_q : n_in_f;
+            const size_t n_n_in = quant ? 4 : 6;
+            for (size_t a = 0; a < n_n_in; a++)
+                for (size_t b = 0; b < 4; b++)
+                    for (size_t c = 0; c < 3; c++)
+                        test_matmul_case(pool, type, n_outs[b], n_ins[a], n_toks[c]);
+        }
+        /* SmolLM2-135M's shapes, once per thread count and type (prefill with 3 tokens) */
+        for (size_t ti = 0; ti < 4; ti++) {
+            test_matmul_case(pool, types[ti], 192, 576, 3);
+            test_matmul_case(pool, types[ti], 576, 1536, 1);
+        }
+        rs_pool_free(pool);
+    }
+}
+
+static void test_get_rows(void)
+{
+    static const int types[] = {RS_TYPE_F32, RS_TYPE_F16, RS_TYPE_Q4_0, RS_TYPE_Q8_0};
+    for (size_t ti = 0; ti < 4; ti++) {
+        const int type = types[ti];
+        const int64_t n_rows = 50, n_in = type == RS_TYPE_F32 || type == RS_TYPE_F16 ? 45 : 96;
+        const int64_t rb = rs_row_bytes(type, n_in);
+        uint8_t *w = malloc((size_t)(n_rows * rb));
+        fill_weights(type, w, n_rows, n_in);
+        const int64_t rows[] = {0, 49, 3, 3, 17};
+        float out[5 * 96];
+        CHECK(rs_get_rows(type, w, n_rows, n_in, rows, 5, out) == RS_OK, "rs_get_rows type %d", type);
+        for (int64_t k = 0; k < 5; k++)
+            for (int64_t i = 0; i < n_in; i++)
+                CHECK(out[k * n_in + i] == (float)ref_element(type, w + rows[k] * rb, i),
+                      "get_rows type %d row %lld [%lld]", type, (long long)rows[k], (long long)i);
+        free(w);
+    }
+    /* Every binary16 bit pattern, through the public API. */
+    uint16_t *all = malloc(65536 * sizeof *all);
+    float *out = malloc(65536 * sizeof *out);
+    int64_t rows[2048];
+    for (uint32_t u = 0; u < 65536; u++)
+        all[u] = (uint16_t)u;
+    for (int64_t r = 0; r < 2048; r++)
+        rows[r] = r;
+    CHECK(rs_get_rows(RS_TYPE_F16, all, 2048, 32, rows, 2048, out) == RS_OK, "rs_get_rows F16 exhaustive");
+    for (uint32_t u = 0; u < 65536; u++) {
+        const double want = half_value((uint16_t)u);
+        CHECK(isnan(want) ? isnan(out[u]) : (out[u] == want && !signbit(out[u]) == !signbit(want)),
+              "get_rows F16 %04x -> %a", u, out[u]);
+    }
+    free(all);
+    free(out);
+}
+
+/* ---- errors: a status, never a crash ---------------------------------------------------------------------- */
+static void test_errors(void)
+{
+    rs_pool *pool = rs_pool_create(2);
+    float x[64] = {0}, y[64];
+    _Alignas(8) uint8_t w[34 * 4] = {0};
+    const int64_t rows[2] = {0, 5};
+    const int64_t huge = (int64_t)1 << 62;
+
+    CHECK(rs_pool_create(0) == NULL && rs_pool_create(-3) == NULL && rs_pool_create(257) == NULL, "bad n_threads");
+    CHECK(rs_pool_n_threads(pool) == 2 && rs_pool_n_threads(NULL) == 0, "rs_pool_n_threads");
+    rs_pool_free(NULL);
+
+    CHECK(rs_row_bytes(RS_TYPE_F32, 5) == 20 && rs_row_bytes(RS_TYPE_F16, 5) == 10, "row bytes float");
+    CHECK(rs_row_bytes(RS_TYPE_Q8_0, 64) == 68 && rs_row_bytes(RS_TYPE_Q4_0, 64) == 36, "row bytes quant");
+    CHECK(rs_row_bytes(RS_TYPE_Q4_0, 33) == -1 && rs_row_bytes(RS_TYPE_F32, 0) == -1, "row bytes bad n");
+    CHECK(rs_row_bytes(3, 32) == -1 && rs_row_bytes(RS_TYPE_F32, INT64_MAX) == -1, "row bytes bad type/overflow");
+
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 2, 64, x, 1, y) == RS_OK, "valid call");
+    CHECK(rs_matmul(NULL, RS_TYPE_Q8_0, w, 2, 64, x, 1, y) == RS_ERR_NULL, "NULL pool");
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, NULL, 2, 64, x, 1, y) == RS_ERR_NULL, "NULL w");
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 2, 64, NULL, 1, y) == RS_ERR_NULL, "NULL x");
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 2, 64, x, 1, NULL) == RS_ERR_NULL, "NULL y");
+    CHECK(rs_matmul(pool, 3, w, 2, 64, x, 1, y) == RS_ERR_TYPE, "bad type");
+    CHECK(rs_matmul(pool, -1, w, 2, 64, x, 1, y) == RS_ERR_TYPE, "negative type");
+    CHECK(rs_matmul(pool, RS_TYPE_Q4_0, w, 2, 33, x, 1, y) == RS_ERR_SHAPE, "n_in %% 32");
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 0, 64, x, 1, y) == RS_ERR_SHAPE, "n_out 0");
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, -2, 64, x, 1, y) == RS_ERR_SHAPE, "n_out < 0");
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 2, 0, x, 1, y) == RS_ERR_SHAPE, "n_in 0");
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 2, 64, x, 0, y) == RS_ERR_SHAPE, "n_tok 0");
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, huge, 64, x, 1, y) == RS_ERR_SHAPE, "n_out * row_bytes overflows");
+    CHECK(rs_matmul(pool, RS_TYPE_F16, w, huge / 2, 1, x, 1, y) == RS_ERR_SHAPE, "n_out * 4 overflows");
+    CHECK(rs_matmul(pool, RS_TYPE_F32, w, 1, huge, x, 1, y) == RS_ERR_SHAPE, "n_in overflows");
+    CHECK(rs_matmul(pool, RS_TYPE_F32, w, 1, 8, x, huge, y) == RS_ERR_SHAPE, "n_tok * n_in overflows");
+    CHECK(rs_matmul(pool, RS_TYPE_F32, w, 3, 1, x, huge / 4, y) == RS_ERR_SHAPE, "n_tok * n_out overflows");
+    CHECK(rs_matmul(pool, RS_TYPE_F32, w + 2, 1, 8, x, 1, y) == RS_ERR_ALIGN, "misaligned F32 w");
+    CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w + 1, 1, 32, x, 1, y) == RS_ERR_ALIGN, "misaligned Q8_0 w");
+    CHECK(rs_matmul(pool, RS_TYPE_F32, w, 1, 8, (const float *)((const char *)x + 1), 1, y) == RS_ERR_ALIGN,
+          "misaligned x");
+
+    CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 32, rows, 1, y) == RS_OK, "valid get_rows");
+    CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 32, rows, 2, y) == RS_ERR_INDEX, "row 5 of 4");
+    CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 32, rows, 0, y) == RS_ERR_SHAPE, "n 0");
+    CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 33, rows, 1, y) == RS_ERR_SHAPE, "n_in %% 32");
+    CHECK(rs_get_rows(RS_TYPE_Q8_0, w, huge, 32, rows, 1, y) == RS_ERR_SHAPE, "n_rows overflow");
+    CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 32, NULL, 1, y) == RS_ERR_NULL, "NULL rows");
+    CHECK(rs_get_rows(7, w, 4, 32, rows, 1, y) == RS_ERR_TYPE, "bad type");
+
+    for (int s = 1; s >= -8; s--)
+        CHECK(rs_strerror(s) != NULL && rs_strerror(s)[0] != '\0', "rs_strerror(%d)", s);
+    const char *want = getenv("RSPARSE_SIMD");
+    if (want && strcmp(want, "scalar") == 0)
+        CHECK(strcmp(rs_simd_path(), "scalar") == 0, "RSPARSE_SIMD=scalar gives %s", rs_simd_path());
+    rs_pool_free(pool);
+}
+
+/* ---- the pool: every slice runs exactly once per job, results are visible to the caller ----------------- */
+struct count_job {
+    int64_t counts[8];  /* slice i writes only counts[i]: a race here would show in TSan, a lost wake-up here */
+    int nth_seen[8];
+};
+
+static void count_slice(void *ctx, int ith, int nth)
+{
+    struct count_job *j = ctx;
+    j->counts[ith]++;
+    j->nth_seen[ith] = nth;
+}
+
+struct caller_arg {
+    rs_pool *pool;
+    int n_jobs;
+    struct count_job job;
+};
+
+static void *caller_main(void *arg)
+{
+    struct caller_arg *a = arg;
+    for (int k = 0; k < a->n_jobs; k++)
+        rs_pool_run(a->pool, count_slice, &a->job);
+    return NULL;
+}
+
+static void test_pool(void)
+{
+    for (int nt = 1; nt <= 8; nt++) {
+        rs_pool *pool = rs_pool_create(nt);
+        CHECK(pool != NULL, "rs_pool_create(%d)", nt);
+        if (!pool)
+            continue;
+        struct count_job job = {{0}, {0}};
+        const int n_jobs = 3000;
+        for (int k = 0; k < n_jobs; k++)
+            rs_pool_run(pool, count_slice, &job);
+        for (int i = 0; i < nt; i++)
+            CHECK(job.counts[i] == n_jobs && job.nth_seen[i] == nt, "pool %d slice %d ran %lld times", nt, i,
+                  (long long)job.counts[i]);
+        rs_pool_free(pool);
+    }
+    /* Two threads share one pool: jobs must not interleave. */
+    rs_pool *pool = rs_pool_create(3);
+    struct caller_arg a = {pool, 2000, {{0}, {0}}}, b = {pool, 2000, {{0}, {0}}};
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, caller_main, &a);
+    pthread_create(&tb, NULL, caller_main, &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    for (int i = 0; i < 3; i++)
+        CHECK(a.job.counts[i] == 2000 && b.job.counts[i] == 2000, "shared pool slice %d", i);
+    rs_pool_free(pool);
+    /* Create and free quickly, with and without a job in between. */
+    for (int k = 0; k < 200; k++) {
+        rs_pool *p = rs_pool_create(1 + k % 4);
+        struct count_job job = {{0}, {0}};
+        if (k % 2)
+            rs_pool_run(p, count_slice, &job);
+        rs_pool_free(p);
+    }
+}
+
+int main(void)
+{
+    printf("simd path: %s\n", rs_simd_path());
+    test_fp16();
+    test_get_rows();
+    test_errors();
+    test_pool();
+    test_matmul();
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}

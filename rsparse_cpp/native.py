@@ -1,0 +1,282 @@
+"""The mechanical cffi binding of librsparse (native/include/rsparse.h), in ABI mode: no compiler at install time.
+
+Each wrapper checks dtype, contiguity, shape and sizes right before its call and raises ValueError naming the
+argument; the C side checks again and returns a status, which `_check` turns into NativeError. No model logic here.
+
+The library is loaded on first use, from the first of these that loads:
+  1. $RSPARSE_LIB (a file path)
+  2. <this package>/lib/librsparse.so (.dylib): where the wheel installs it
+  3. <each sys.path entry>/rsparse_cpp/lib/librsparse.so (.dylib): editable installs
+  4. <repo>/build/**/librsparse.so (.dylib), newest first: a developer's CMake build
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+from cffi import FFI
+
+from .constants import GGMLType
+
+# Mirrors native/include/rsparse.h (tests/test_native_matmul.py checks that every RS_API function is here).
+CDEF = """
+typedef enum rs_type {
+    RS_TYPE_F32 = 0,
+    RS_TYPE_F16 = 1,
+    RS_TYPE_Q4_0 = 2,
+    RS_TYPE_Q8_0 = 8,
+} rs_type;
+
+typedef enum rs_status {
+    RS_OK = 0,
+    RS_ERR_NULL = -1,
+    RS_ERR_TYPE = -2,
+    RS_ERR_SHAPE = -3,
+    RS_ERR_NOMEM = -4,
+    RS_ERR_THREADS = -5,
+    RS_ERR_ALIGN = -6,
+    RS_ERR_INDEX = -7,
+} rs_status;
+
+#define RS_MAX_THREADS 256
+
+const char *rs_strerror(int status);
+int64_t rs_row_bytes(int type, int64_t n);
+
+typedef struct rs_pool rs_pool;
+rs_pool *rs_pool_create(int n_threads);
+void rs_pool_free(rs_pool *pool);
+int rs_pool_n_threads(const rs_pool *pool);
+
+int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
+              const float *x, int64_t n_tok, float *y);
+int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
+                const int64_t *rows, int64_t n, float *out);
+const char *rs_simd_path(void);
+"""
+
+ffi = FFI()
+ffi.cdef(CDEF)
+
+LIB_NAMES = ("librsparse.so", "librsparse.dylib")
+ENV_LIB = "RSPARSE_LIB"
+
+_lib = None
+_load_lock = threading.Lock()
+_TYPES = frozenset(int(t) for t in GGMLType)
+_F32 = np.dtype(np.float32)
+_I64 = np.dtype(np.int64)
+
+
+class NativeError(RuntimeError):
+    """librsparse could not be loaded, or one of its calls returned an error status."""
+
+
+# ---- loading -------------------------------------------------------------------------------------------------
+def candidate_paths() -> list[Path]:
+    """Every path the loader tries, in order (see the module docstring)."""
+    paths = []
+    if os.environ.get(ENV_LIB):
+        paths.append(Path(os.environ[ENV_LIB]))
+    package = Path(__file__).resolve().parent
+    paths += [package / "lib" / name for name in LIB_NAMES]
+    for entry in sys.path:
+        paths += [Path(entry or ".") / "rsparse_cpp" / "lib" / name for name in LIB_NAMES]
+    build = package.parent / "build"
+    if build.is_dir():
+        found = [p for name in LIB_NAMES for p in build.rglob(name) if p.is_file()]
+        paths += sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    unique, seen = [], set()
+    for p in paths:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def _load():
+    global _lib
+    if _lib is not None:
+        return _lib
+    with _load_lock:
+        if _lib is None:
+            tried = []
+            for path in candidate_paths():
+                if not path.is_file():
+                    tried.append(f"{path} (no such file)")
+                    continue
+                try:
+                    lib = ffi.dlopen(str(path))
+                except OSError as e:
+                    tried.append(f"{path} ({e})")
+                    continue
+                if tried and os.environ.get(ENV_LIB):
+                    warnings.warn(f"{ENV_LIB} did not load ({tried[0]}); using {path}", RuntimeWarning,
+                                  stacklevel=3)
+                _lib = lib
+                break
+            else:
+                raise NativeError("librsparse not found. Build it (pip install ., or cmake -S . -B build && "
+                                  f"cmake --build build) or set {ENV_LIB}. Tried:\n  " + "\n  ".join(tried))
+    return _lib
+
+
+def _check(status: int, func: str) -> None:
+    if status != 0:
+        text = ffi.string(_load().rs_strerror(status)).decode()
+        raise NativeError(f"{func}: {text} (status {status})")
+
+
+# ---- argument checks -------------------------------------------------------------------------------------
+def _int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _wtype(wtype) -> int:
+    if isinstance(wtype, bool) or not isinstance(wtype, (int, np.integer)) or int(wtype) not in _TYPES:
+        raise ValueError(f"wtype must be one of {', '.join(f'{t.name}={int(t)}' for t in GGMLType)}, got {wtype!r}")
+    return int(wtype)
+
+
+def _row_bytes(lib, wtype: int, n_in: int) -> int:
+    rb = lib.rs_row_bytes(wtype, n_in)
+    if rb < 0:
+        raise ValueError(f"n_in = {n_in} is not a valid row length for {GGMLType(wtype).name} "
+                         f"(quantized rows hold whole blocks of 32)")
+    return rb
+
+
+def _array(name: str, a, dtype: np.dtype | None = None, writable: bool = False) -> None:
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if dtype is not None and a.dtype != dtype:
+        raise ValueError(f"{name} must be {dtype}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (strides {a.strides} for shape {a.shape})")
+    if not a.flags.aligned:
+        raise ValueError(f"{name} is not aligned for {a.dtype}")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+
+
+def _weights(w, wtype: int, n_rows: int, row_bytes: int) -> None:
+    _array("w", w)
+    if w.nbytes != n_rows * row_bytes:
+        raise ValueError(f"w has {w.nbytes} bytes, but {n_rows} rows of {GGMLType(wtype).name} take "
+                         f"{n_rows} * {row_bytes} = {n_rows * row_bytes}")
+
+
+def _output(out, shape: tuple[int, ...], x) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, _F32)
+    _array("out", out, _F32, writable=True)
+    if out.shape != shape:
+        raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    if np.may_share_memory(out, x):
+        raise ValueError("out overlaps the input")
+    return out
+
+
+# ---- the API ----------------------------------------------------------------------------------------------
+class Pool:
+    """The native thread pool (n_threads - 1 workers plus the caller), created once and reused by every call.
+
+    Frees its threads on close(), on leaving a `with` block, or when garbage-collected. Do not close a pool while
+    another thread is inside a call that uses it."""
+
+    def __init__(self, n_threads: int):
+        lib = _load()
+        n = _int("n_threads", n_threads)
+        if n > lib.RS_MAX_THREADS:
+            raise ValueError(f"n_threads must be <= {lib.RS_MAX_THREADS}, got {n}")
+        ptr = lib.rs_pool_create(n)
+        if ptr == ffi.NULL:
+            raise NativeError(f"rs_pool_create({n}): {ffi.string(lib.rs_strerror(lib.RS_ERR_THREADS)).decode()}")
+        self.n_threads = n
+        self._ptr = ptr
+        self._free = weakref.finalize(self, lib.rs_pool_free, ptr)
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def close(self) -> None:
+        self._ptr = None
+        self._free()
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Pool(n_threads={self.n_threads}{', closed' if self.closed else ''})"
+
+
+def row_bytes(wtype: int, n: int) -> int:
+    """Bytes taken by n elements of type wtype (n a multiple of 32 for quantized types)."""
+    lib = _load()
+    return _row_bytes(lib, _wtype(wtype), _int("n", n))
+
+
+def matmul(pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.ndarray,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """out = x W^T.
+
+    w:   (n_out, n_in) weights of type wtype, any dtype, C-contiguous, n_out * row_bytes(wtype, n_in) bytes;
+         passed by pointer (a memory-mapped view stays uncopied)
+    x:   (n_in,) or (n_tok, n_in) float32, C-contiguous
+    out: (n_out,) or (n_tok, n_out) float32, C-contiguous; allocated when None. Returns out."""
+    lib = _load()
+    if not isinstance(pool, Pool):
+        raise ValueError(f"pool must be a Pool, got {type(pool).__name__}")
+    if pool._ptr is None:
+        raise ValueError("pool is closed")
+    wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
+    _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
+    _array("x", x, _F32)
+    if x.ndim == 1 and x.shape[0] == n_in:
+        n_tok, shape = 1, (n_out,)
+    elif x.ndim == 2 and x.shape[1] == n_in and x.shape[0] >= 1:
+        n_tok, shape = x.shape[0], (x.shape[0], n_out)
+    else:
+        raise ValueError(f"x must have shape ({n_in},) or (n_tok >= 1, {n_in}), got {x.shape}")
+    out = _output(out, shape, x)
+    _check(lib.rs_matmul(pool._ptr, wtype, ffi.from_buffer(w), n_out, n_in, ffi.from_buffer("float[]", x), n_tok,
+                         ffi.from_buffer("float[]", out, require_writable=True)), "rs_matmul")
+    return out
+
+
+def get_rows(wtype: int, w: np.ndarray, n_rows_total: int, n_in: int, rows: np.ndarray,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """out[i] = dequantized row rows[i] of w.
+
+    w:    (n_rows_total, n_in) of type wtype, as for matmul
+    rows: (n,) int64, C-contiguous, each in [0, n_rows_total) (checked in C: NativeError otherwise)
+    out:  (n, n_in) float32, C-contiguous; allocated when None. Returns out."""
+    lib = _load()
+    wtype, n_rows_total, n_in = _wtype(wtype), _int("n_rows_total", n_rows_total), _int("n_in", n_in)
+    _weights(w, wtype, n_rows_total, _row_bytes(lib, wtype, n_in))
+    _array("rows", rows, _I64)
+    if rows.ndim != 1 or rows.shape[0] < 1:
+        raise ValueError(f"rows must have shape (n >= 1,), got {rows.shape}")
+    out = _output(out, (rows.shape[0], n_in), rows)
+    _check(lib.rs_get_rows(wtype, ffi.from_buffer(w), n_rows_total, n_in, ffi.from_buffer("int64_t[]", rows),
+                           rows.shape[0], ffi.from_buffer("float[]", out, require_writable=True)), "rs_get_rows")
+    return out
+
+
+def simd_path() -> str:
+    """The kernel path chosen at start-up: "scalar", "avx2", "avx512" or "neon"."""
+    return ffi.string(_load().rs_simd_path()).decode()
