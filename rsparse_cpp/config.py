@@ -59,8 +59,8 @@ class Config:
         rope_dim = i(Key.ROPE_DIMENSION_COUNT, default=head_dim, hi=head_dim)
         if rope_dim % 2:
             raise GGUFError(f.path, Key.arch(Key.ROPE_DIMENSION_COUNT), f"{rope_dim} is odd")
-        tokens = f.get(Key.TOKENS)
-        n_vocab = i(Key.VOCAB_SIZE, default=len(tokens) if tokens is not None else None, hi=1 << 22)
+        tokens = f.require(Key.TOKENS, list)
+        n_vocab = i(Key.VOCAB_SIZE, default=len(tokens), hi=1 << 22)
         return cls(
             n_vocab=n_vocab,
             n_embd=n_embd,

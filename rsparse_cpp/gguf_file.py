@@ -111,20 +111,26 @@ class _Cursor:
 class GGUFFile:
     """A validated, memory-mapped GGUF file: `.fields` (key -> value) and `.tensors` (name -> TensorInfo)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, data: bytes | None = None):
+        """Open and validate `path`; with `data`, parse those bytes instead (fuzzing, tests) and use `path` only
+        as the name in messages."""
         self.path = Path(path)
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise GGUFError(self.path, "file", e.strerror or str(e)) from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < 24:
-                raise GGUFError(self.path, "header", f"file is {size} bytes, too small for a GGUF header")
-            self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
-        self.size = size
+        if data is not None:
+            self._mmap = data
+        else:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError as e:
+                raise GGUFError(self.path, "file", e.strerror or str(e)) from None
+            try:
+                if os.fstat(fd).st_size < 24:
+                    raise GGUFError(self.path, "header", f"file is {os.fstat(fd).st_size} bytes, too small for a GGUF header")
+                self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            finally:
+                os.close(fd)
+        self.size = len(self._mmap)
+        if self.size < 24:
+            raise GGUFError(self.path, "header", f"file is {self.size} bytes, too small for a GGUF header")
         self.fields: dict[str, object] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self._parse()

@@ -38,9 +38,11 @@ def test_seed_makes_sampling_reproducible(llm):
 
 def test_stop_string_truncates(llm):
     full = llm.create_completion("The", max_tokens=24, temperature=0)["choices"][0]["text"]
-    if len(full) < 4:
-        pytest.skip("tiny model produced too little text")
-    stop = full[2:4]
+    # a two-character stop string from inside the text, clear of U+FFFD (random weights emit broken UTF-8)
+    starts = [i for i in range(1, len(full) - 1) if "\ufffd" not in full[i:i + 2]]
+    if not starts:
+        pytest.skip("tiny model produced no usable text")
+    stop = full[starts[0]:starts[0] + 2]
     r = llm.create_completion("The", max_tokens=24, temperature=0, stop=[stop])
     assert r["choices"][0]["text"] == full[:full.index(stop)]
     assert r["choices"][0]["finish_reason"] == "stop"

@@ -28,8 +28,8 @@ def test_metadata_and_tensors(tiny_llama_dir, tmp_path):
     assert f.tensors[Tensor.blk(Tensor.ATTN_NORM, 0)].type == GGMLType.F32
     q = f.tensors[Tensor.blk(Tensor.ATTN_Q, 0)]
     assert q.type == (GGMLType.Q8_0 if cfg["hidden_size"] % 32 == 0 else GGMLType.F16)
-    assert (Tensor.ROPE_FREQS in f.tensors) == ("rope_scaling" in cfg and cfg["rope_scaling"] is not None
-                                                 and cfg["rope_scaling"].get("rope_type") == "llama3")
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}  # transformers 4 / 5
+    assert (Tensor.ROPE_FREQS in f.tensors) == (rope.get("rope_type") == "llama3")
 
 
 def test_qk_permutation_is_llamacpp_interleave():

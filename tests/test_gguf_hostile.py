@@ -191,6 +191,8 @@ MODEL_CASES = {
     "missing_tensor": (dict(skip_tensor="blk.0.ffn_up.weight"), "blk.0.ffn_up.weight: tensor missing"),
     "wrong_shape": (dict(tensor_override={"blk.0.attn_q.weight": np.zeros((16, 32), np.float32)}), "expected"),
     "norm_with_nan": (dict(tensor_override={"blk.0.attn_norm.weight": np.full(32, np.nan, np.float32)}), "NaN"),
+    "tokens_not_a_list": (dict(override={"tokenizer.ggml.tokens": (U32, 7)}), "tokenizer.ggml.tokens: expected list"),
+    "missing_tokens": (dict(skip_kv="tokenizer.ggml.tokens"), "tokenizer.ggml.tokens: missing"),
     "norm_not_f32": (dict(tensor_override={"output_norm.weight": np.ones(32, np.float16)}), "expected F32"),
 }
 
