@@ -51,7 +51,16 @@ def worker(kind: str, model: str, threads: int, n_prompt: int, n_gen: int) -> di
         next(gen)
     t2 = time.perf_counter()
     return {"prefill_tps": len(prompt) / (t1 - t0), "decode_tps": n_gen / (t2 - t1),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that across exec from the parent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def run_worker(kind, args, model) -> dict:
