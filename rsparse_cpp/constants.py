@@ -114,3 +114,45 @@ class Tensor:
 
 # The seven linears of a decoder block that R-Sparse sparsifies, by their short GGUF names.
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+# ---- the companion file (<model>.rsparse.gguf): R-Sparse data for every sparsified linear -------------------
+COMPANION_VERSION = 1
+
+
+class RSparseKey:
+    """Companion metadata keys. Per-linear scalars are arrays indexed [bid * len(LINEARS) + LINEARS.index(name)]."""
+
+    VERSION = "rsparse.version"  # u32, COMPANION_VERSION
+    BLOCK_COUNT = "rsparse.block_count"  # u32, the base's llama.block_count
+    LINEARS = "rsparse.linears"  # [str], the order of the per-linear arrays (LINEARS)
+    BASE_FINGERPRINT = "rsparse.base.fingerprint"  # str, rsparse_cpp.companion.fingerprint(base)
+    BASE_FILE = "rsparse.base.file"  # str, the base's file name when the companion was written (informational)
+    SPARSITY = "rsparse.sparsity"  # f32, model-level target: fraction of block-linear parameters not read per token
+    RECIPE = "rsparse.recipe"  # str: sparse-only | uniform | searched
+    RECIPE_JSON = "rsparse.recipe.json"  # str, the full recipe (rho grid, search settings, fitness) as JSON
+    FACTORS = "rsparse.factors"  # str: svd (the paper's top-r SVD of W) | data-aware
+    TAU_CALIBRATION = "rsparse.tau.calibration"  # str: dense (the paper's) | sequential
+    SCORE = "rsparse.score"  # str: "abs_x_colnorm" (|x|*colnorm, |x| alone where rho == 1)
+    CALIB_SOURCE = "rsparse.calibration.source"  # str, text source and split
+    CALIB_SHA256 = "rsparse.calibration.sha256"  # str, sha256 of the calibration text
+    CALIB_TOKENS = "rsparse.calibration.tokens"  # u32, calibration tokens used for tau and factors
+    CALIB_SEQ_LEN = "rsparse.calibration.seq_len"  # u32
+    TAU = "rsparse.tau"  # [f32], threshold on the score per linear
+    RHO = "rsparse.rho"  # [f32], share of the budget kept as exact channels per linear
+    RANK = "rsparse.rank"  # [u32], low-rank rank per linear (0: no factor tensors)
+    KEEP = "rsparse.keep"  # [u32], nominal kept input channels per linear (round(in * C * rho))
+
+
+class RSparseTensor:
+    """Companion tensor names (numpy shapes; GGUF ne is reversed). None ends in .lora_a/.lora_b, which gguf-py and
+    llama.cpp treat as LoRA adapters. Rows of attn_q/attn_k outputs follow the base's Q/K permutation (permute_qk)."""
+
+    WEIGHT = "blk.{bid}.{linear}.rsparse_weight"  # (in, out) in the base's weight type, blocks along out
+    U = "blk.{bid}.{linear}.rsparse_u"  # (out, rank) F32 or F16
+    VS = "blk.{bid}.{linear}.rsparse_vs"  # (rank, in): V_r^T scaled by S_r, F32 or F16
+    COLNORM = "blk.{bid}.{linear}.rsparse_colnorm"  # (in,) F32: ||W[:, j]||_2
+
+    @staticmethod
+    def blk(name: str, bid: int, linear: str) -> str:
+        return name.format(bid=bid, linear=linear)

@@ -41,6 +41,7 @@ typedef enum rs_status {
     RS_ERR_THREADS = -5,
     RS_ERR_ALIGN = -6,
     RS_ERR_INDEX = -7,
+    RS_ERR_PATH = -8,
 } rs_status;
 
 #define RS_MAX_THREADS 256
@@ -57,7 +58,13 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
               const float *x, int64_t n_tok, float *y);
 int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
                 const int64_t *rows, int64_t n, float *out);
+int64_t rs_sparse_scratch_bytes(int64_t n_in, int64_t rank);
+int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_out, int64_t n_in,
+                     const float *colnorm, float tau, int ftype, const void *u, const void *vs, int64_t rank,
+                     const float *x, float *y, int64_t *n_kept, void *scratch, int64_t scratch_bytes);
 const char *rs_simd_path(void);
+const char *rs_simd_paths(void);
+int rs_simd_select(const char *name);
 """
 
 ffi = FFI()
@@ -70,7 +77,9 @@ _lib = None
 _load_lock = threading.Lock()
 _TYPES = frozenset(int(t) for t in GGMLType)
 _F32 = np.dtype(np.float32)
+_F16 = np.dtype(np.float16)
 _I64 = np.dtype(np.int64)
+_FACTOR_TYPES = {_F32: int(GGMLType.F32), _F16: int(GGMLType.F16)}
 
 
 class NativeError(RuntimeError):
@@ -169,10 +178,10 @@ def _array(name: str, a, dtype: np.dtype | None = None, writable: bool = False) 
         raise ValueError(f"{name} must be writable")
 
 
-def _weights(w, wtype: int, n_rows: int, row_bytes: int) -> None:
-    _array("w", w)
+def _weights(w, wtype: int, n_rows: int, row_bytes: int, name: str = "w") -> None:
+    _array(name, w)
     if w.nbytes != n_rows * row_bytes:
-        raise ValueError(f"w has {w.nbytes} bytes, but {n_rows} rows of {GGMLType(wtype).name} take "
+        raise ValueError(f"{name} has {w.nbytes} bytes, but {n_rows} rows of {GGMLType(wtype).name} take "
                          f"{n_rows} * {row_bytes} = {n_rows * row_bytes}")
 
 
@@ -185,6 +194,19 @@ def _output(out, shape: tuple[int, ...], x) -> np.ndarray:
     if np.may_share_memory(out, x):
         raise ValueError("out overlaps the input")
     return out
+
+
+def _pool(pool) -> None:
+    if not isinstance(pool, Pool):
+        raise ValueError(f"pool must be a Pool, got {type(pool).__name__}")
+    if pool._ptr is None:
+        raise ValueError("pool is closed")
+
+
+def _vector(name: str, a, n: int) -> None:
+    _array(name, a, _F32)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
 
 
 # ---- the API ----------------------------------------------------------------------------------------------
@@ -239,10 +261,7 @@ def matmul(pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.n
     x:   (n_in,) or (n_tok, n_in) float32, C-contiguous
     out: (n_out,) or (n_tok, n_out) float32, C-contiguous; allocated when None. Returns out."""
     lib = _load()
-    if not isinstance(pool, Pool):
-        raise ValueError(f"pool must be a Pool, got {type(pool).__name__}")
-    if pool._ptr is None:
-        raise ValueError("pool is closed")
+    _pool(pool)
     wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
     _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
     _array("x", x, _F32)
@@ -275,6 +294,83 @@ def get_rows(wtype: int, w: np.ndarray, n_rows_total: int, n_in: int, rows: np.n
     _check(lib.rs_get_rows(wtype, ffi.from_buffer(w), n_rows_total, n_in, ffi.from_buffer("int64_t[]", rows),
                            rows.shape[0], ffi.from_buffer("float[]", out, require_writable=True)), "rs_get_rows")
     return out
+
+
+def sparse_scratch_bytes(n_in: int, rank: int = 0) -> int:
+    """Bytes of scratch rsparse_matvec needs for n_in input channels and the given rank."""
+    return int(_load().rs_sparse_scratch_bytes(_int("n_in", n_in), _int("rank", rank, 0)))
+
+
+def rsparse_matvec(pool: Pool, wtype: int, wt: np.ndarray, n_out: int, n_in: int, colnorm: np.ndarray | None,
+                   tau: float, U: np.ndarray | None, VS: np.ndarray | None, x: np.ndarray,
+                   out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """One R-Sparse linear at batch 1: keep channel j when |x_j| * colnorm_j > tau (|x_j| > tau when colnorm is
+    None, the rho = 1 mode), then out = W[:, kept] x[kept] + U (VS x[dropped]). Returns (out, number kept).
+
+    wt:      (n_in, n_out) weights of type wtype stored input-channel-major (one row per input channel,
+             quantization blocks along the output dimension: n_in * row_bytes(wtype, n_out) bytes), C-contiguous
+    colnorm: (n_in,) float32, or None
+    U, VS:   (n_out, rank) and (rank, n_in), both float32 or both float16, C-contiguous; or both None (no low-rank
+             term)
+    x:       (n_in,) float32;  out: (n_out,) float32, allocated when None
+    scratch: any C-contiguous writable array of at least sparse_scratch_bytes(n_in, rank) bytes, kept by the caller
+             (the run state) so that a call allocates nothing; allocated when None."""
+    lib = _load()
+    _pool(pool)
+    wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
+    _weights(wt, wtype, n_in, _row_bytes(lib, wtype, n_out), "wt")
+    if colnorm is not None:
+        _vector("colnorm", colnorm, n_in)
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.integer, np.floating)):
+        raise ValueError(f"tau must be a real number, got {type(tau).__name__} {tau!r}")
+    if (U is None) != (VS is None):
+        raise ValueError("U and VS must both be given or both be None")
+    rank, ftype, pu, pvs = 0, int(GGMLType.F32), ffi.NULL, ffi.NULL
+    if U is not None:
+        _array("U", U)
+        _array("VS", VS)
+        if U.dtype not in _FACTOR_TYPES or VS.dtype != U.dtype:
+            raise ValueError(f"U and VS must both be float32 or both float16, got {U.dtype} and {VS.dtype}")
+        if U.ndim != 2 or U.shape[0] != n_out or U.shape[1] < 1:
+            raise ValueError(f"U must have shape ({n_out}, rank >= 1), got {U.shape}")
+        rank = U.shape[1]
+        if VS.shape != (rank, n_in):
+            raise ValueError(f"VS must have shape ({rank}, {n_in}), got {VS.shape}")
+        ftype, pu, pvs = _FACTOR_TYPES[U.dtype], ffi.from_buffer(U), ffi.from_buffer(VS)
+    _vector("x", x, n_in)
+    out = _output(out, (n_out,), x)
+    need = lib.rs_sparse_scratch_bytes(n_in, rank)
+    if need < 0:
+        raise ValueError(f"n_in = {n_in} and rank = {rank} are too large")
+    if scratch is None:
+        scratch = np.empty(need // 4, np.float32)
+    else:
+        _array("scratch", scratch, writable=True)
+        if scratch.nbytes < need or scratch.ctypes.data % 4:
+            raise ValueError(f"scratch must hold {need} bytes at a 4-byte aligned address, got {scratch.nbytes} "
+                             f"bytes at {scratch.ctypes.data:#x}")
+        if np.may_share_memory(scratch, x) or np.may_share_memory(scratch, out):
+            raise ValueError("scratch overlaps x or out")
+    n_kept = ffi.new("int64_t *")
+    _check(lib.rs_sparse_matvec(pool._ptr, wtype, ffi.from_buffer(wt), n_out, n_in,
+                                ffi.NULL if colnorm is None else ffi.from_buffer("float[]", colnorm), float(tau),
+                                ftype, pu, pvs, rank, ffi.from_buffer("float[]", x),
+                                ffi.from_buffer("float[]", out, require_writable=True), n_kept,
+                                ffi.from_buffer(scratch, require_writable=True), scratch.nbytes),
+           "rs_sparse_matvec")
+    return out, int(n_kept[0])
+
+
+def simd_paths() -> list[str]:
+    """The SIMD paths this build and CPU can run, fastest first (scalar always last)."""
+    return ffi.string(_load().rs_simd_paths()).decode().split(",")
+
+
+def simd_select(name: str | None = None) -> None:
+    """Use the named SIMD path from now on (None: the fastest), in this whole process: for tests and benchmarks."""
+    if name is not None and name not in simd_paths():
+        raise ValueError(f"SIMD path {name!r} is not one of {simd_paths()} (built and runnable here)")
+    _check(_load().rs_simd_select(ffi.NULL if name is None else name.encode()), "rs_simd_select")
 
 
 def simd_path() -> str:

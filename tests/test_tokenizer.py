@@ -1,84 +1,241 @@
-"""The tokenizer rebuilt from GGUF metadata encodes exactly as the HF tokenizer it was converted from."""
+"""The tokenizer the converter writes and the runtime rebuilds encodes exactly as the HF tokenizer it came from.
+
+Every check goes converter -> GGUF file -> gguf-py's reader -> runtime Tokenizer, and compares with an independent
+reference: the `tokenizers` pipeline in tokenizer.json, SentencePiece itself, transformers' apply_chat_template.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from conftest import make_tiny_tokenizer
-from rsparse_converter.checkpoint import CheckpointError
+from conftest import TINY_CORPUS, make_tiny_tokenizer
 from rsparse_converter.tokenizer import write_tokenizer
-from rsparse_cpp.chat import ChatTemplateError, render_chat
-from rsparse_cpp.gguf_file import GGUFFile
-from rsparse_cpp.tokenizer import Tokenizer
+from rsparse_cpp.chat import CHATML_TEMPLATE, ChatTemplateError, render_chat
+from rsparse_cpp.constants import Key, TokenType
+from rsparse_cpp.tokenizer import Detokenizer, Tokenizer
 
 TEXTS = [
-    "Hello world", "Hello, world! How's it going?", "  leading, trailing and  double  spaces  ",
-    "line\nbreaks\n\n\ttabs\r\nand CRLF", "digits 0 12 345 6789 1234567890 3.14159 -17 1e-5",
-    "def f(x):\n    return x ** 2  # square\n", "https://example.com/path?q=a&b=c#frag",
-    "café naïve résumé Ünïcödé", "東京タワー 你好世界 한국어", "مرحبا بالعالم", "emoji 🙂🚀👩‍👩‍👧",
-    "e\u0301 combining", "ALL CAPS and MiXeD", "!!!???...,,,;;;", "", " ", "\n", "a",
-    "it's we're they'll I'd", "<|im_start|>user\nhi<|im_end|>",
+    "Hello world", "Hello, world! How's it going?", "  leading, trailing and  double  spaces  ", "   ",
+    "line\nbreaks\n\n\ttabs\r\nand CRLF\n", "digits 0 12 345 6789 1234567890 3.14159 -17 1e-5 2024-01-31 x2y",
+    "def f(x):\n    return x ** 2  # square\n\tpass", "https://example.com/path?q=a&b=c#frag",
+    "café naïve résumé Ünïcödé Ångström", "東京タワー 你好世界 한국어", "مرحبا بالعالم", "emoji 🙂🚀👩‍👩‍👧 🇫🇷",
+    "e\u0301 combining a\u0308\u0301", "ALL CAPS and MiXeD", "!!!???...,,,;;;", "", " ", "\n", "a",
+    "it's we're they'll I'd IT'S", 'JSON: {"a": [1, 2.5, null]}', "\u00a0nbsp and\u3000ideographic", "zero\u200bwidth",
+    "x  12 in  2024\n  42",  # spaces before digits: where SmolLM2's digit split differs from GPT-2's regex
 ]
+WITH_SPECIALS = ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "text<|im_end|>more", "<tool> call"]
+# Llama 3's split regex as its tokenizer.json spells it (typed here, not imported from the code under test).
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-def gguf_meta(hf_dir: Path, vocab_size: int, tmp_path: Path) -> dict:
-    path = tmp_path / "tok.gguf"
+# ---- helpers: write the tokenizer into a tiny GGUF, read it back with gguf-py ----------------------------------
+def read_meta(path: Path) -> dict:
+    """GGUF key -> Python value, the shape the runtime takes: str/int/float/bool, list[str], numpy arrays."""
+    meta = {}
+    for name, field in gguf.GGUFReader(path).fields.items():
+        if name.startswith("GGUF."):
+            continue
+        vtype = field.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            if field.types[1] == gguf.GGUFValueType.STRING:
+                meta[name] = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+            else:
+                meta[name] = np.concatenate([field.parts[i] for i in field.data]) if field.data else np.array([])
+        elif vtype == gguf.GGUFValueType.STRING:
+            meta[name] = bytes(field.parts[field.data[0]]).decode("utf-8")
+        else:
+            meta[name] = field.parts[field.data[0]][0].item()
+    return meta
+
+
+def write_gguf(hf_dir: Path, vocab_size: int, path: Path, hparams: bool = False) -> Path:
+    """A GGUF holding only the tokenizer (and, for llama.cpp's vocab-only loader, a few hyper-parameters)."""
     w = gguf.GGUFWriter(path, arch="llama")
+    if hparams:
+        for key, v in ((Key.CONTEXT_LENGTH, 64), (Key.EMBEDDING_LENGTH, 64), (Key.BLOCK_COUNT, 1),
+                       (Key.FEED_FORWARD_LENGTH, 64), (Key.HEAD_COUNT, 4)):
+            w.add_uint32(Key.arch(key), v)
+        w.add_float32(Key.arch(Key.RMS_EPS), 1e-5)
     write_tokenizer(w, hf_dir, vocab_size)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return GGUFFile(path).fields
+    return path
 
 
-def check_equal(tok: Tokenizer, ref: HFTokenizer, texts=TEXTS, roundtrip=True):
+def gguf_meta(hf_dir: Path, vocab_size: int, tmp_path: Path) -> dict:
+    return read_meta(write_gguf(hf_dir, vocab_size, tmp_path / "tok.gguf"))
+
+
+def check_matches(tok: Tokenizer, ref: HFTokenizer, texts, roundtrip: bool = True) -> None:
     for text in texts:
-        ours = tok.encode(text, add_bos=False, special=True)
-        assert ours == ref.encode(text, add_special_tokens=False).ids, text
+        ids = tok.encode(text, add_bos=False, special=True)
+        assert ids == ref.encode(text, add_special_tokens=False).ids, text
+        assert tok.encode(text) == ref.encode(text, add_special_tokens=True).ids, text  # BOS as HF adds it
         if roundtrip:
-            assert tok.decode(ours) == text, text
-            assert b"".join(tok.token_bytes(i, special=True) for i in ours).decode() == text
+            assert tok.decode(ids) == text, text
+        detok = Detokenizer(tok)
+        pieces = [detok.push(i) for i in ids] + [detok.flush()]
+        assert "".join(pieces) == tok.decode(ids), text
+        if roundtrip:
+            assert "\ufffd" not in "".join(pieces)  # no character was ever split across pieces
+
+
+# ---- (a) SmolLM2 -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smollm_meta(smollm_hf_dir, tmp_path_factory):
+    return gguf_meta(smollm_hf_dir, 49152, tmp_path_factory.mktemp("smollm_tok"))
 
 
 @pytest.mark.smollm
-def test_smollm_matches_hf(smollm_hf_dir, tmp_path):
-    meta = gguf_meta(smollm_hf_dir, 49152, tmp_path)
-    tok = Tokenizer.from_metadata(meta)
-    check_equal(tok, HFTokenizer.from_file(str(smollm_hf_dir / "tokenizer.json")))
-    assert tok.eos_id == 2 and tok.token_text(tok.eos_id) == "<|im_end|>"
-    # special=False: control tokens in text are just text
-    assert 1 not in tok.encode("<|im_start|>", add_bos=False, special=False)
+def test_smollm_matches_hf(smollm_hf_dir, smollm_meta):
+    assert smollm_meta[Key.TOKENIZER_MODEL] == "gpt2" and smollm_meta[Key.TOKENIZER_PRE] in ("gpt-2", "smollm")
+    tok = Tokenizer.from_metadata(smollm_meta)
+    check_matches(tok, HFTokenizer.from_file(str(smollm_hf_dir / "tokenizer.json")), TEXTS + WITH_SPECIALS)
+    assert tok.vocab_size == 49152 and not tok.add_bos
+    assert (tok.bos_id, tok.eos_id, tok.eot_id) == (1, 2, 2) and tok.token_text(tok.eos_id) == "<|im_end|>"
+    assert {0, 1, 2} <= tok.special_ids
+    # special=False: control tokens written in the text are just text
     assert tok.encode("<|im_start|>", add_bos=False, special=True) == [1]
+    assert 1 not in tok.encode("<|im_start|>", add_bos=False, special=False)
+    assert tok.decode([1, 2], skip_special=True) == "" and tok.token_bytes(1) == b""
 
 
 @pytest.mark.smollm
-def test_smollm_chat_template_matches_transformers(smollm_hf_dir, tmp_path):
+def test_smollm_chat_template_matches_transformers(smollm_hf_dir, smollm_meta):
     from transformers import AutoTokenizer
 
-    meta = gguf_meta(smollm_hf_dir, 49152, tmp_path)
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]
-    ref = AutoTokenizer.from_pretrained(smollm_hf_dir).apply_chat_template(messages, tokenize=False,
-                                                                          add_generation_prompt=True)
-    assert render_chat(meta["tokenizer.chat_template"], messages, "<|im_start|>", "<|im_end|>") == ref
+    ref = AutoTokenizer.from_pretrained(smollm_hf_dir)
+    template = smollm_meta[Key.CHAT_TEMPLATE]
+    for messages in ([{"role": "user", "content": "Hi there"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2? 東京 🙂"}]):
+        for gen in (True, False):
+            want = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+            assert render_chat(template, messages, "<|im_start|>", "<|im_end|>", add_generation_prompt=gen) == want
 
 
-def test_tiny_byte_level_bpe(tmp_path):
+# ---- (b) tiny tokenizers trained here ------------------------------------------------------------------------------
+def make_byte_level(folder: Path, style: str) -> Path:
+    """A byte-level BPE with the pre-tokenizer of GPT-2, SmolLM2 or Llama 3, saved as a transformers folder."""
+    from transformers import PreTrainedTokenizerFast
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=style != "llama-bpe")
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = {
+        "gpt-2": byte_level,
+        "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]),
+        "llama-bpe": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated"),
+                                              byte_level]),
+    }[style]
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>"]
+    tok.train_from_iterator(TINY_CORPUS + TEXTS * 3, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    if style == "llama-bpe":  # Llama 3 prefers whole-word vocabulary hits and adds BOS
+        tj = json.loads(tok.to_str())
+        tj["model"]["ignore_merges"] = True
+        tok = HFTokenizer.from_str(json.dumps(tj))
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))])
+    tok.add_tokens([AddedToken("<tool>", special=False, normalized=False)])  # user-defined: always matched
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|im_end|>")
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("style", ["gpt-2", "smollm", "llama-bpe"])
+def test_byte_level_bpe(tmp_path, style):
+    hf_dir = make_byte_level(tmp_path / "hf", style)
+    ref = HFTokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    n = ref.get_vocab_size(with_added_tokens=True)
+    meta = gguf_meta(hf_dir, n + 7, tmp_path)  # the model has 7 more embeddings than the tokenizer has tokens
+    assert meta[Key.TOKENIZER_PRE] == style and meta[Key.ADD_BOS] == (style == "llama-bpe")
+    tok = Tokenizer.from_metadata(meta)
+    check_matches(tok, ref, TEXTS + WITH_SPECIALS)
+    assert tok.vocab_size == n + 7 and meta[Key.TOKENS][-1] == f"[PAD{n + 6}]"
+    assert meta[Key.TOKEN_TYPE][-1] == TokenType.UNUSED
+    tool = ref.token_to_id("<tool>")
+    assert meta[Key.TOKEN_TYPE][tool] == TokenType.USER_DEFINED and tool not in tok.special_ids
+    assert tok.encode("<tool>", add_bos=False, special=False) == [tool]  # user-defined tokens are always whole
+
+
+def test_llama_bpe_prefers_whole_words(tmp_path):
+    """Llama 3's tokenizer.json (ignore_merges) and llama.cpp's llama-bpe take a pre-token found in the vocabulary
+    whole, even where the merges would split it: "abc" is one token here, although the merges make "ab" + "c"."""
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()) + ["ab", "bc", "abc"])}
+    tok = HFTokenizer(models.BPE(vocab, [("a", "b"), ("b", "c"), ("a", "bc")], ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path)
+    ref = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert ref.encode("abc").ids == [vocab["abc"]] and ref.encode("xabc").ids == [vocab["x"], vocab["ab"], vocab["c"]]
+    tok = Tokenizer.from_metadata(gguf_meta(tmp_path, len(vocab), tmp_path))
+    check_matches(tok, ref, ["abc", "xabc abc", "ab c", "bc abc's"])
+
+
+def test_tiny_tokenizer_of_the_test_models(tmp_path):
+    """The tokenizer conftest gives every tiny test model (gpt-2 style, special tokens, chat template)."""
     make_tiny_tokenizer(tmp_path)
     tok = Tokenizer.from_metadata(gguf_meta(tmp_path, 320, tmp_path))
-    check_equal(tok, HFTokenizer.from_file(str(tmp_path / "tokenizer.json")), TEXTS[:-1])
-    assert tok.vocab_size == 320  # padded with unused tokens up to the model's vocab size
+    check_matches(tok, HFTokenizer.from_file(str(tmp_path / "tokenizer.json")), TEXTS)
 
 
-def make_spm_style_tokenizer(folder: Path, vocab_size: int = 600) -> None:
-    """A Llama-2-style tokenizer.json: BPE with byte fallback, "▁" for spaces, <0xXX> byte tokens after the
-    specials, as Llama 2 and Mistral ship it. Trained here with `tokenizers`, so nothing is downloaded."""
-    from tokenizers import decoders, models, normalizers, trainers
+def spm_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A Llama-2-style SentencePiece BPE (byte fallback, identity normalisation, dummy prefix) trained here, and
+    the HF folder transformers converts it to. Returns (tokenizer.model, HF folder)."""
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")  # transformers reads the .model file with protobuf
+    from transformers import LlamaTokenizerFast
+
+    src = tmp_path / "spm"
+    src.mkdir()
+    (tmp_path / "corpus.txt").write_text("\n".join(TINY_CORPUS + [t for t in TEXTS if t.strip()] * 3))
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "corpus.txt"), model_prefix=str(src / "tokenizer"), vocab_size=420, model_type="bpe",
+        byte_fallback=True, character_coverage=0.99, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, minloglevel=2)
+    (src / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    hf_dir = tmp_path / "hf"
+    LlamaTokenizerFast.from_pretrained(src).save_pretrained(hf_dir)
+    return src / "tokenizer.model", hf_dir
+
+
+def test_sentencepiece_bpe(tmp_path):
+    """Llama 2 / Mistral style: stored as tokens + scores; the runtime's merges reproduce SentencePiece."""
+    import sentencepiece as spm
+
+    model_file, hf_dir = spm_folder(tmp_path)
+    meta = gguf_meta(hf_dir, 420, tmp_path)
+    assert meta[Key.TOKENIZER_MODEL] == "llama" and meta[Key.ADD_SPACE_PREFIX]
+    assert meta[Key.TOKEN_TYPE][0] == TokenType.UNKNOWN and meta[Key.TOKEN_TYPE][3] == TokenType.BYTE
+    tok = Tokenizer.from_metadata(meta)
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    texts = TEXTS + ["zebra quokka ŋ Ꙭ"]  # unseen words and characters that need byte fallback
+    for text in texts:
+        assert tok.encode(text, add_bos=False) == sp.encode(text), text
+    # transformers' conversion (Metaspace, prepend_scheme="first") adds no "▁" before text that already starts
+    # with a space; SentencePiece and llama.cpp always do, and so do we.
+    check_matches(tok, HFTokenizer.from_file(str(hf_dir / "tokenizer.json")), [t for t in texts if t[:1] != " "])
+
+
+def make_spm_style(folder: Path, vocab_size: int = 600) -> Path:
+    """A Llama-2-style tokenizer.json built with `tokenizers` alone (no sentencepiece needed): BPE with byte
+    fallback, "▁" for spaces via Prepend + Replace, <0xXX> byte tokens after the specials, as Llama 2 ships it."""
     from transformers import PreTrainedTokenizerFast
 
     norm = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
@@ -96,49 +253,147 @@ def make_spm_style_tokenizer(folder: Path, vocab_size: int = 600) -> None:
     tok.normalizer = norm
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    fast.save_pretrained(folder)
-    cfg = json.loads((folder / "tokenizer_config.json").read_text())
-    cfg["add_bos_token"] = True
-    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(folder)
+    return folder
 
 
-def test_sentencepiece_style_bpe(tmp_path):
-    """SentencePiece-style BPE (Llama 2, Mistral): stored as tokens + scores, merges rebuilt at run time."""
-    hf_dir = tmp_path / "hf"
-    make_spm_style_tokenizer(hf_dir)
-    n = len(json.loads((hf_dir / "tokenizer.json").read_text())["model"]["vocab"])
-    meta = gguf_meta(hf_dir, n, tmp_path)
-    assert meta["tokenizer.ggml.model"] == "llama"
-    tok = Tokenizer.from_metadata(meta)
+def test_sentencepiece_style_tokenizer_json(tmp_path):
+    hf_dir = make_spm_style(tmp_path / "hf")
     ref = HFTokenizer.from_file(str(hf_dir / "tokenizer.json"))
-    texts = [t for t in TEXTS[:-1] if t.strip()] + ["zebra quokka ŋ"]  # unseen words and a byte-fallback char
-    check_equal(tok, ref, texts, roundtrip=False)
-    assert tok.encode("hello", add_bos=True)[0] == 1  # SentencePiece models want BOS
-    assert tok.decode(tok.encode("zebra ŋ", add_bos=False)) == "zebra ŋ"
+    meta = gguf_meta(hf_dir, ref.get_vocab_size(), tmp_path)
+    assert meta[Key.TOKENIZER_MODEL] == "llama" and meta[Key.ADD_BOS] and not meta[Key.ADD_EOS]
+    tok = Tokenizer.from_metadata(meta)
+    check_matches(tok, ref, TEXTS + ["zebra quokka ŋ", "<s>hi</s> there"], roundtrip=False)
+    for text in TEXTS + ["zebra ŋ"]:
+        assert tok.decode(tok.encode(text)) == ref.decode(ref.encode(text).ids, skip_special_tokens=False), text
+        assert tok.decode(tok.encode(text, add_bos=False)) == text
 
 
-def test_unsupported_pretokenizer_is_an_error(tmp_path):
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("style", ["gpt-2", "smollm", "llama-bpe", "spm-style", "sentencepiece"])
+def test_llamacpp_reads_our_metadata_alike(tmp_path, style):
+    """llama.cpp's own tokenizer, loading the metadata we wrote, gives the same ids as our runtime."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if style == "sentencepiece":
+        hf_dir = spm_folder(tmp_path)[1]
+    else:
+        hf_dir = make_spm_style(tmp_path / "hf") if style == "spm-style" else make_byte_level(tmp_path / "hf", style)
+    n = HFTokenizer.from_file(str(hf_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    path = write_gguf(hf_dir, n, tmp_path / "vocab.gguf", hparams=True)
+    ours = Tokenizer.from_metadata(read_meta(path))
+    ref = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    for text in TEXTS + WITH_SPECIALS:
+        for bos in (True, False):
+            assert ours.encode(text, add_bos=bos) == ref.tokenize(text.encode(), add_bos=bos, special=True), text
+
+
+# ---- (c) chat templates ------------------------------------------------------------------------------------------
+RICH_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(n=0) %}{% for m in messages %}"
+    "{% if m['role'] == 'system' and not loop.first %}{{ raise_exception('system must come first') }}{% endif %}"
+    "{% if m['role'] == 'tool' %}{% continue %}{% endif %}{% set ns.n = ns.n + 1 %}"
+    "[{{ ns.n }}|{{ m['role'] }}]\n  {{ m['content'] | trim }}{% if m.meta is defined %} {{ m.meta | tojson }}"
+    "{% endif %}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}[assistant]\n{% endif %}")
+
+
+def test_chat_rendering_matches_transformers(tmp_path):
+    from transformers import AutoTokenizer
+
+    make_tiny_tokenizer(tmp_path)  # saves a chat template with the tokenizer
+    meta = gguf_meta(tmp_path, 320, tmp_path)
+    ref = AutoTokenizer.from_pretrained(tmp_path)
+    messages = [{"role": "system", "content": "  Be brief. "}, {"role": "user", "content": "Héllo <b>&</b>",
+                                                                 "meta": {"lang": "ελληνικά", "n": [1, 2.5]}},
+                {"role": "tool", "content": "skipped"}, {"role": "assistant", "content": "Hi!"}]
+    for template in (meta[Key.CHAT_TEMPLATE], RICH_TEMPLATE):
+        for gen in (True, False):
+            want = ref.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=gen)
+            assert render_chat(template, messages, "<s>", "</s>", add_generation_prompt=gen) == want
+    with pytest.raises(ChatTemplateError, match="system must come first"):
+        render_chat(RICH_TEMPLATE, messages[1:] + messages[:1])
+
+
+def test_chat_without_template():
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ChatTemplateError, match="no chat template"):
+        render_chat(None, messages)
+    assert render_chat("", messages, fallback=True) == render_chat(CHATML_TEMPLATE, messages) \
+        == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ChatTemplateError, match="list of dicts"):
+        render_chat(CHATML_TEMPLATE, "not a list")
+    with pytest.raises(ChatTemplateError, match="compile"):
+        render_chat("{% for %}", messages)
+    with pytest.raises(ChatTemplateError):  # the sandbox holds
+        render_chat("{{ messages.__class__.__mro__ }}{{ ''.__class__.__subclasses__() }}", messages)
+
+
+# ---- (d) what the converter and the runtime refuse -----------------------------------------------------------------
+@pytest.mark.parametrize("pre, named", [
+    ({"type": "Whitespace"}, "Whitespace"),
+    ({"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}, "add_prefix_space"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated",
+                                             "invert": False}, {"type": "ByteLevel", "use_regex": False}]}, "Split"),
+])
+def test_unsupported_pretokenizer_is_an_error(tmp_path, pre, named):
     make_tiny_tokenizer(tmp_path)
     tj = json.loads((tmp_path / "tokenizer.json").read_text())
-    tj["pre_tokenizer"] = {"type": "Whitespace"}
+    tj["pre_tokenizer"] = pre
     (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
-    with pytest.raises(CheckpointError, match="unsupported pre-tokenizer"):
+    with pytest.raises(ValueError, match=f"unsupported pre-tokenizer .*{named}"):
         gguf_meta(tmp_path, 320, tmp_path)
 
 
-def test_bad_ids_and_templates():
-    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b", "ab"],
-            "tokenizer.ggml.merges": ["a b"]}
+def test_converter_reads_the_configs(tmp_path):
+    """tokenizer_config.json's add_bos_token overrides the post-processor; named chat templates give "default";
+    ids come from generation_config.json when tokenizer_config.json names no token; the vocabulary must fit."""
+    make_tiny_tokenizer(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    cfg.pop("eos_token", None)
+    cfg.update(add_bos_token=True, chat_template=[{"name": "tool_use", "template": "T"},
+                                                  {"name": "default", "template": "{{ messages[0]['content'] }}"}])
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, 0]}))
+    meta = gguf_meta(tmp_path, 320, tmp_path)
+    assert meta[Key.ADD_BOS] and meta[Key.CHAT_TEMPLATE] == "{{ messages[0]['content'] }}"
+    assert meta[Key.EOS_ID] == 2 and Tokenizer.from_metadata(meta).encode("a")[0] == meta[Key.BOS_ID]
+    with pytest.raises(ValueError, match="does not fit the model.s 300 embeddings"):
+        gguf_meta(tmp_path, 300, tmp_path)
+    cfg["chat_template"] = "{% if %}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="does not compile"):
+        gguf_meta(tmp_path, 320, tmp_path)
+
+
+def test_runtime_refuses_bad_metadata():
+    meta = {Key.TOKENIZER_MODEL: "gpt2", Key.TOKENIZER_PRE: "gpt-2", Key.TOKENS: ["a", "b", "ab"],
+            Key.MERGES: ["a b"]}
     tok = Tokenizer.from_metadata(meta)
-    assert tok.encode("ab", add_bos=False) == [2]
-    with pytest.raises(ValueError, match="token id 7"):
-        tok.decode([7])
-    with pytest.raises(ValueError, match="unknown token"):
-        Tokenizer.from_metadata({**meta, "tokenizer.ggml.merges": ["a zz"]})
-    with pytest.raises(ValueError, match="not supported"):
-        Tokenizer.from_metadata({**meta, "tokenizer.ggml.model": "bert"})
-    with pytest.raises(ChatTemplateError, match="no"):
-        render_chat("{{ raise_exception('no system role') }}", [{"role": "user", "content": "x"}])
-    with pytest.raises(ChatTemplateError, match="list of dicts"):
-        render_chat("{{ messages }}", "not a list")
+    assert tok.encode("ab", add_bos=False) == [2] and tok.decode([2, 0]) == "aba"
+    for bad in (7, -1, 2.0, None):
+        with pytest.raises(ValueError, match=f"token id {bad!r}"):
+            tok.decode([bad])
+        with pytest.raises(ValueError, match=f"token id {bad!r}"):
+            tok.token_bytes(bad)
+    cases = {"is not two known tokens": {Key.MERGES: ["a zz"]}, "not supported": {Key.TOKENIZER_MODEL: "bert"},
+             "'default' is not supported": {Key.TOKENIZER_PRE: "default"}, "is not a token id": {Key.BOS_ID: 3},
+             "one per token": {Key.TOKEN_TYPE: [1, 1]}, "non-empty list of strings": {Key.TOKENS: []}}
+    for message, change in cases.items():
+        with pytest.raises(ValueError, match=message):
+            Tokenizer.from_metadata({**meta, **change})
+    with pytest.raises(ValueError, match="tokenizer.ggml.pre: missing or not a string"):
+        Tokenizer.from_metadata({k: v for k, v in meta.items() if k != Key.TOKENIZER_PRE})
+
+
+def test_our_key_names_are_gguf_pys():
+    """The converter writes through gguf-py's named methods; the runtime reads our constants: they must agree."""
+    t = gguf.Keys.Tokenizer
+    pairs = [(Key.TOKENIZER_MODEL, t.MODEL), (Key.TOKENIZER_PRE, t.PRE), (Key.TOKENS, t.LIST),
+             (Key.TOKEN_TYPE, t.TOKEN_TYPE), (Key.SCORES, t.SCORES), (Key.MERGES, t.MERGES), (Key.BOS_ID, t.BOS_ID),
+             (Key.EOS_ID, t.EOS_ID), (Key.UNK_ID, t.UNK_ID), (Key.PAD_ID, t.PAD_ID), (Key.EOT_ID, t.EOT_ID),
+             (Key.ADD_BOS, t.ADD_BOS), (Key.ADD_EOS, t.ADD_EOS), (Key.ADD_SPACE_PREFIX, t.ADD_PREFIX),
+             (Key.CHAT_TEMPLATE, t.CHAT_TEMPLATE)]
+    assert [ours for ours, _ in pairs] == [theirs for _, theirs in pairs]

@@ -42,6 +42,7 @@ typedef enum rs_status {
     RS_ERR_THREADS = -5,   /* thread count out of range or thread creation failed */
     RS_ERR_ALIGN = -6,     /* a pointer is not aligned for its element type (4 bytes for float, 2 for fp16/blocks) */
     RS_ERR_INDEX = -7,     /* a row index is out of range */
+    RS_ERR_PATH = -8,      /* unknown SIMD path, or one this CPU cannot run */
 } rs_status;
 
 /* Human-readable text for an rs_status. Never NULL. */
@@ -80,8 +81,44 @@ RS_API int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int6
 RS_API int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
                        const int64_t *rows, int64_t n, float *out);
 
-/* Name of the SIMD path chosen at start-up ("scalar", "avx2", "avx512", "neon"). */
+/* ---- R-Sparse: the rank-aware sparse matrix-vector product (batch 1) -------------------------------------- */
+
+/* Bytes of scratch rs_sparse_matvec needs for n_in input channels and the given rank; -1 if invalid. */
+RS_API int64_t rs_sparse_scratch_bytes(int64_t n_in, int64_t rank);
+
+/* One R-Sparse linear at batch 1 (the paper's y = W[:, m] x[m] + U_r (V_r S_r) ((1 - m) * x)):
+ *   score_j = |x_j| * colnorm_j (or |x_j| when colnorm is NULL: the rho = 1 mode);  m_j = score_j > tau
+ *   y = sum_{j: m_j} x_j W[:, j]  +  U (VS ((1 - m) * x))
+ * Arguments:
+ *   wt:      (n_in, n_out) in wtype: the layer's weights stored input-channel-major, one row per input channel,
+ *            so that a dropped channel's weights are one skipped row. Quantization blocks run along the output
+ *            dimension: a row is rs_row_bytes(wtype, n_out) bytes (n_out a multiple of 32 for Q4_0/Q8_0).
+ *   colnorm: (n_in,) float32, or NULL
+ *   u:       (n_out, rank) in ftype (RS_TYPE_F32 or RS_TYPE_F16), row-major;  vs: (rank, n_in) in ftype, V_r S_r.
+ *            rank = 0: no low-rank term (u, vs and ftype are then ignored and may be NULL / anything).
+ *   x:       (n_in,) float32;  y: (n_out,) float32, overwritten, must not overlap x or scratch
+ *   n_kept:  receives the number of kept channels (may be NULL)
+ *   scratch: at least rs_sparse_scratch_bytes(n_in, rank) bytes, 4-byte aligned, owned by the caller (allocated
+ *            once, e.g. in the run state: this call allocates nothing)
+ * Threads split the output dimension into contiguous slices aligned to 32 elements, so each thread reads one
+ * contiguous piece of every kept row; the low-rank product splits the rank, then the output dimension.
+ * With colnorm NULL and tau < 0 every channel is kept: a dense matrix-vector product over this layout. */
+RS_API int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_out, int64_t n_in,
+                            const float *colnorm, float tau, int ftype, const void *u, const void *vs, int64_t rank,
+                            const float *x, float *y, int64_t *n_kept, void *scratch, int64_t scratch_bytes);
+
+/* ---- SIMD paths ---------------------------------------------------------------------------------------------- */
+
+/* Name of the SIMD path in use ("scalar", "avx2", "avx512", "neon"): the fastest this CPU runs, or the one
+ * RSPARSE_SIMD names at start-up if this CPU runs it, or the last one rs_simd_select chose. */
 RS_API const char *rs_simd_path(void);
+
+/* The paths this build and CPU can run, fastest first, comma-separated (e.g. "avx512,avx2,scalar"). */
+RS_API const char *rs_simd_paths(void);
+
+/* Switches every later call to the named path (NULL: the fastest); RS_ERR_PATH if this CPU cannot run it. For
+ * tests and benchmarks: a call already running finishes on the path it started with. */
+RS_API int rs_simd_select(const char *name);
 
 #ifdef __cplusplus
 }

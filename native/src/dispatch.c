@@ -1,12 +1,14 @@
 /* dispatch.c -- picks the kernel table once, at the first call, from what the CPU supports.
  *
- * RSPARSE_SIMD=<name> forces a path (for benchmarks and for testing a SIMD path against scalar); a name that is
- * unknown or that this CPU cannot run is ignored, and rs_simd_path() tells which path is really in use. */
+ * RSPARSE_SIMD=<name> forces a path at start-up (for benchmarks and for testing a SIMD path against scalar); a
+ * name that is unknown or that this CPU cannot run is ignored, and rs_simd_path() tells which path is really in
+ * use. rs_simd_select switches path later, so that one process can test or time every path. */
 #define _POSIX_C_SOURCE 200809L
 #include "kernels.h"
 #include "quant.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,47 +27,95 @@ static const rs_kernels *const PATHS[] = {
 };
 #define N_PATHS (sizeof PATHS / sizeof PATHS[0])
 
-static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
-static rs_kernels chosen;  /* the winner, its NULL entries filled from scalar; written once under chosen_once */
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static rs_kernels filled[N_PATHS];   /* PATHS[i] with its NULL entries taken from scalar; written once */
+static int runnable[N_PATHS];        /* cpu_ok, asked once */
+static char names[N_PATHS * 16];     /* "avx512,avx2,scalar": the runnable paths, fastest first */
+static _Atomic(const rs_kernels *) current;
 
-static int runnable(const rs_kernels *k)
-{
-    return k->cpu_ok == NULL || k->cpu_ok();
-}
+#define FILL(field) f->field = p->field ? p->field : rs_kernels_scalar.field
 
-static void choose(void)
+static void init(void)
 {
+    for (size_t i = 0; i < N_PATHS; i++) {
+        const rs_kernels *p = PATHS[i];
+        rs_kernels *f = &filled[i];
+        *f = *p;
+        FILL(mm_f32);
+        FILL(mm_f16);
+        FILL(mm_q4_0);
+        FILL(mm_q8_0);
+        FILL(axpy_f32);
+        FILL(axpy_f16);
+        FILL(axpy_q4_0);
+        FILL(axpy_q8_0);
+        runnable[i] = p->cpu_ok == NULL || p->cpu_ok();
+        if (runnable[i]) {
+            if (names[0])
+                strcat(names, ",");
+            strcat(names, p->name);
+        }
+    }
     const rs_kernels *pick = NULL;
     const char *want = getenv("RSPARSE_SIMD");
     for (size_t i = 0; i < N_PATHS && want && *want; i++)
-        if (strcmp(PATHS[i]->name, want) == 0 && runnable(PATHS[i]))
-            pick = PATHS[i];
+        if (strcmp(PATHS[i]->name, want) == 0 && runnable[i])
+            pick = &filled[i];
     for (size_t i = 0; i < N_PATHS && !pick; i++)
-        if (runnable(PATHS[i]))
-            pick = PATHS[i];
-
-    const rs_kernels *s = &rs_kernels_scalar;
-    chosen = *pick;
-    chosen.dot_f32 = pick->dot_f32 ? pick->dot_f32 : s->dot_f32;
-    chosen.dot_f16 = pick->dot_f16 ? pick->dot_f16 : s->dot_f16;
-    chosen.dot_q4_0 = pick->dot_q4_0 ? pick->dot_q4_0 : s->dot_q4_0;
-    chosen.dot_q8_0 = pick->dot_q8_0 ? pick->dot_q8_0 : s->dot_q8_0;
+        if (runnable[i])
+            pick = &filled[i];
+    atomic_store(&current, pick);
 }
 
-rs_dot_fn rs_dot_for(int type)
+const rs_kernels *rs_kernels_now(void)
 {
-    pthread_once(&chosen_once, choose);
+    pthread_once(&init_once, init);
+    return atomic_load_explicit(&current, memory_order_acquire);
+}
+
+rs_mm_fn rs_mm_for(const rs_kernels *k, int type)
+{
     switch (type) {
-    case RS_TYPE_F32: return chosen.dot_f32;
-    case RS_TYPE_F16: return chosen.dot_f16;
-    case RS_TYPE_Q4_0: return chosen.dot_q4_0;
-    case RS_TYPE_Q8_0: return chosen.dot_q8_0;
+    case RS_TYPE_F32: return k->mm_f32;
+    case RS_TYPE_F16: return k->mm_f16;
+    case RS_TYPE_Q4_0: return k->mm_q4_0;
+    case RS_TYPE_Q8_0: return k->mm_q8_0;
+    default: return NULL;
+    }
+}
+
+rs_axpy_fn rs_axpy_for(const rs_kernels *k, int type)
+{
+    switch (type) {
+    case RS_TYPE_F32: return k->axpy_f32;
+    case RS_TYPE_F16: return k->axpy_f16;
+    case RS_TYPE_Q4_0: return k->axpy_q4_0;
+    case RS_TYPE_Q8_0: return k->axpy_q8_0;
     default: return NULL;
     }
 }
 
 const char *rs_simd_path(void)
 {
-    pthread_once(&chosen_once, choose);
-    return chosen.name;
+    return rs_kernels_now()->name;
+}
+
+const char *rs_simd_paths(void)
+{
+    pthread_once(&init_once, init);
+    return names;
+}
+
+int rs_simd_select(const char *name)
+{
+    pthread_once(&init_once, init);
+    for (size_t i = 0; i < N_PATHS; i++) {
+        if (name ? strcmp(PATHS[i]->name, name) != 0 : !runnable[i])
+            continue;
+        if (!runnable[i])
+            return RS_ERR_PATH;
+        atomic_store_explicit(&current, &filled[i], memory_order_release);
+        return RS_OK;
+    }
+    return RS_ERR_PATH;
 }

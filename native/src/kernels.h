@@ -3,27 +3,44 @@
  * Adding a path: write kernels_<name>.c defining `const rs_kernels rs_kernels_<name>` (entries it does not
  * implement may stay NULL and fall back to scalar), add it to the PATHS list in dispatch.c, and add the file with
  * its own compile flags (and -DRS_HAVE_<NAME>) in native/CMakeLists.txt. Every SIMD kernel is tested against the
- * scalar one, which is the truth. */
+ * scalar one, which is the truth, and against a float64 reference. The x86 and ARM paths share one body,
+ * kernels_simd.h, written against a handful of vector primitives that each path file defines.
+ *
+ * Quantized weights are always dequantized to float and multiplied with float activations: activations are never
+ * quantized, so every path agrees with the exact product of the dequantized weights to float rounding. */
 #ifndef RS_KERNELS_H
 #define RS_KERNELS_H
 
 #include <stdint.h>
 
-/* One weight row against n_tok activation vectors:
- *   row: one row of n_in elements in the kernel's weight type (rs_row_bytes(type, n_in) bytes)
- *   x:   (n_tok, n_in) float32
- *   y:   y[t * y_stride] = dot(row, x[t]) for t in [0, n_tok); overwritten, not accumulated
- * The row is read (and dequantized) once for all tokens: that is what makes prefill cheaper than n_tok decodes.
- * Quantized weights are dequantized to float; activations are never quantized. */
-typedef void (*rs_dot_fn)(const void *row, const float *x, int64_t n_in, int64_t n_tok, float *y, int64_t y_stride);
+/* Dense rows against tokens (the standard (n_out, n_in) layout):
+ *   w: (n_rows, n_in) in the kernel's weight type, rows rb bytes apart
+ *   x: (n_tok, n_in) float32
+ *   y: y[t * ys + r] = dot(row r, x[t]) for r in [0, n_rows), t in [0, n_tok); overwritten, not accumulated
+ * Within one path, the value written for (r, t) does not depend on n_rows, n_tok or the position of the row in
+ * the call: prefill gives each token bit for bit what decode gives it. */
+typedef void (*rs_mm_fn)(const void *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in, int64_t n_tok,
+                         float *y, int64_t ys);
+
+/* Sparse accumulation over kept input channels (the input-channel-major layout of rs_sparse_matvec):
+ *   wt:  rows of n_out elements in the kernel's weight type, rb bytes apart; quantization blocks run along the row
+ *   idx: (n_kept,) row numbers; xk: (n_kept,) their activations
+ *   y:   y[o] += sum_k xk[k] * wt[idx[k]][o0 + o] for o in [0, n)
+ * o0 is a multiple of 32 (a block boundary for quantized types); so is n, unless o0 + n ends the row. */
+typedef void (*rs_axpy_fn)(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
+                           int64_t o0, int64_t n, float *y);
 
 typedef struct rs_kernels {
     const char *name;       /* what rs_simd_path() reports, and what RSPARSE_SIMD selects */
     int (*cpu_ok)(void);    /* can this CPU run these kernels? NULL: always */
-    rs_dot_fn dot_f32;      /* any entry may be NULL: the scalar kernel is used instead */
-    rs_dot_fn dot_f16;
-    rs_dot_fn dot_q4_0;
-    rs_dot_fn dot_q8_0;
+    rs_mm_fn mm_f32;        /* any entry may be NULL: the scalar kernel is used instead */
+    rs_mm_fn mm_f16;
+    rs_mm_fn mm_q4_0;
+    rs_mm_fn mm_q8_0;
+    rs_axpy_fn axpy_f32;
+    rs_axpy_fn axpy_f16;
+    rs_axpy_fn axpy_q4_0;
+    rs_axpy_fn axpy_q8_0;
 } rs_kernels;
 
 extern const rs_kernels rs_kernels_scalar;
@@ -31,7 +48,11 @@ extern const rs_kernels rs_kernels_avx2;    /* defined only when built with RS_H
 extern const rs_kernels rs_kernels_avx512;  /* ... RS_HAVE_AVX512 */
 extern const rs_kernels rs_kernels_neon;    /* ... RS_HAVE_NEON */
 
-/* The dot kernel of the path chosen at start-up for this weight type; NULL for an unknown type. */
-rs_dot_fn rs_dot_for(int type);
+/* The kernel table in use (every entry filled); never NULL. Read once per public call, so a call runs on one path
+ * even if rs_simd_select changes it meanwhile. */
+const rs_kernels *rs_kernels_now(void);
+
+rs_mm_fn rs_mm_for(const rs_kernels *k, int type);      /* NULL for an unknown type */
+rs_axpy_fn rs_axpy_for(const rs_kernels *k, int type);  /* NULL for an unknown type */
 
 #endif /* RS_KERNELS_H */

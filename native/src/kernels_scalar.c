@@ -1,8 +1,9 @@
 /* kernels_scalar.c -- the reference kernels: plain C that every SIMD path must agree with.
  *
- * Each kernel walks its row in chunks: dequantize a chunk to float once, then dot it with the same chunk of every
- * token. The dot keeps 8 partial sums, which both bounds the float rounding error and lets the compiler vectorize
- * the loop without -ffast-math (it may not reorder one running sum). */
+ * Each dense kernel walks its row in chunks: dequantize a chunk to float once, then dot it with the same chunk of
+ * every token. The dot keeps 8 partial sums, which both bounds the float rounding error and lets the compiler
+ * vectorize the loop without -ffast-math (it may not reorder one running sum). The sparse kernels dequantize a
+ * chunk of a kept row and add it, scaled by its activation, to y. */
 #include "kernels.h"
 #include "quant.h"
 
@@ -86,11 +87,78 @@ static void dot_q8_0(const void *row, const float *x, int64_t n_in, int64_t n_to
     }
 }
 
+/* The dense entry points: one row at a time, each row read once for all tokens. */
+#define MM(type)                                                                                             \
+    static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in,            \
+                          int64_t n_tok, float *y, int64_t ys)                                               \
+    {                                                                                                        \
+        for (int64_t r = 0; r < n_rows; r++)                                                                 \
+            dot_##type((const uint8_t *)w + r * rb, x, n_in, n_tok, y + r, ys);                              \
+    }
+MM(f32)
+MM(f16)
+MM(q4_0)
+MM(q8_0)
+
+/* ---- sparse: y += xk * row, for each kept row ------------------------------------------------------------ */
+static inline void axpy_run(float *restrict y, float s, const float *restrict w, int64_t n)
+{
+    for (int64_t o = 0; o < n; o++)
+        y[o] += s * w[o];
+}
+
+static inline const uint8_t *kept_row(const void *wt, int64_t rb, const int32_t *idx, int64_t k)
+{
+    return (const uint8_t *)wt + (int64_t)idx[k] * rb;
+}
+
+static void axpy_f32(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept, int64_t o0,
+                     int64_t n, float *y)
+{
+    for (int64_t k = 0; k < n_kept; k++)
+        axpy_run(y, xk[k], (const float *)kept_row(wt, rb, idx, k) + o0, n);
+}
+
+static void axpy_f16(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept, int64_t o0,
+                     int64_t n, float *y)
+{
+    float w[CHUNK];
+    for (int64_t k = 0; k < n_kept; k++) {
+        const uint16_t *h = (const uint16_t *)kept_row(wt, rb, idx, k) + o0;
+        for (int64_t off = 0; off < n; off += CHUNK) {
+            const int64_t len = n - off < CHUNK ? n - off : CHUNK;
+            for (int64_t i = 0; i < len; i++)
+                w[i] = rs_fp16_to_fp32(h[off + i]);
+            axpy_run(y + off, xk[k], w, len);
+        }
+    }
+}
+
+#define AXPY_Q(type)                                                                                         \
+    static void axpy_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,  \
+                            int64_t o0, int64_t n, float *y)                                                 \
+    {                                                                                                        \
+        float w[RS_QK];                                                                                      \
+        for (int64_t k = 0; k < n_kept; k++) {                                                               \
+            const block_##type *b = (const block_##type *)kept_row(wt, rb, idx, k) + o0 / RS_QK;             \
+            for (int64_t off = 0; off < n; off += RS_QK) {                                                   \
+                rs_dequant_##type(&b[off / RS_QK], w);                                                       \
+                axpy_run(y + off, xk[k], w, RS_QK);                                                          \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+AXPY_Q(q4_0)
+AXPY_Q(q8_0)
+
 const rs_kernels rs_kernels_scalar = {
     .name = "scalar",
     .cpu_ok = NULL,
-    .dot_f32 = dot_f32,
-    .dot_f16 = dot_f16,
-    .dot_q4_0 = dot_q4_0,
-    .dot_q8_0 = dot_q8_0,
+    .mm_f32 = mm_f32,
+    .mm_f16 = mm_f16,
+    .mm_q4_0 = mm_q4_0,
+    .mm_q8_0 = mm_q8_0,
+    .axpy_f32 = axpy_f32,
+    .axpy_f16 = axpy_f16,
+    .axpy_q4_0 = axpy_q4_0,
+    .axpy_q8_0 = axpy_q8_0,
 };

@@ -1,9 +1,7 @@
-/* matmul.c -- the public entry points: argument checks, then the work split over the pool.
- *
- * Every size is checked before any memory is touched, and every byte count is checked to fit in ptrdiff_t, so a
- * wrong call returns a status instead of reading out of bounds. */
+/* matmul.c -- the dense entry points (and rs_strerror): argument checks, then the work split over the pool. */
 #include <stdint.h>
 
+#include "check.h"
 #include "kernels.h"
 #include "pool.h"
 #include "quant.h"
@@ -19,39 +17,13 @@ const char *rs_strerror(int status)
     case RS_ERR_THREADS: return "thread count out of range or thread creation failed";
     case RS_ERR_ALIGN: return "a pointer is not aligned for its element type";
     case RS_ERR_INDEX: return "a row index is out of range";
+    case RS_ERR_PATH: return "unknown SIMD path, or one this CPU cannot run";
     default: return "unknown rs_status";
     }
 }
 
-/* a * b <= PTRDIFF_MAX, for a, b > 0: a byte count that pointer arithmetic can hold. */
-static int fits(int64_t a, int64_t b)
-{
-    return a <= (int64_t)(PTRDIFF_MAX / b);
-}
-
-static int aligned(const void *p, int64_t align)
-{
-    return (uintptr_t)p % (uintptr_t)align == 0;
-}
-
-/* Checks a weight matrix of n_rows rows of n_in elements; on success stores the bytes per row. */
-static int check_weights(int type, const void *w, int64_t n_rows, int64_t n_in, int64_t *row_bytes)
-{
-    if (!w)
-        return RS_ERR_NULL;
-    if (!rs_type_ok(type))
-        return RS_ERR_TYPE;
-    const int64_t rb = rs_row_bytes(type, n_in);
-    if (n_rows <= 0 || rb < 0 || !fits(n_rows, rb) || !fits(n_in, sizeof(float)))
-        return RS_ERR_SHAPE;
-    if (!aligned(w, rs_type_align(type)))
-        return RS_ERR_ALIGN;
-    *row_bytes = rb;
-    return RS_OK;
-}
-
 struct matmul_job {
-    rs_dot_fn dot;
+    rs_mm_fn mm;
     const uint8_t *w;   /* (n_out, row_bytes) */
     int64_t row_bytes;
     int64_t n_out, n_in, n_tok;
@@ -59,16 +31,14 @@ struct matmul_job {
     float *y;           /* (n_tok, n_out) */
 };
 
-/* Slice ith of nth gets a contiguous range of output rows, sizes differing by at most one; written without
- * n_out * ith, which could overflow. */
+/* Slice ith of nth gets a contiguous range of output rows. */
 static void matmul_slice(void *ctx, int ith, int nth)
 {
     const struct matmul_job *j = ctx;
-    const int64_t base = j->n_out / nth, extra = j->n_out % nth;
-    const int64_t r0 = base * ith + (ith < extra ? ith : extra);
-    const int64_t r1 = r0 + base + (ith < extra ? 1 : 0);
-    for (int64_t r = r0; r < r1; r++)
-        j->dot(j->w + r * j->row_bytes, j->x, j->n_in, j->n_tok, j->y + r, j->n_out);
+    int64_t r0, r1;
+    rs_slice(j->n_out, 1, ith, nth, &r0, &r1);
+    if (r1 > r0)
+        j->mm(j->w + r0 * j->row_bytes, j->row_bytes, r1 - r0, j->x, j->n_in, j->n_tok, j->y + r0, j->n_out);
 }
 
 int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
@@ -77,15 +47,15 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
     if (!pool || !x || !y)
         return RS_ERR_NULL;
     int64_t rb;
-    const int st = check_weights(type, w, n_out, n_in, &rb);
+    const int st = rs_check_weights(type, w, n_out, n_in, &rb);
     if (st != RS_OK)
         return st;
-    if (n_tok <= 0 || !fits(n_out, sizeof(float)) || !fits(n_tok, n_in * (int64_t)sizeof(float)) ||
-        !fits(n_tok, n_out * (int64_t)sizeof(float)))
+    if (n_tok <= 0 || !rs_fits(n_out, sizeof(float)) || !rs_fits(n_tok, n_in * (int64_t)sizeof(float)) ||
+        !rs_fits(n_tok, n_out * (int64_t)sizeof(float)))
         return RS_ERR_SHAPE;
-    if (!aligned(x, _Alignof(float)) || !aligned(y, _Alignof(float)))
+    if (!rs_aligned(x, _Alignof(float)) || !rs_aligned(y, _Alignof(float)))
         return RS_ERR_ALIGN;
-    struct matmul_job job = {rs_dot_for(type), w, rb, n_out, n_in, n_tok, x, y};
+    struct matmul_job job = {rs_mm_for(rs_kernels_now(), type), w, rb, n_out, n_in, n_tok, x, y};
     rs_pool_run(pool, matmul_slice, &job);
     return RS_OK;
 }
@@ -96,12 +66,12 @@ int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
     if (!rows || !out)
         return RS_ERR_NULL;
     int64_t rb;
-    const int st = check_weights(type, w, n_rows_total, n_in, &rb);
+    const int st = rs_check_weights(type, w, n_rows_total, n_in, &rb);
     if (st != RS_OK)
         return st;
-    if (n <= 0 || !fits(n, n_in * (int64_t)sizeof(float)))
+    if (n <= 0 || !rs_fits(n, n_in * (int64_t)sizeof(float)))
         return RS_ERR_SHAPE;
-    if (!aligned(rows, _Alignof(int64_t)) || !aligned(out, _Alignof(float)))
+    if (!rs_aligned(rows, _Alignof(int64_t)) || !rs_aligned(out, _Alignof(float)))
         return RS_ERR_ALIGN;
     for (int64_t i = 0; i < n; i++)  /* all indices first: a bad call writes nothing */
         if (rows[i] < 0 || rows[i] >= n_rows_total)

@@ -229,6 +229,186 @@ static void test_matmul_case(rs_pool *pool, int type, int64_t n_out, int64_t n_i
     free(y);
 }
 
+/* ---- sparse matvec ------------------------------------------------------------------------------------------ */
+static double ref_half_or_float(int ftype, const void *a, int64_t i)
+{
+    return ftype == RS_TYPE_F32 ? (double)((const float *)a)[i] : half_value(((const uint16_t *)a)[i]);
+}
+
+/* Every channel's score is distinct (random floats), so tau between two of them keeps exactly n_keep channels. */
+static float tau_for(const float *x, const float *colnorm, int64_t n_in, int64_t n_keep)
+{
+    if (n_keep >= n_in)
+        return -1.0f;
+    float *s = malloc((size_t)n_in * sizeof *s);
+    for (int64_t i = 0; i < n_in; i++)
+        s[i] = colnorm ? fabsf(x[i]) * colnorm[i] : fabsf(x[i]);
+    /* selection by counting: the (n_in - n_keep)-th smallest score, then the next one up */
+    float lo = -1.0f, hi = INFINITY;
+    for (int64_t i = 0; i < n_in; i++) {
+        int64_t below = 0;
+        for (int64_t j = 0; j < n_in; j++)
+            below += s[j] < s[i];
+        if (below == n_in - n_keep - 1)
+            lo = s[i];
+        if (below == n_in - n_keep)
+            hi = s[i];
+    }
+    free(s);
+    return isinf(hi) ? lo + 1.0f : lo + (hi - lo) / 2;
+}
+
+static void test_sparse_case(rs_pool *pool, int wtype, int ftype, int64_t n_out, int64_t n_in, int64_t rank,
+                             int use_colnorm, int64_t n_keep)
+{
+    const int64_t rb = rs_row_bytes(wtype, n_out);
+    const int64_t fb = ftype == RS_TYPE_F32 ? 4 : 2;
+    uint8_t *wt = malloc((size_t)(n_in * rb));
+    void *u = malloc((size_t)(n_out * (rank ? rank : 1) * fb)), *vs = malloc((size_t)((rank ? rank : 1) * n_in * fb));
+    float *x = malloc((size_t)n_in * sizeof *x), *colnorm = malloc((size_t)n_in * sizeof *colnorm);
+    float *y = malloc((size_t)(n_out + 1) * sizeof *y);
+    const int64_t sb = rs_sparse_scratch_bytes(n_in, rank);
+    void *scratch = malloc((size_t)sb);
+    fill_weights(wtype, wt, n_in, n_out);
+    for (int64_t i = 0; i < n_out * rank; i++) {
+        const float f = rand_uniform(-0.5f, 0.5f);
+        if (ftype == RS_TYPE_F32)
+            ((float *)u)[i] = f;
+        else
+            ((uint16_t *)u)[i] = rs_fp32_to_fp16(f);
+    }
+    for (int64_t i = 0; i < rank * n_in; i++) {
+        const float f = rand_uniform(-0.5f, 0.5f);
+        if (ftype == RS_TYPE_F32)
+            ((float *)vs)[i] = f;
+        else
+            ((uint16_t *)vs)[i] = rs_fp32_to_fp16(f);
+    }
+    for (int64_t i = 0; i < n_in; i++) {
+        x[i] = rand_uniform(-2.0f, 2.0f);
+        colnorm[i] = rand_uniform(0.1f, 3.0f);
+    }
+    const float *cn = use_colnorm ? colnorm : NULL;
+    const float tau = tau_for(x, cn, n_in, n_keep);
+    for (int64_t i = 0; i <= n_out; i++)
+        y[i] = NAN;
+    int64_t kept = -1;
+    const int st = rs_sparse_matvec(pool, wtype, wt, n_out, n_in, cn, tau, ftype, u, vs, rank, x, y, &kept, scratch, sb);
+    CHECK(st == RS_OK, "rs_sparse_matvec: %s", rs_strerror(st));
+    CHECK(kept == n_keep, "path %s type %d %lldx%lld: kept %lld, want %lld", rs_simd_path(), wtype,
+          (long long)n_out, (long long)n_in, (long long)kept, (long long)n_keep);
+
+    /* reference: the mask as the kernel computes it (float32 scores), everything else in double */
+    double *z = calloc((size_t)(rank ? rank : 1), sizeof *z), *zmag = calloc((size_t)(rank ? rank : 1), sizeof *zmag);
+    unsigned char *m = malloc((size_t)n_in);
+    for (int64_t j = 0; j < n_in; j++)
+        m[j] = (cn ? fabsf(x[j]) * cn[j] : fabsf(x[j])) > tau;
+    for (int64_t r = 0; r < rank; r++)
+        for (int64_t j = 0; j < n_in; j++)
+            if (!m[j]) {
+                const double p = ref_half_or_float(ftype, vs, r * n_in + j) * x[j];
+                z[r] += p;
+                zmag[r] += fabs(p);
+            }
+    for (int64_t o = 0; o < n_out; o++) {
+        double want = 0.0, mag = 0.0;
+        for (int64_t j = 0; j < n_in; j++)
+            if (m[j]) {
+                const double p = ref_element(wtype, wt + j * rb, o) * x[j];
+                want += p;
+                mag += fabs(p);
+            }
+        for (int64_t r = 0; r < rank; r++) {
+            const double uo = ref_half_or_float(ftype, u, o * rank + r);
+            want += uo * z[r];
+            mag += fabs(uo) * zmag[r];
+        }
+        CHECK(fabs(y[o] - want) <= 1e-5 * mag + 1e-30, "path %s type %d ftype %d %lldx%lld rank %lld kept %lld "
+              "threads %d: y[%lld] = %.9g, want %.9g", rs_simd_path(), wtype, ftype, (long long)n_out,
+              (long long)n_in, (long long)rank, (long long)n_keep, rs_pool_n_threads(pool), (long long)o, y[o], want);
+    }
+    CHECK(isnan(y[n_out]), "rs_sparse_matvec wrote past y");
+    free(z);
+    free(zmag);
+    free(m);
+    free(wt);
+    free(u);
+    free(vs);
+    free(x);
+    free(colnorm);
+    free(y);
+    free(scratch);
+}
+
+static void test_sparse(void)
+{
+    static const int types[] = {RS_TYPE_F32, RS_TYPE_F16, RS_TYPE_Q4_0, RS_TYPE_Q8_0};
+    static const int64_t n_out_q[] = {32, 96, 576};
+    static const int64_t n_out_f[] = {1, 37, 576};
+    static const int64_t n_ins[] = {1, 45, 192};
+    static const int percents[] = {0, 10, 50, 90, 100};
+    for (int nt = 1; nt <= 4; nt++) {
+        rs_pool *pool = rs_pool_create(nt);
+        for (size_t ti = 0; ti < 4; ti++) {
+            const int type = types[ti];
+            const int quant = type == RS_TYPE_Q4_0 || type == RS_TYPE_Q8_0;
+            for (size_t a = 0; a < 3; a++)
+                for (size_t b = 0; b < 3; b++)
+                    for (size_t c = 0; c < 5; c++) {
+                        const int64_t n_out = quant ? n_out_q[a] : n_out_f[a], n_in = n_ins[b];
+                        const int64_t keep = n_in * percents[c] / 100;
+                        const int64_t rank = (a + b + c) % 3 == 0 ? 0 : (int64_t)(1 + (a + c) % 2 * 8);
+                        test_sparse_case(pool, type, (a + c) % 2 ? RS_TYPE_F16 : RS_TYPE_F32, n_out, n_in, rank,
+                                         (b + c) % 2, keep);
+                    }
+        }
+        rs_pool_free(pool);
+    }
+    /* A SmolLM2 down projection, rho = 1 and colnorm, with a rank-16 term. */
+    rs_pool *pool = rs_pool_create(2);
+    test_sparse_case(pool, RS_TYPE_Q8_0, RS_TYPE_F16, 576, 1536, 16, 1, 700);
+    test_sparse_case(pool, RS_TYPE_F16, RS_TYPE_F32, 576, 1536, 0, 0, 300);
+    rs_pool_free(pool);
+}
+
+static void test_sparse_errors(void)
+{
+    rs_pool *pool = rs_pool_create(2);
+    _Alignas(8) uint8_t wt[34 * 4] = {0};
+    float x[4] = {1, 2, 3, 4}, y[64], u[64 * 2] = {0}, vs[2 * 4] = {0};
+    _Alignas(8) float scratch[64];
+    int64_t kept;
+    const int64_t sb = rs_sparse_scratch_bytes(4, 2);
+    CHECK(sb == 4 * (3 * 4 + 2) && rs_sparse_scratch_bytes(0, 0) == -1 && rs_sparse_scratch_bytes(4, -1) == -1,
+          "rs_sparse_scratch_bytes");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept, scratch,
+                           sb) == RS_OK && kept == 4, "valid sparse call");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept, scratch,
+                           sb - 4) == RS_ERR_SHAPE, "scratch too small");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 33, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept, scratch,
+                           sb) == RS_ERR_SHAPE, "n_out %% 32");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_Q8_0, u, vs, 2, x, y, &kept, scratch,
+                           sb) == RS_ERR_TYPE, "factor type");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, NULL, vs, 2, x, y, &kept, scratch,
+                           sb) == RS_ERR_NULL, "NULL u");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, NULL, NULL, 0, x, y, NULL, scratch,
+                           sb) == RS_OK, "rank 0 ignores the factors");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, -1, x, y, &kept, scratch,
+                           sb) == RS_ERR_SHAPE, "rank < 0");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept, NULL,
+                           sb) == RS_ERR_NULL, "NULL scratch");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt + 1, 32, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept,
+                           scratch, sb) == RS_ERR_ALIGN, "misaligned wt");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept,
+                           (char *)scratch + 2, sb) == RS_ERR_ALIGN, "misaligned scratch");
+    CHECK(rs_sparse_matvec(pool, 5, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept, scratch,
+                           sb) == RS_ERR_TYPE, "weight type");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_F32, wt, (int64_t)1 << 61, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept,
+                           scratch, sb) == RS_ERR_SHAPE, "n_out overflows");
+    CHECK(rs_simd_select("no-such-path") == RS_ERR_PATH && rs_simd_select(NULL) == RS_OK, "rs_simd_select");
+    rs_pool_free(pool);
+}
+
 static void test_matmul(void)
 {
     static const int types[] = {RS_TYPE_F32, RS_TYPE_F16, RS_TYPE_Q4_0, RS_TYPE_Q8_0};
@@ -344,11 +524,11 @@ static void test_errors(void)
     CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 32, NULL, 1, y) == RS_ERR_NULL, "NULL rows");
     CHECK(rs_get_rows(7, w, 4, 32, rows, 1, y) == RS_ERR_TYPE, "bad type");
 
-    for (int s = 1; s >= -8; s--)
+    for (int s = 1; s >= -9; s--)
         CHECK(rs_strerror(s) != NULL && rs_strerror(s)[0] != '\0', "rs_strerror(%d)", s);
     const char *want = getenv("RSPARSE_SIMD");
-    if (want && strcmp(want, "scalar") == 0)
-        CHECK(strcmp(rs_simd_path(), "scalar") == 0, "RSPARSE_SIMD=scalar gives %s", rs_simd_path());
+    if (want && strstr(rs_simd_paths(), want))
+        CHECK(strcmp(rs_simd_path(), want) == 0, "RSPARSE_SIMD=%s gives %s", want, rs_simd_path());
     rs_pool_free(pool);
 }
 
@@ -418,12 +598,22 @@ static void test_pool(void)
 
 int main(void)
 {
-    printf("simd path: %s\n", rs_simd_path());
+    printf("simd path at start-up: %s; runnable: %s\n", rs_simd_path(), rs_simd_paths());
     test_fp16();
     test_get_rows();
     test_errors();
+    test_sparse_errors();
     test_pool();
-    test_matmul();
+    /* Every kernel path this CPU runs, each against the double-precision references. */
+    char paths[128];
+    snprintf(paths, sizeof paths, "%s", rs_simd_paths());
+    for (char *save = NULL, *p = strtok_r(paths, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        CHECK(rs_simd_select(p) == RS_OK && strcmp(rs_simd_path(), p) == 0, "select %s", p);
+        const int before = failures;
+        test_matmul();
+        test_sparse();
+        printf("path %s: %s\n", p, failures == before ? "ok" : "FAILED");
+    }
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -1,0 +1,221 @@
+"""Kernel benchmark: dense vs R-Sparse matrix-vector time per layer shape, weight type and SIMD path.
+
+For SmolLM2-135M and Llama-7B layer shapes and each weight type it prints, per SIMD path: the dense decode time
+(rs_matmul on the standard (n_out, n_in) layout) with its achieved GB/s against this machine's memory read bandwidth,
+measured in the same run (numpy dot over 1 GiB, one process per pool thread, all at once); then the sparse time
+(rs_sparse_matvec, rank 0, rho = 1: keep |x_j| > tau, tau from a quantile of |x|) at kept fractions 90% .. 10%, as a
+ratio to dense. Then prefill (n_tok tokens through one layer) per path against the scalar path, and the issue's
+targets on Llama-7B shapes.
+
+Every weight matrix is cycled through enough copies (>= --stream-mb in all) that it comes from memory, not from
+the last-level cache, as in a real decode step. Each time is the best of --reps rounds (the machine is shared).
+Kernels are called through the raw cffi functions, so the Python argument checks do not count.
+
+    python bench/kernels.py                      # everything, 2 threads
+    python bench/kernels.py --models llama7b --types F16,Q8_0 --paths avx2
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import time
+
+import numpy as np
+
+import gguf
+from rsparse_cpp import native
+from rsparse_cpp.constants import GGMLType
+
+MODELS = {
+    # (layer name, n_out, n_in)
+    "smollm2": [("q/o", 576, 576), ("k/v", 192, 576), ("gate/up", 1536, 576), ("down", 576, 1536)],
+    "llama7b": [("q/k/v/o", 4096, 4096), ("gate/up", 11008, 4096), ("down", 4096, 11008)],
+}
+FRACTIONS = (0.9, 0.7, 0.5, 0.3, 0.1)
+TARGETS = {"dense_bw": 0.70, 0.5: 0.6, 0.3: 0.4}  # the issue's "Done when", Llama-7B shapes, F16 and Q8_0
+
+
+# ---- memory bandwidth: numpy reads, one process per pool thread -------------------------------------------------
+def _reader(nbytes: int, barrier, out, reps: int) -> None:
+    a = np.ones(nbytes // 4, np.float32)
+    a.dot(a)  # touch every page before timing
+    spans = []
+    for _ in range(reps):
+        barrier.wait()
+        t0 = time.perf_counter()
+        a.dot(a)
+        spans.append((t0, time.perf_counter()))
+    out.put(spans)
+
+
+def memory_bandwidth(n_procs: int, nbytes: int = 1 << 30, reps: int = 5) -> float:
+    """Best aggregate read bandwidth (bytes/s) of n_procs processes each reading its own nbytes at the same time."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(n_procs), ctx.Queue()
+    procs = [ctx.Process(target=_reader, args=(nbytes // n_procs, barrier, out, reps)) for _ in range(n_procs)]
+    for p in procs:
+        p.start()
+    spans = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    best = min(max(s[r][1] for s in spans) - min(s[r][0] for s in spans) for r in range(reps))
+    return nbytes // n_procs * n_procs / best
+
+
+# ---- weights -------------------------------------------------------------------------------------------------------
+def stored(w: np.ndarray, wtype: GGMLType) -> np.ndarray:
+    if wtype == GGMLType.F32:
+        return np.ascontiguousarray(w)
+    if wtype == GGMLType.F16:
+        return w.astype(np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(w), gguf.GGMLQuantizationType[wtype.name])
+
+
+def copies(a: np.ndarray, stream_bytes: int) -> list[np.ndarray]:
+    return [a] + [a.copy() for _ in range(max(1, -(-stream_bytes // a.nbytes)) - 1)] if a.nbytes else [a]
+
+
+def best_time(call, pointers: list, reps: int, min_calls: int = 200) -> float:
+    """Best over reps rounds of the mean time per call, cycling through the weight copies."""
+    rounds = max(1, -(-min_calls // len(pointers)))
+    call(pointers[0])
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            for p in pointers:
+                call(p)
+        best = min(best, (time.perf_counter() - t0) / (rounds * len(pointers)))
+    return best
+
+
+# ---- one layer shape ---------------------------------------------------------------------------------------------
+def bench_layer(pool, n_out: int, n_in: int, wtype: GGMLType, paths: list[str], args, rng) -> list[dict]:
+    lib, ffi = native._load(), native.ffi
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    dense = copies(stored(w, wtype), args.stream_mb << 20)
+    sparse = copies(stored(np.ascontiguousarray(w.T), wtype), args.stream_mb << 20)
+    del w
+    x = rng.standard_normal(n_in).astype(np.float32)
+    y = np.empty(n_out, np.float32)
+    scratch = np.empty(native.sparse_scratch_bytes(n_in, 0) // 4, np.float32)
+    n_kept = ffi.new("int64_t *")
+    px, py, ps = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y), ffi.from_buffer(scratch)
+    pd = [ffi.from_buffer(c) for c in dense]
+    pt = [ffi.from_buffer(c) for c in sparse]
+    taus = {f: float(np.quantile(np.abs(x), 1 - f)) for f in args.fractions}
+
+    rows = []
+    for path in paths:
+        native.simd_select(path)
+        t_dense = best_time(lambda p: lib.rs_matmul(pool._ptr, int(wtype), p, n_out, n_in, px, 1, py), pd, args.reps)
+        ratios, kept = {}, {}
+        for f, tau in taus.items():
+            def call(p, tau=tau):
+                return lib.rs_sparse_matvec(pool._ptr, int(wtype), p, n_out, n_in, ffi.NULL, tau, 0, ffi.NULL,
+                                            ffi.NULL, 0, px, py, n_kept, ps, scratch.nbytes)
+            ratios[f] = best_time(call, pt, args.reps) / t_dense
+            kept[f] = n_kept[0] / n_in
+        rows.append(dict(path=path, dense_s=t_dense, gbs=dense[0].nbytes / t_dense / 1e9, ratios=ratios, kept=kept))
+    return rows
+
+
+def bench_prefill(pool, n_out: int, n_in: int, wtype: GGMLType, n_tok: int, paths: list[str], reps: int, rng):
+    lib, ffi = native._load(), native.ffi
+    w = stored(rng.standard_normal((n_out, n_in)).astype(np.float32), wtype)
+    x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
+    y = np.empty((n_tok, n_out), np.float32)
+    pw, px, py = ffi.from_buffer(w), ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y)
+    times = {}
+    for path in paths:
+        native.simd_select(path)
+        times[path] = best_time(lambda p: lib.rs_matmul(pool._ptr, int(wtype), p, n_out, n_in, px, n_tok, py), [pw],
+                                reps, min_calls=3)
+    return times
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="smollm2,llama7b")
+    ap.add_argument("--types", default="F16,Q8_0,Q4_0,F32")
+    ap.add_argument("--paths", default=None, help="comma-separated SIMD paths (default: every one this CPU runs)")
+    ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--stream-mb", type=int, default=256, help="weight bytes cycled through per measurement")
+    ap.add_argument("--prefill-tokens", type=int, default=64)
+    ap.add_argument("--no-prefill", action="store_true")
+    args = ap.parse_args()
+    args.fractions = [float(f) for f in args.fractions.split(",")]
+    paths = args.paths.split(",") if args.paths else native.simd_paths()
+    for p in paths:
+        if p not in native.simd_paths():
+            raise SystemExit(f"path {p!r} is not runnable here (runnable: {native.simd_paths()})")
+    types = [GGMLType[t] for t in args.types.split(",")]
+    rng = np.random.default_rng(0)
+
+    bw1 = memory_bandwidth(1)
+    bw = memory_bandwidth(args.threads) if args.threads > 1 else bw1
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; pool threads: {args.threads}; SIMD paths: {paths}")
+    print(f"memory read bandwidth (numpy dot over 1 GiB, best of 5): {bw1 / 1e9:.1f} GB/s with 1 process, "
+          f"{bw / 1e9:.1f} GB/s with {args.threads} at once (the reference below)")
+    print("dense: rs_matmul, (n_out, n_in) layout, one token; sparse: rs_sparse_matvec, input-major, rank 0, rho = 1")
+    print(f"weights cycled through {args.stream_mb} MiB of copies; times are the best of {args.reps} rounds\n")
+    head = " ".join(f"{int(f * 100):>5d}%" for f in args.fractions)
+    print(f"{'model':8s} {'layer':8s} {'n_out x n_in':>12s} {'type':5s} {'path':7s} {'dense us':>9s} {'GB/s':>6s} "
+          f"{'%bw':>5s} | sparse/dense at kept {head}")
+    results = []
+    with native.Pool(args.threads) as pool:
+        for model in args.models.split(","):
+            for layer, n_out, n_in in MODELS[model]:
+                for wtype in types:
+                    for r in bench_layer(pool, n_out, n_in, wtype, paths, args, rng):
+                        r.update(model=model, layer=layer, n_out=n_out, n_in=n_in, type=wtype.name)
+                        results.append(r)
+                        ratios = " ".join(f"{r['ratios'][f]:6.2f}" for f in args.fractions)
+                        print(f"{model:8s} {layer:8s} {n_out:>5d}x{n_in:<6d} {wtype.name:5s} {r['path']:7s} "
+                              f"{r['dense_s'] * 1e6:9.1f} {r['gbs']:6.1f} {r['gbs'] * 1e9 / bw * 100:5.0f} | "
+                              f"{'':22s}{ratios}", flush=True)
+
+        if not args.no_prefill:
+            n_tok = args.prefill_tokens
+            print(f"\nprefill: rs_matmul with {n_tok} tokens, 4096 x 4096 (ms; speed-up over scalar)")
+            for wtype in types:
+                t = bench_prefill(pool, 4096, 4096, wtype, n_tok, paths, max(2, args.reps // 2), rng)
+                gflops = {p: 2 * 4096 * 4096 * n_tok / s / 1e9 for p, s in t.items()}
+                cells = "  ".join(f"{p} {s * 1e3:7.2f} ms {gflops[p]:6.1f} GFLOP/s"
+                                  + (f" x{t['scalar'] / s:4.1f}" if "scalar" in t else "") for p, s in t.items())
+                print(f"  {wtype.name:5s} {cells}", flush=True)
+
+    print("\ntargets (Llama-7B shapes, F16 and Q8_0): dense >= 70% of bandwidth, sparse <= 0.6x dense at 50% kept, "
+          "<= 0.4x at 30%")
+    for path in paths:
+        rows = [r for r in results if r["model"] == "llama7b" and r["type"] in ("F16", "Q8_0") and r["path"] == path]
+        if not rows:
+            continue
+        misses = []
+        for r in rows:
+            name = f"{r['type']} {r['n_out']}x{r['n_in']}"
+            if r["gbs"] * 1e9 < TARGETS["dense_bw"] * bw:
+                misses.append(f"{name} dense {r['gbs'] * 1e9 / bw:.0%} of bandwidth")
+            for f in (0.5, 0.3):
+                if f in r["ratios"] and r["ratios"][f] > TARGETS[f]:
+                    misses.append(f"{name} {f:.0%} kept: {r['ratios'][f]:.2f}x dense")
+        print(f"  {path:7s} {'all met' if not misses else 'MISSED: ' + '; '.join(misses)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Calibration: text, dense activations at every linear's input, tau quantiles, column norms, float64 SVDs, and the
+`Plan` (tau, rho, factors of every linear) they produce.
+
+Text: `pydoc_data.topics`, the help texts shipped inside every CPython (about 460 k characters of English prose
+and code). Nothing is downloaded. Topics are split by position in sorted key order: every 4th topic is held out
+for evaluation, the rest is calibration, so the two never share a sentence.
+
+Activations are sampled, not stored whole: a fixed random subset of at most `max_tokens` calibration tokens
+(seeded) is kept per input site, so memory is bounded by max_tokens * (3 n_embd + n_ff) floats per block whatever
+the calibration size. attn_q/k/v share one input, ffn_gate/up another, so a block has four sites.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rsparse_cpp.constants import LINEARS
+
+from .budget import keep_count, rank_for
+from .reference import SparseState, iter_linears, rsparse_linear
+
+SITE = {"attn_q": "attn_in", "attn_k": "attn_in", "attn_v": "attn_in", "attn_output": "attn_output_in",
+        "ffn_gate": "ffn_in", "ffn_up": "ffn_in", "ffn_down": "ffn_down_in"}
+SPLITS = ("calibration", "evaluation")
+# Ridge added to the dropped inputs' second-moment matrix, relative to its mean diagonal: with fewer calibration
+# tokens than input channels (ffn_down) the matrix is singular; the ridge also pulls the fit towards plain SVD.
+DATA_AWARE_RIDGE = 1e-2
+
+
+# ---- text -----------------------------------------------------------------------------------------------------
+def corpus_text(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: choose one of {SPLITS}")
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    held_out = split == "evaluation"
+    return "\n\n".join(topics[k].strip() for i, k in enumerate(keys) if (i % 4 == 3) == held_out)
+
+
+def corpus_provenance(split: str) -> tuple[str, str]:
+    """(description, sha256 of the text): the text changes with the Python version, the hash says which."""
+    text = corpus_text(split)
+    desc = f"pydoc_data.topics of Python {sys.version.split()[0]}, split {split} (topic index % 4 {'==' if split == 'evaluation' else '!='} 3)"
+    return desc, hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_tokenizer(hf_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(hf_dir))
+
+
+def load_model(hf_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+
+
+def token_windows(tokenizer, text: str, seq_len: int, n_windows: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows of `seq_len` tokens from the start of `text`: (n, seq_len) int64."""
+    chars = len(text) if n_windows is None else n_windows * seq_len * 8
+    while True:  # tokenize only as much text as the windows need (the corpus is ~100 k tokens)
+        ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
+        if chars >= len(text) or len(ids) > n_windows * seq_len:
+            break
+        chars *= 2
+    n = len(ids) // seq_len if n_windows is None else min(n_windows, len(ids) // seq_len)
+    if n < 1:
+        raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {seq_len}")
+    return torch.tensor(ids[:n * seq_len], dtype=torch.long).reshape(n, seq_len)
+
+
+# ---- statistics -----------------------------------------------------------------------------------------------
+def quantile_tau(score: torch.Tensor, keep_fraction: float) -> float:
+    """tau such that a fraction `keep_fraction` of the scores is > tau (the (1 - keep) quantile)."""
+    flat = score.reshape(-1)
+    n_drop = flat.numel() - round(keep_fraction * flat.numel())
+    if n_drop <= 0:
+        return -1.0  # scores are >= 0: keep everything
+    return float(torch.kthvalue(flat.float(), n_drop).values)
+
+
+def svd_factors(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's factors: U_r (out, r) and S_r V_r^T (r, in), from a float64 SVD."""
+    return u[:, :rank].float(), (s[:rank, None] * vh[:rank]).float()
+
+
+def data_aware_factors(w: torch.Tensor, x_dropped: torch.Tensor, rank: int,
+                       ridge: float = DATA_AWARE_RIDGE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-r A B minimising sum_t ||W x_t - A B x_t||^2 over the dropped inputs x_t (rows of x_dropped).
+
+    With M = E[x x^T] = L L^T the error is ||(W - A B) L||_F^2, minimised by A B = P_r P_r^T W where P_r are the
+    top-r left singular vectors of W L (Eckart-Young on W L). So U = P_r and vs = P_r^T W: no inverse of L needed.
+    """
+    w64, x64 = w.double(), x_dropped.double()
+    m = x64.T @ x64 / max(1, x64.shape[0])
+    scale = float(m.diagonal().mean())
+    if not scale > 0:  # nothing dropped on calibration data: fall back to the plain SVD of W
+        u, s, vh = torch.linalg.svd(w64, full_matrices=False)
+        return svd_factors(u, s, vh, rank)
+    m.diagonal().add_(ridge * scale)
+    lower = torch.linalg.cholesky(m)
+    p, _, _ = torch.linalg.svd(w64 @ lower, full_matrices=False)
+    p = p[:, :rank]
+    return p.float(), (p.T @ w64).float()
+
+
+class Calibration:
+    """Dense-model statistics for every linear: sampled input activations, column norms, float64 SVDs."""
+
+    def __init__(self, model, windows: torch.Tensor, max_tokens: int = 2048, batch_size: int = 4, seed: int = 0,
+                 progress: bool = False):
+        self.model = model
+        self.n_layer = len(model.model.layers)
+        n_win, seq_len = windows.shape
+        total = n_win * seq_len
+        gen = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(total, generator=gen)[:max_tokens].sort().values if total > max_tokens else None
+        self.n_tokens = total if pick is None else len(pick)
+        self.seq_len = seq_len
+        self.acts: dict[tuple[int, str], list[torch.Tensor] | torch.Tensor] = {}
+        self._svd: dict[tuple[int, str], tuple] = {}
+        self._cache: dict[tuple, tuple] = {}
+        self.weights = {(b, n): m.weight.detach() for b, n, m in iter_linears(model)}
+        self.colnorm = {k: w.double().norm(dim=0) for k, w in self.weights.items()}  # (in,) float64
+
+        offset = [0]
+        hooks = []
+        for bid, name, module in iter_linears(model):
+            if name not in ("attn_q", "attn_output", "ffn_gate", "ffn_down"):
+                continue  # the other linears share these inputs
+            key = (bid, SITE[name])
+            self.acts[key] = []
+
+            def hook(_mod, args, key=key):
+                x = args[0].reshape(-1, args[0].shape[-1])
+                if pick is not None:
+                    lo = offset[0]
+                    sel = pick[(pick >= lo) & (pick < lo + x.shape[0])] - lo
+                    x = x[sel]
+                self.acts[key].append(x.detach().float().clone())
+
+            hooks.append(module.register_forward_pre_hook(hook))
+        state = getattr(next(iter_linears(model))[2], "state", None)
+        mode = state.mode if state else None
+        if state:
+            state.mode = "dense"
+        try:
+            from tqdm import tqdm
+
+            with torch.no_grad():
+                for i in tqdm(range(0, n_win, batch_size), desc="calibrate", disable=not progress, leave=False):
+                    chunk = windows[i:i + batch_size]
+                    model.model(chunk)  # the decoder only: no logits needed
+                    offset[0] += chunk.numel()
+        finally:
+            for h in hooks:
+                h.remove()
+            if state:
+                state.mode = mode
+        self.acts = {k: torch.cat(v) for k, v in self.acts.items()}
+
+    def inputs(self, bid: int, name: str) -> torch.Tensor:
+        return self.acts[(bid, SITE[name])]  # (n_tokens, in) float32
+
+    def score(self, bid: int, name: str, rho: float) -> torch.Tensor:
+        x = self.inputs(bid, name).abs()
+        return x if rho >= 1.0 else x * self.colnorm[(bid, name)].float()
+
+    def tau(self, bid: int, name: str, sparsity: float, rho: float) -> float:
+        return quantile_tau(self.score(bid, name, rho), (1.0 - sparsity) * rho)
+
+    def svd(self, bid: int, name: str):
+        if (bid, name) not in self._svd:
+            self._svd[(bid, name)] = torch.linalg.svd(self.weights[(bid, name)].double(), full_matrices=False)
+        return self._svd[(bid, name)]
+
+    def linear_plan(self, bid: int, name: str, sparsity: float, rho: float, factors: str):
+        """(tau, u, vs) for one linear at one (sparsity, rho), cached: the search revisits the same grid values."""
+        key = (bid, name, sparsity, rho, factors)
+        if key not in self._cache:
+            w = self.weights[(bid, name)]
+            out, in_ = w.shape
+            tau = self.tau(bid, name, sparsity, rho)
+            rank = rank_for(in_, out, sparsity, rho)
+            u = vs = None
+            if rank:
+                if factors == "svd":
+                    u, vs = svd_factors(*self.svd(bid, name), rank)
+                else:
+                    x = self.inputs(bid, name)
+                    u, vs = data_aware_factors(w, x * (self.score(bid, name, rho) <= tau), rank)
+            self._cache[key] = (tau, u, vs)
+        return self._cache[key]
+
+
+# ---- plans ----------------------------------------------------------------------------------------------------
+FACTORS = ("svd", "data-aware")
+TAU_MODES = ("dense", "sequential")
+
+
+@dataclass
+class Plan:
+    """Everything the reference model and the companion need: per (block, linear) tau, rho, keep, rank, factors."""
+
+    sparsity: float
+    rho: np.ndarray  # (n_layer, 7) float
+    tau: np.ndarray  # (n_layer, 7) float
+    keep: np.ndarray  # (n_layer, 7) int, nominal
+    rank: np.ndarray  # (n_layer, 7) int
+    factors: str = "svd"
+    tau_mode: str = "dense"
+    u: dict = field(default_factory=dict)  # (bid, linear index) -> (out, rank) float32
+    vs: dict = field(default_factory=dict)  # (bid, linear index) -> (rank, in) float32
+
+
+def empty_plan(model, sparsity: float, rho: np.ndarray, factors: str, tau_mode: str) -> Plan:
+    n_layer = len(model.model.layers)
+    rho = np.asarray(rho, dtype=np.float64).reshape(n_layer, len(LINEARS))
+    keep = np.zeros(rho.shape, dtype=np.int64)
+    rank = np.zeros(rho.shape, dtype=np.int64)
+    for bid, name, m in iter_linears(model):
+        i = LINEARS.index(name)
+        out, in_ = m.weight.shape
+        keep[bid, i] = keep_count(in_, sparsity, rho[bid, i])
+        rank[bid, i] = rank_for(in_, out, sparsity, rho[bid, i])
+    return Plan(sparsity, rho, np.zeros(rho.shape), keep, rank, factors, tau_mode)
+
+
+def dense_plan(calib: Calibration, sparsity: float, rho: np.ndarray, factors: str = "svd") -> Plan:
+    """The paper's calibration: every tau (and data-aware factor) from the dense model's activations."""
+    if factors not in FACTORS:
+        raise ValueError(f"factors {factors!r}: choose one of {FACTORS}")
+    plan = empty_plan(calib.model, sparsity, rho, factors, "dense")
+    for bid, name, _ in iter_linears(calib.model):
+        i = LINEARS.index(name)
+        tau, u, vs = calib.linear_plan(bid, name, sparsity, float(plan.rho[bid, i]), factors)
+        plan.tau[bid, i] = tau
+        if u is not None:
+            plan.u[(bid, i)], plan.vs[(bid, i)] = u, vs
+    return plan
+
+
+def sequential_plan(model, state: SparseState, windows: torch.Tensor, calib: Calibration, sparsity: float,
+                    rho: np.ndarray, factors: str = "svd") -> Plan:
+    """Beyond the paper: tau (and data-aware factors) of each linear from its input in the model whose earlier
+    linears are already sparse, so every linear keeps its targeted fraction in the sparse model. One forward pass
+    over `windows`: each linear calibrates itself on first use, in execution order."""
+    plan = empty_plan(model, sparsity, rho, factors, "sequential")
+
+    def calibrate(lin, x, score):
+        i = LINEARS.index(lin.name)
+        tau = quantile_tau(score, (1.0 - sparsity) * lin.rho)
+        u, vs = lin.u, lin.vs
+        if lin.rank and factors == "data-aware":
+            u, vs = data_aware_factors(lin.weight.detach(), x * (score <= tau), lin.rank)
+        plan.tau[lin.bid, i] = tau
+        if u is not None:
+            plan.u[(lin.bid, i)], plan.vs[(lin.bid, i)] = u, vs
+        lin.set(tau, lin.rho, u, vs)
+
+    for bid, name, _ in iter_linears(model):
+        i = LINEARS.index(name)
+        r = float(plan.rho[bid, i])
+        u = vs = None
+        if plan.rank[bid, i]:
+            u, vs = svd_factors(*calib.svd(bid, name), int(plan.rank[bid, i]))  # data-aware: replaced on first use
+        rsparse_linear(model, bid, name).set(None, r, u, vs)
+    saved = state.mode, state.calibrate
+    state.mode, state.calibrate = "strict", calibrate
+    try:
+        with torch.no_grad():
+            model.model(windows)
+    finally:
+        state.mode, state.calibrate = saved
+    return plan
+
+
+def tau_only_calibrator(sparsity: float):
+    """A SparseState.calibrate hook that sets only tau (factors stay), from the input the linear sees."""
+
+    def calibrate(lin, x, score):
+        lin.tau = quantile_tau(score, (1.0 - sparsity) * lin.rho)
+
+    return calibrate
+
+
+def apply_plan(model, plan: Plan) -> None:
+    for bid, name, _ in iter_linears(model):
+        i = LINEARS.index(name)
+        rsparse_linear(model, bid, name).set(float(plan.tau[bid, i]), float(plan.rho[bid, i]),
+                                             plan.u.get((bid, i)), plan.vs.get((bid, i)))
+
+
+def calibration_windows(tokenizer, n_tokens: int, seq_len: int) -> torch.Tensor:
+    """The first ceil(n_tokens / seq_len) windows of the calibration split."""
+    return token_windows(tokenizer, corpus_text("calibration"), seq_len, math.ceil(n_tokens / seq_len))

@@ -1,0 +1,195 @@
+"""From a model and a sparsity target to a calibrated Plan, and the `rsparse-companion` command.
+
+`build` runs the whole offline pipeline: calibration activations -> rho per linear (fixed recipe or evolutionary
+search) -> tau and low-rank factors -> Plan. `rsparse-convert ... --sparsity S` (cli.py) writes the base GGUF and
+its companion in one run; `rsparse-companion BASE.gguf HF_DIR --sparsity S` adds a companion to an existing base.
+
+Method flags (the defaults are what measured lowest held-out strict perplexity on SmolLM2-135M, docs/RESULTS.md):
+    --factors svd          the paper's top-r SVD of W
+    --factors data-aware   rank-r factors fitted to the inputs the low-rank path actually sees
+    --tau dense            the paper's thresholds, from the dense model's activations
+    --tau sequential       thresholds calibrated block by block in the already-sparsified model
+    --paper-faithful       = --factors svd --tau dense
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rsparse_cpp.constants import LINEARS
+
+from .search import RHO_GRID, SearchConfig
+
+RECIPES = ("sparse-only", "uniform", "searched")
+UNIFORM_RHO = 0.95
+DEFAULT_FACTORS = "data-aware"
+DEFAULT_TAU = "sequential"
+
+
+@dataclass
+class BuildConfig:
+    sparsity: float
+    recipe: str = "searched"
+    factors: str = DEFAULT_FACTORS
+    tau: str = DEFAULT_TAU
+    calib_tokens: int = 2048  # tokens for tau and factors
+    fit_tokens: int = 1024  # the first calibration tokens, for the search's fitness (calibration perplexity)
+    seq_len: int = 256
+    search: SearchConfig = field(default_factory=SearchConfig)
+    checkpoint: Path | None = None  # the search's best-so-far JSON
+
+
+def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None):
+    """-> (plan, recipe_info dict, calibration provenance dict). Leaves the plan applied to `model`.
+    `calib`: a Calibration of this model on the same windows, to share between several builds."""
+    from .budget import model_sparsity, shapes_from_config
+    from .calibrate import (Calibration, apply_plan, calibration_windows, corpus_provenance, dense_plan,
+                            sequential_plan, tau_only_calibrator)
+    from .perplexity import nll
+    from .reference import rsparse_model
+    from .search import Search
+
+    if cfg.recipe not in RECIPES:
+        raise ValueError(f"recipe {cfg.recipe!r}: choose one of {RECIPES}")
+    t0 = time.time()
+    state = rsparse_model(model)
+    n_layer = len(model.model.layers)
+    windows = calibration_windows(tokenizer, cfg.calib_tokens, cfg.seq_len)
+    if calib is None:
+        calib = Calibration(model, windows, max_tokens=cfg.calib_tokens, progress=progress)
+    info: dict = {"recipe": cfg.recipe, "sparsity": cfg.sparsity, "factors": cfg.factors, "tau_calibration": cfg.tau}
+
+    if cfg.recipe == "sparse-only" or (cfg.recipe == "searched" and cfg.sparsity == 0.0):
+        # at sparsity 0, rho = 1 keeps every channel: exact, nothing to search
+        rho = np.ones((n_layer, len(LINEARS)))
+    elif cfg.recipe == "uniform":
+        rho = np.full((n_layer, len(LINEARS)), UNIFORM_RHO)
+    else:
+        fit_windows = windows[:max(1, math.ceil(cfg.fit_tokens / cfg.seq_len))]
+
+        def fitness(rho: np.ndarray) -> float:
+            apply_plan(model, dense_plan(calib, cfg.sparsity, rho, cfg.factors))
+            if cfg.tau == "sequential":
+                # thresholds re-calibrated in the sparse model on the scored windows themselves, in the same
+                # forward pass: the fitness sees the sequential thresholds at the cost of a dense-tau evaluation
+                for m in state.modules:
+                    m.tau = None
+                state.calibrate = tau_only_calibrator(cfg.sparsity)
+            try:
+                total, count = nll(model, state, fit_windows, "strict", batch_size=len(fit_windows))
+            finally:
+                state.calibrate = None
+            return total / count
+
+        context = {"sparsity": cfg.sparsity, "factors": cfg.factors, "fit_tokens": cfg.fit_tokens,
+                   "calib_tokens": cfg.calib_tokens, "seq_len": cfg.seq_len,
+                   "model": str(getattr(model.config, "_name_or_path", "")), "n_layer": n_layer}
+        search = Search(fitness, n_layer, len(LINEARS), cfg.search, cfg.checkpoint, context, progress)
+        genome, best = search.run()
+        from .search import expand
+
+        rho = expand(genome, cfg.search.grid, n_layer)
+        info["search"] = {**json_safe(asdict(cfg.search)), "fitness": best, "initial_best": search.initial_best,
+                          "evaluations": len(search.evaluated), "history": search.history,
+                          "fit_tokens": cfg.fit_tokens}
+    if cfg.tau == "sequential":
+        plan = sequential_plan(model, state, windows, calib, cfg.sparsity, rho, cfg.factors)
+    elif cfg.tau == "dense":
+        plan = dense_plan(calib, cfg.sparsity, rho, cfg.factors)
+    else:
+        raise ValueError(f"tau calibration {cfg.tau!r}: choose dense or sequential")
+    apply_plan(model, plan)
+    info["planned_model_sparsity"] = model_sparsity(shapes_from_config(model.config), n_layer, cfg.sparsity, rho)
+    info["rho_grid"] = list(cfg.search.grid)
+    info["seconds"] = round(time.time() - t0, 1)
+    source, sha = corpus_provenance("calibration")
+    provenance = {"source": source, "sha256": sha, "tokens": calib.n_tokens, "seq_len": cfg.seq_len}
+    info["calibration"] = provenance
+    return plan, info, provenance
+
+
+def json_safe(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def add_rsparse_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("R-Sparse companion")
+    g.add_argument("--sparsity", type=float, required=required,
+                   help="model-level target: fraction of block-linear weights not read per token, e.g. 0.5"
+                        + ("" if required else " (writes <out>.rsparse.gguf beside the base)"))
+    g.add_argument("--recipe", default="searched", choices=RECIPES,
+                   help="rho per linear: sparse-only (rho=1, TEAL-like), uniform (rho=0.95) or searched (default)")
+    g.add_argument("--factors", default=DEFAULT_FACTORS, choices=("svd", "data-aware"))
+    g.add_argument("--tau", default=DEFAULT_TAU, choices=("dense", "sequential"), help="threshold calibration")
+    g.add_argument("--paper-faithful", action="store_true", help="the paper's method: --factors svd --tau dense")
+    g.add_argument("--calib-tokens", type=int, default=2048)
+    g.add_argument("--fit-tokens", type=int, default=1024, help="calibration tokens scored by the search")
+    g.add_argument("--seq-len", type=int, default=256, help="calibration window length")
+    g.add_argument("--population", type=int, default=SearchConfig.population)
+    g.add_argument("--generations", type=int, default=SearchConfig.generations)
+    g.add_argument("--groups", type=int, default=SearchConfig.groups, help="groups of blocks sharing a rho")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint", type=Path, help="search checkpoint JSON (default: <companion>.search.json)")
+    g.add_argument("--threads", type=int, default=2, help="torch threads")
+    g.add_argument("--companion-out", type=Path, help="companion path (default: <base>.rsparse.gguf)")
+
+
+def build_config(args, companion_out: Path) -> BuildConfig:
+    factors, tau = ("svd", "dense") if args.paper_faithful else (args.factors, args.tau)
+    return BuildConfig(
+        sparsity=args.sparsity, recipe=args.recipe, factors=factors, tau=tau, calib_tokens=args.calib_tokens,
+        fit_tokens=args.fit_tokens, seq_len=args.seq_len,
+        search=SearchConfig(population=args.population, generations=args.generations, groups=args.groups,
+                            seed=args.seed, grid=RHO_GRID),
+        checkpoint=args.checkpoint or companion_out.with_name(companion_out.name + ".search.json"))
+
+
+def make_companion(base: Path, hf_dir: Path, args, progress: bool = True) -> Path:
+    import torch
+
+    from rsparse_cpp.companion import companion_path
+
+    from .calibrate import load_model, load_tokenizer
+    from .companion import write_companion
+
+    torch.set_num_threads(args.threads)
+    out = args.companion_out or companion_path(base)
+    cfg = build_config(args, out)
+    model, tok = load_model(hf_dir), load_tokenizer(hf_dir)
+    plan, info, provenance = build(model, tok, cfg, progress)
+    write_companion(out, base, model, plan, cfg.recipe, info, provenance, progress=progress)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """rsparse-companion: add an R-Sparse companion to an existing base GGUF, from the HF checkpoint it was
+    converted from."""
+    p = argparse.ArgumentParser(prog="rsparse-companion", description=main.__doc__)
+    p.add_argument("base", type=Path, help="base GGUF written by rsparse-convert")
+    p.add_argument("hf_dir", type=Path, help="the HF checkpoint the base was converted from")
+    p.add_argument("--no-progress", action="store_true")
+    add_rsparse_args(p, required=True)
+    args = p.parse_args(argv)
+    from rsparse_cpp.gguf_file import GGUFError
+
+    from .checkpoint import CheckpointError
+
+    if not 0.0 <= args.sparsity < 1.0:
+        p.error(f"--sparsity {args.sparsity}: must be in [0, 1)")
+    try:
+        out = make_companion(args.base, args.hf_dir, args, progress=not args.no_progress)
+    except (GGUFError, CheckpointError, ValueError, OSError) as e:
+        print(f"rsparse-companion: error: {e}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+/* kernels_avx512.c -- the AVX-512 path (AVX512F, with F16C and FMA, which every AVX-512 CPU has). Compiled with
+ * -mavx512f -mfma -mf16c; only used when cpu_ok says the CPU (and the OS, which must save zmm state) supports it. */
+#include <immintrin.h>
+
+#include "kernels.h"
+
+#define PATH avx512
+#define VL 16
+#define MR 4
+#define NT 4  /* 4 x 4 accumulators + 4 weight vectors + 1 activation: 21 of the 32 zmm registers */
+
+typedef __m512 vf;
+
+static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
+static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf vf_set1(float s) { return _mm512_set1_ps(s); }
+static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+
+/* Halves, then quarters... written out so the order is fixed (_mm512_reduce_add_ps leaves it to the compiler). */
+static inline float vf_hsum(vf v)
+{
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline vf vf_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+static inline vf vf_load_i8(const int8_t *p)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+static inline vf vf_load_q4(const uint8_t *p, int hi)
+{
+    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    q = hi ? _mm512_srli_epi32(q, 4) : _mm512_and_si512(q, _mm512_set1_epi32(0xF));
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(8)));
+}
+
+static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+static inline void prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
+static inline void prefetch_l2(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T1); }
+
+static int cpu_ok(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+#define CPU_OK cpu_ok
+#include "kernels_simd.h"

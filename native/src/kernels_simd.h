@@ -1,0 +1,383 @@
+/* kernels_simd.h -- the body of every SIMD path, written once against a few vector primitives.
+ *
+ * Included by kernels_avx2.c, kernels_avx512.c and kernels_neon.c after they define, for their vector type:
+ *   VL                      floats per vector (4, 8 or 16: it divides a quantization block of 32)
+ *   MR, NT                  prefill micro-tile: MR weight rows x NT tokens of vector accumulators in registers
+ *   vf                      the vector type
+ *   vf_zero() vf_load(p) vf_store(p, v) vf_set1(s) vf_mul(a, b) vf_fma(a, b, c) (= a * b + c)
+ *   vf_hsum(v)              sum of the lanes, in a fixed order
+ *   vf_load_f16(p)          VL binary16 -> float (exact)
+ *   vf_load_i8(p)           VL int8 -> float
+ *   vf_load_q4(p, hi)       VL nibbles of bytes p[0..VL) (low ones, or high ones if hi) minus 8 -> float
+ *   half_to_float(h)        one binary16 -> float (exact), in one instruction where the CPU has one
+ *   prefetch(p)             a read hint for the cache line holding p, into L1
+ *   prefetch_l2(p)          the same, into L2 only (for lines needed later than the next few microseconds)
+ *   PATH                    the path's name token (avx2, ...): the file defines `const rs_kernels rs_kernels_##PATH`
+ *   CPU_OK                  its cpu_ok function, or NULL when every CPU of the architecture runs it
+ * Loads never read past the VL elements asked for, so a kernel never touches memory beyond its rows.
+ *
+ * Dense (standard (n_out, n_in) layout). Decode (one token) streams MR rows at once, dequantizing in registers:
+ * one vector accumulator per row, so the rows are independent FMA chains and share each load of x. Prefill (two or
+ * more tokens) is a small GEMM: MR rows are dequantized chunk by chunk into an L1 buffer and multiplied with NT
+ * tokens at a time from a tile of tokens small enough to stay in cache, so weights come from memory once per tile
+ * rather than once per token, and each weight load feeds NT FMAs. Both orders give every (row, token) the same
+ * arithmetic -- acc = fma(w[e..e+VL), x[e..e+VL), acc) for e = 0, VL, ... in turn, then the leftover elements one
+ * by one with fmaf, then hsum(acc) + leftover -- so prefill equals decode bit for bit.
+ *
+ * Sparse (input-channel-major layout). Each kept channel's row slice is scaled by its activation and added to y,
+ * GROUP rows per pass over the slice of y (which stays in L1), while later groups' rows are prefetched: the rows
+ * are scattered, so the hardware prefetcher cannot guess them. */
+#ifndef RS_KERNELS_SIMD_H
+#define RS_KERNELS_SIMD_H
+
+#include <math.h>
+#include <stdalign.h>
+
+#include "kernels.h"
+#include "quant.h"
+
+/* Tuning knobs (each may be overridden with -D for an experiment; bench/kernels.py measures the effect). */
+#define KC 512               /* prefill: elements of a row dequantized at a time (MR x KC floats in L1) */
+#define TILE_BYTES (1 << 20) /* prefill: bytes of activations per token tile: fits L2 on most laptops, L3 on all */
+#define TMAX 64              /* prefill: most tokens per tile (bounds the accumulator buffer) */
+#ifndef GROUP
+#define GROUP 8              /* sparse: kept rows added per pass over y (8 measured ~10% faster than 4 on Zen) */
+#endif
+#ifndef AHEAD
+#define AHEAD 2              /* sparse: prefetch this many groups ahead, into L2 */
+#endif
+#ifndef SPARSE_PF
+#define SPARSE_PF prefetch_l2
+#endif
+#ifndef PF_DIST
+#define PF_DIST 2048         /* dense decode: bytes ahead of each row's read position (Q8_0 out of cache: 17 ->
+                              * 40 GB/s on Zen 5 with 2 threads; quantized rows defeat the hardware prefetcher) */
+#endif
+
+_Static_assert(RS_QK % VL == 0 && KC % RS_QK == 0 && TMAX % NT == 0, "tile sizes must nest");
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ---- weights, VL at a time: element e (a multiple of VL) of a row -------------------------------------------- */
+static inline vf w_f32(const uint8_t *row, int64_t e) { return vf_load((const float *)row + e); }
+static inline vf w_f16(const uint8_t *row, int64_t e) { return vf_load_f16((const uint16_t *)row + e); }
+
+/* Quantized: group g (VL elements) of a block, unscaled; then scaled by the block's d, converted once by the
+ * caller. */
+static inline vf q_q8_0(const block_q8_0 *b, int g) { return vf_load_i8(b->qs + g * VL); }
+static inline vf q_q4_0(const block_q4_0 *b, int g)
+{
+    return vf_load_q4(b->qs + (g * VL) % (RS_QK / 2), g * VL >= RS_QK / 2);
+}
+static inline vf w_q8_0(const block_q8_0 *b, int g, vf d) { return vf_mul(q_q8_0(b, g), d); }
+static inline vf w_q4_0(const block_q4_0 *b, int g, vf d) { return vf_mul(q_q4_0(b, g), d); }
+
+/* Scalar element e of an F32 or F16 row: the leftover elements past the last whole vector. */
+static inline float w_elem(int type, const uint8_t *row, int64_t e)
+{
+    return type == RS_TYPE_F32 ? ((const float *)row)[e] : half_to_float(((const uint16_t *)row)[e]);
+}
+
+/* ---- dense decode: MR rows against one token ---------------------------------------------------------------- */
+/* acc[i] over every whole vector of row i; ends with the leftover and the sum. `rows` may repeat a row (padding). */
+static inline void finish_rows(int type, const uint8_t *const *rows, const vf *acc, const float *x, int64_t nv,
+                               int64_t n_in, int n_valid, float *y)
+{
+    for (int i = 0; i < n_valid; i++) {
+        float tail = 0.0f;
+        for (int64_t e = nv; e < n_in; e++)
+            tail = fmaf(w_elem(type, rows[i], e), x[e], tail);
+        y[i] = vf_hsum(acc[i]) + tail;
+    }
+}
+
+/* Rows r .. r + MR - 1, the missing ones past n_rows replaced by the last row (computed, never stored). */
+static inline int pick_rows(const uint8_t *w, int64_t rb, int64_t r, int64_t n_rows, const uint8_t **rows)
+{
+    for (int i = 0; i < MR; i++)
+        rows[i] = w + min64(r + i, n_rows - 1) * rb;
+    return (int)min64(MR, n_rows - r);
+}
+
+/* The rows of a decode group are streamed together, PF_DIST bytes ahead of where each one is read; near a row's
+ * end the hint goes to the same place in the row MR further on, which the next group will read (the MR rows of a
+ * group are adjacent, so running off the end of row i would only touch row i + 1, already being read). A hint
+ * never faults, even past the matrix. */
+static inline void prefetch_ahead(const uint8_t *row, int64_t off, int64_t rb)
+{
+    off += PF_DIST;
+    prefetch(row + (off < rb ? off : off + (MR - 1) * rb));
+}
+
+#define DECODE_FLOAT(type, TYPE, ebytes)                                                                           \
+    static void decode_##type(const uint8_t *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in,     \
+                              float *y)                                                                      \
+    {                                                                                                        \
+        const int64_t nv = n_in / VL * VL;                                                                   \
+        for (int64_t r = 0; r < n_rows; r += MR) {                                                           \
+            const uint8_t *rows[MR];                                                                         \
+            const int n_valid = pick_rows(w, rb, r, n_rows, rows);                                           \
+            vf acc[MR];                                                                                      \
+            for (int i = 0; i < MR; i++)                                                                     \
+                acc[i] = vf_zero();                                                                          \
+            for (int64_t e = 0; e < nv; e += VL) {                                                           \
+                const vf xv = vf_load(x + e);                                                                \
+                for (int i = 0; i < MR; i++) {                                                               \
+                    if ((e * (ebytes)) % 64 == 0)                                                            \
+                        prefetch_ahead(rows[i], e * (ebytes), rb);                                           \
+                    acc[i] = vf_fma(w_##type(rows[i], e), xv, acc[i]);                                       \
+                }                                                                                            \
+            }                                                                                                \
+            finish_rows(TYPE, rows, acc, x, nv, n_in, n_valid, y + r);                                       \
+        }                                                                                                    \
+    }
+DECODE_FLOAT(f32, RS_TYPE_F32, 4)
+DECODE_FLOAT(f16, RS_TYPE_F16, 2)
+
+#define DECODE_QUANT(type)                                                                                   \
+    static void decode_##type(const uint8_t *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in,     \
+                              float *y)                                                                      \
+    {                                                                                                        \
+        for (int64_t r = 0; r < n_rows; r += MR) {                                                           \
+            const uint8_t *rows[MR];                                                                         \
+            const int n_valid = pick_rows(w, rb, r, n_rows, rows);                                           \
+            vf acc[MR];                                                                                      \
+            for (int i = 0; i < MR; i++)                                                                     \
+                acc[i] = vf_zero();                                                                          \
+            for (int64_t k = 0; k < n_in / RS_QK; k++) {                                                     \
+                vf d[MR];                                                                                    \
+                for (int i = 0; i < MR; i++) {                                                               \
+                    prefetch_ahead(rows[i], k * (int64_t)sizeof(block_##type), rb);                          \
+                    d[i] = vf_set1(half_to_float(((const block_##type *)rows[i])[k].d));                     \
+                }                                                                                            \
+                for (int g = 0; g < RS_QK / VL; g++) {                                                       \
+                    const vf xv = vf_load(x + k * RS_QK + g * VL);                                           \
+                    for (int i = 0; i < MR; i++)                                                             \
+                        acc[i] = vf_fma(w_##type((const block_##type *)rows[i] + k, g, d[i]), xv, acc[i]);   \
+                }                                                                                            \
+            }                                                                                                \
+            for (int i = 0; i < n_valid; i++)                                                                \
+                y[r + i] = vf_hsum(acc[i]) + 0.0f;                                                           \
+        }                                                                                                    \
+    }
+DECODE_QUANT(q8_0)
+DECODE_QUANT(q4_0)
+
+/* ---- dense prefill: the tiled GEMM ----------------------------------------------------------------------------- */
+/* Elements [k0, k0 + len) of a row as floats into out (len a multiple of VL, except at the row's end). */
+static void chunk_f16(const uint8_t *row, int64_t k0, int64_t len, float *out)
+{
+    const int64_t nv = len / VL * VL;
+    for (int64_t e = 0; e < nv; e += VL)
+        vf_store(out + e, w_f16(row, k0 + e));
+    for (int64_t e = nv; e < len; e++)
+        out[e] = half_to_float(((const uint16_t *)row)[k0 + e]);
+}
+
+#define CHUNK_QUANT(type)                                                                                    \
+    static void chunk_##type(const uint8_t *row, int64_t k0, int64_t len, float *out)                         \
+    {                                                                                                        \
+        const block_##type *b = (const block_##type *)row + k0 / RS_QK;                                      \
+        for (int64_t k = 0; k < len / RS_QK; k++) {                                                          \
+            const vf d = vf_set1(half_to_float(b[k].d));                                                     \
+            for (int g = 0; g < RS_QK / VL; g++)                                                             \
+                vf_store(out + k * RS_QK + g * VL, w_##type(&b[k], g, d));                                   \
+        }                                                                                                    \
+    }
+CHUNK_QUANT(q8_0)
+CHUNK_QUANT(q4_0)
+
+/* acc[i][j] (+)= w[i][0..nv) . x[j][0..nv) for the MR x NT pairs, in registers; nv a multiple of VL. */
+static inline void micro_tile(const float *const *w, const float *const *x, int64_t nv, vf *acc /* (MR, NT) */,
+                              int first)
+{
+    vf a[MR][NT];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NT; j++)
+            a[i][j] = first ? vf_zero() : acc[i * NT + j];
+    for (int64_t e = 0; e < nv; e += VL) {
+        vf wv[MR];
+        for (int i = 0; i < MR; i++)
+            wv[i] = vf_load(w[i] + e);
+        for (int j = 0; j < NT; j++) {
+            const vf xv = vf_load(x[j] + e);
+            for (int i = 0; i < MR; i++)
+                a[i][j] = vf_fma(wv[i], xv, a[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NT; j++)
+            acc[i * NT + j] = a[i][j];
+}
+
+typedef void (*chunk_fn)(const uint8_t *row, int64_t k0, int64_t len, float *out);
+
+/* chunk == NULL: F32, whose rows are used in place. */
+static void prefill(chunk_fn chunk, const uint8_t *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in,
+                    int64_t n_tok, float *y, int64_t ys)
+{
+    alignas(64) float wbuf[MR][KC];
+    alignas(64) vf acc[TMAX / NT][MR * NT];  /* token group, then (row, token) pairs */
+    const int64_t nv = n_in / VL * VL;
+    int64_t tile = TILE_BYTES / (n_in * (int64_t)sizeof(float));
+    tile = tile < NT ? NT : tile > TMAX ? TMAX : tile / NT * NT;
+
+    for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
+        const int64_t nt = min64(tile, n_tok - t0);
+        for (int64_t r = 0; r < n_rows; r += MR) {
+            const uint8_t *rows[MR];
+            const int n_valid = pick_rows(w, rb, r, n_rows, rows);
+            const float *wp[MR];
+            for (int64_t k0 = 0; k0 < n_in; k0 += KC) {
+                const int64_t len = min64(KC, n_in - k0);
+                for (int i = 0; i < MR; i++) {
+                    if (chunk) {
+                        chunk(rows[i], k0, len, wbuf[i]);
+                        wp[i] = wbuf[i];
+                    } else {
+                        wp[i] = (const float *)rows[i] + k0;
+                    }
+                }
+                for (int64_t j0 = 0; j0 < nt; j0 += NT) {
+                    const float *xp[NT];
+                    for (int j = 0; j < NT; j++)
+                        xp[j] = x + (t0 + min64(j0 + j, nt - 1)) * n_in + k0;
+                    micro_tile(wp, xp, min64(len, nv - k0), acc[j0 / NT], k0 == 0);
+                }
+            }
+            /* The leftover elements sit at the end of the last chunk, still in wp. */
+            const int64_t k_last = (n_in - 1) / KC * KC;
+            for (int64_t j = 0; j < nt; j++) {
+                const float *xt = x + (t0 + j) * n_in;
+                for (int i = 0; i < n_valid; i++) {
+                    float tail = 0.0f;
+                    for (int64_t e = nv; e < n_in; e++)
+                        tail = fmaf(wp[i][e - k_last], xt[e], tail);
+                    y[(t0 + j) * ys + r + i] = vf_hsum(acc[j / NT][i * NT + j % NT]) + tail;
+                }
+            }
+        }
+    }
+}
+
+#define MM(type, chunk)                                                                                      \
+    static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in,            \
+                          int64_t n_tok, float *y, int64_t ys)                                               \
+    {                                                                                                        \
+        if (n_tok == 1)                                                                                      \
+            decode_##type(w, rb, n_rows, x, n_in, y);                                                        \
+        else                                                                                                 \
+            prefill(chunk, w, rb, n_rows, x, n_in, n_tok, y, ys);                                            \
+    }
+MM(f32, NULL)
+MM(f16, chunk_f16)
+MM(q8_0, chunk_q8_0)
+MM(q4_0, chunk_q4_0)
+
+/* ---- sparse: y[0..n) += sum_k xk[k] * wt[idx[k]][o0 ..) -------------------------------------------------------- */
+/* The rows of group g (GROUP kept rows from k = g * GROUP), or NULL past the end: what to prefetch. */
+static inline const uint8_t *ahead_row(const void *wt, int64_t rb, const int32_t *idx, int64_t k, int64_t n_kept)
+{
+    return k < n_kept ? (const uint8_t *)wt + (int64_t)idx[k] * rb : NULL;
+}
+
+static inline void prefetch_rows(const uint8_t *const *next, int64_t byte)
+{
+    for (int i = 0; i < GROUP; i++)
+        if (next[i])
+            SPARSE_PF(next[i] + byte);
+}
+
+/* F32 and F16: 32 outputs per step (64 or 128 bytes of each row), then the leftover outputs one by one. */
+#define AXPY_FLOAT(type, TYPE, ebytes)                                                                       \
+    static void axpy_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,  \
+                            int64_t o0, int64_t n, float *y)                                                 \
+    {                                                                                                        \
+        const int64_t n32 = n / 32 * 32;                                                                     \
+        int64_t k = 0;                                                                                       \
+        for (; k < n_kept; k += GROUP) {                                                                     \
+            const uint8_t *rows[GROUP], *next[GROUP];                                                        \
+            vf s[GROUP];                                                                                     \
+            const int n_rows = (int)min64(GROUP, n_kept - k);                                                \
+            for (int i = 0; i < GROUP; i++) {                                                                \
+                /* a short last group repeats its first row with weight 0 (weights are finite) */           \
+                const int64_t kk = i < n_rows ? k + i : k;                                                   \
+                rows[i] = (const uint8_t *)wt + (int64_t)idx[kk] * rb + o0 * (ebytes);                       \
+                s[i] = vf_set1(i < n_rows ? xk[kk] : 0.0f);                                                  \
+                next[i] = ahead_row(wt, rb, idx, k + AHEAD * GROUP + i, n_kept);                             \
+                if (next[i])                                                                                 \
+                    next[i] += o0 * (ebytes);                                                                \
+            }                                                                                                \
+            for (int64_t o = 0; o < n32; o += 32) {                                                          \
+                prefetch_rows(next, o * (ebytes));                                                           \
+                if ((ebytes) * 32 > 64)                                                                      \
+                    prefetch_rows(next, o * (ebytes) + 64);                                                  \
+                for (int g = 0; g < 32 / VL; g++) {                                                          \
+                    vf yv = vf_load(y + o + g * VL);                                                         \
+                    for (int i = 0; i < GROUP; i++)                                                          \
+                        yv = vf_fma(w_##type(rows[i], o + g * VL), s[i], yv);                                \
+                    vf_store(y + o + g * VL, yv);                                                            \
+                }                                                                                            \
+            }                                                                                                \
+            for (int64_t o = n32; o < n; o++)                                                                \
+                for (int i = 0; i < n_rows; i++)                                                             \
+                    y[o] = fmaf(w_elem(TYPE, rows[i], o), xk[k + i], y[o]);                                  \
+        }                                                                                                    \
+    }
+AXPY_FLOAT(f32, RS_TYPE_F32, 4)
+AXPY_FLOAT(f16, RS_TYPE_F16, 2)
+
+/* Quantized: one block (32 outputs) per step; each row's scale is folded into its activation once per block. */
+#define AXPY_QUANT(type)                                                                                     \
+    static void axpy_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,  \
+                            int64_t o0, int64_t n, float *y)                                                 \
+    {                                                                                                        \
+        for (int64_t k = 0; k < n_kept; k += GROUP) {                                                        \
+            const block_##type *rows[GROUP];                                                                 \
+            const uint8_t *next[GROUP];                                                                      \
+            float s[GROUP];                                                                                  \
+            const int n_rows = (int)min64(GROUP, n_kept - k);                                                \
+            for (int i = 0; i < GROUP; i++) {                                                                \
+                const int64_t kk = i < n_rows ? k + i : k;                                                   \
+                rows[i] = (const block_##type *)((const uint8_t *)wt + (int64_t)idx[kk] * rb) + o0 / RS_QK;  \
+                s[i] = i < n_rows ? xk[kk] : 0.0f;                                                           \
+                next[i] = ahead_row(wt, rb, idx, k + AHEAD * GROUP + i, n_kept);                             \
+                if (next[i])                                                                                 \
+                    next[i] += o0 / RS_QK * (int64_t)sizeof(block_##type);                                   \
+            }                                                                                                \
+            for (int64_t b = 0; b < n / RS_QK; b++) {                                                        \
+                prefetch_rows(next, b * (int64_t)sizeof(block_##type));                                      \
+                vf sd[GROUP];                                                                                \
+                for (int i = 0; i < GROUP; i++)                                                              \
+                    sd[i] = vf_set1(s[i] * half_to_float(rows[i][b].d));                                     \
+                for (int g = 0; g < RS_QK / VL; g++) {                                                       \
+                    vf yv = vf_load(y + b * RS_QK + g * VL);                                                 \
+                    for (int i = 0; i < GROUP; i++)                                                          \
+                        yv = vf_fma(q_##type(&rows[i][b], g), sd[i], yv);                                                        \
+                    vf_store(y + b * RS_QK + g * VL, yv);                                                    \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+AXPY_QUANT(q8_0)
+AXPY_QUANT(q4_0)
+
+#define RS_CAT_(a, b) a##b
+#define RS_CAT(a, b) RS_CAT_(a, b)
+#define RS_STR_(a) #a
+#define RS_STR(a) RS_STR_(a)
+
+const rs_kernels RS_CAT(rs_kernels_, PATH) = {
+    .name = RS_STR(PATH),
+    .cpu_ok = CPU_OK,
+    .mm_f32 = mm_f32,
+    .mm_f16 = mm_f16,
+    .mm_q4_0 = mm_q4_0,
+    .mm_q8_0 = mm_q8_0,
+    .axpy_f32 = axpy_f32,
+    .axpy_f16 = axpy_f16,
+    .axpy_q4_0 = axpy_q4_0,
+    .axpy_q8_0 = axpy_q8_0,
+};
+
+#endif /* RS_KERNELS_SIMD_H */
