@@ -8,7 +8,8 @@ ratio to dense. Then prefill (n_tok tokens through one layer) per path against t
 targets on Llama-7B shapes.
 
 Every weight matrix is cycled through enough copies (>= --stream-mb in all) that it comes from memory, not from
-the last-level cache, as in a real decode step. Each time is the best of --reps rounds (the machine is shared).
+the last-level cache, as in a real decode step. Each call is timed alone; a time is the median call of the best of
+--reps rounds (the machine is shared).
 Kernels are called through the raw cffi functions, so the Python argument checks do not count.
 
     python bench/kernels.py                      # everything, 2 threads
@@ -78,16 +79,21 @@ def copies(a: np.ndarray, stream_bytes: int) -> list[np.ndarray]:
 
 
 def best_time(call, pointers: list, reps: int, min_calls: int = 200) -> float:
-    """Best over reps rounds of the mean time per call, cycling through the weight copies."""
+    """Seconds per call: each call timed alone, cycling through the weight copies; the median of each round, then
+    the best round. The median ignores the calls that another process's time slice interrupted (the machine is
+    shared); the best round is the least disturbed one."""
     rounds = max(1, -(-min_calls // len(pointers)))
     call(pointers[0])
+    clock = time.perf_counter
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        times = []
         for _ in range(rounds):
             for p in pointers:
+                t0 = clock()
                 call(p)
-        best = min(best, (time.perf_counter() - t0) / (rounds * len(pointers)))
+                times.append(clock() - t0)
+        best = min(best, float(np.median(times)))
     return best
 
 
@@ -173,7 +179,7 @@ def main() -> None:
     print(f"memory read bandwidth (numpy dot over 1 GiB, best of 5): {bw1 / 1e9:.1f} GB/s with 1 process, "
           f"{bw / 1e9:.1f} GB/s with {args.threads} at once (the reference below)")
     print("dense: rs_matmul, (n_out, n_in) layout, one token; sparse: rs_sparse_matvec, input-major, rank 0, rho = 1")
-    print(f"weights cycled through {args.stream_mb} MiB of copies; times are the best of {args.reps} rounds\n")
+    print(f"weights cycled through {args.stream_mb} MiB of copies; times: median call, best of {args.reps} rounds\n")
     head = " ".join(f"{int(f * 100):>5d}%" for f in args.fractions)
     print(f"{'model':8s} {'layer':8s} {'n_out x n_in':>12s} {'type':5s} {'path':7s} {'dense us':>9s} {'GB/s':>6s} "
           f"{'%bw':>5s} | sparse/dense at kept {head}")

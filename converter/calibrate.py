@@ -96,18 +96,29 @@ def data_aware_factors(w: torch.Tensor, x_dropped: torch.Tensor, rank: int,
     """Rank-r A B minimising sum_t ||W x_t - A B x_t||^2 over the dropped inputs x_t (rows of x_dropped).
 
     With M = E[x x^T] = L L^T the error is ||(W - A B) L||_F^2, minimised by A B = P_r P_r^T W where P_r are the
-    top-r left singular vectors of W L (Eckart-Young on W L). So U = P_r and vs = P_r^T W: no inverse of L needed.
+    top-r left singular vectors of W L (Eckart-Young on W L). So U = P_r and vs = P_r^T W: no inverse needed.
+    P_r comes from an eigen-decomposition in the smaller of the two dimensions (at most 576 on SmolLM2 instead of
+    an SVD of a 1536-wide matrix): W M W^T (out x out) when out <= in, else (W L)^T (W L) (in x in).
     """
     w64, x64 = w.double(), x_dropped.double()
-    m = x64.T @ x64 / max(1, x64.shape[0])
-    scale = float(m.diagonal().mean())
+    n = max(1, x64.shape[0])
+    scale = float((x64 * x64).sum()) / n / w64.shape[1]  # mean diagonal of M
     if not scale > 0:  # nothing dropped on calibration data: fall back to the plain SVD of W
         u, s, vh = torch.linalg.svd(w64, full_matrices=False)
         return svd_factors(u, s, vh, rank)
-    m.diagonal().add_(ridge * scale)
-    lower = torch.linalg.cholesky(m)
-    p, _, _ = torch.linalg.svd(w64 @ lower, full_matrices=False)
-    p = p[:, :rank]
+    out, in_ = w64.shape
+    if out <= in_:
+        y = x64 @ w64.T  # (n, out)
+        gram = y.T @ y / n + ridge * scale * (w64 @ w64.T)  # W (M + ridge I) W^T
+        _, vecs = torch.linalg.eigh(gram)
+        p = vecs[:, -rank:].flip(1)
+    else:
+        m = x64.T @ x64 / n
+        m.diagonal().add_(ridge * scale)
+        g = w64 @ torch.linalg.cholesky(m)  # (out, in)
+        vals, vecs = torch.linalg.eigh(g.T @ g)
+        q, sig = vecs[:, -rank:].flip(1), vals[-rank:].flip(0).clamp_min(1e-300).sqrt()
+        p = g @ q / sig
     return p.float(), (p.T @ w64).float()
 
 
