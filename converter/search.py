@@ -82,8 +82,13 @@ class Search:
         return self.evaluated[k]
 
     def best(self) -> tuple[np.ndarray, float]:
-        k = min(self.evaluated, key=self.evaluated.get)
-        return np.array(list(map(int, k.split(","))), dtype=np.int64).reshape(self.shape), self.evaluated[k]
+        return self.ranked(1)[0]
+
+    def ranked(self, k: int) -> list[tuple[np.ndarray, float]]:
+        """The k best genomes evaluated so far, best first."""
+        keys = sorted(self.evaluated, key=self.evaluated.get)[:k]
+        return [(np.array(list(map(int, key.split(","))), dtype=np.int64).reshape(self.shape), self.evaluated[key])
+                for key in keys]
 
     def save(self) -> None:
         if not self.checkpoint:
