@@ -29,10 +29,10 @@ def row_key(sparsity: float, recipe: str, method: str) -> str:
     return f"{sparsity:.2f}/{recipe}/{method}"
 
 
-def command(sparsity: float, recipe: str, method: str) -> str:
+def command(sparsity: float, recipe: str, method: str, windows: int = 8, seq_len: int = 512) -> str:
     flag = " --paper-faithful" if method == "paper" else ""
     return (f"rsparse-companion smollm-f32.gguf HF --sparsity {sparsity:g} --recipe {recipe}{flag} && "
-            f"rsparse-perplexity HF --companion smollm-f32.rsparse.gguf")
+            f"rsparse-perplexity HF --companion smollm-f32.rsparse.gguf --windows {windows} --seq-len {seq_len}")
 
 
 def main(argv=None) -> int:
@@ -123,6 +123,8 @@ def write_markdown(out: Path, results: dict, ev, hf, default_factors, default_ta
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {__import__('torch').__version__}, "
         f"2 threads; Python {sys.version.split()[0]}.",
         "",
+        "Commands: `HF` is the SmolLM2 folder, `smollm-f32.gguf` is `rsparse-convert HF --outtype f32 -o smollm-f32.gguf`.",
+        "",
         "Protocols: **strict** = every token sparse, every prediction scored; **paper** = only the last 10% of each "
         "window sparse, those positions scored.",
         "`sparsity` is the model-level target (fraction of decoder-block linear weights not read per token); "
@@ -142,7 +144,7 @@ def write_markdown(out: Path, results: dict, ev, hf, default_factors, default_ta
         rel = r["strict"] / dense["strict"] - 1 if dense else float("nan")
         lines.append(f"| {r['method']} | {r['sparsity']:.0%} | {r['recipe']} | {r['strict']:.3f} | {rel:+.1%} | "
                      f"{r['paper']:.3f} | {r['measured_strict']:.3f} | {r['build_s']:.0f} | "
-                     f"`{command(r['sparsity'], r['recipe'], r['method'])}`"
+                     f"`{command(r['sparsity'], r['recipe'], r['method'], len(ev), ev.shape[1])}`"
                      + (" (keeps every channel: the dense model, not re-run)" if r.get("exact") else "") + " |")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
