@@ -2,6 +2,10 @@
 
 Every matrix product runs in the native library; the glue is numpy. `RunState` owns every buffer the forward pass
 touches, allocated once for up to `n_batch` tokens, so a decode step allocates no arrays (numpy calls use `out=`).
+
+Prefill (several tokens) runs every linear as a dense batched product over the base weights. A single-token decode
+step runs each linear as one pre-bound native call: with an R-Sparse companion loaded (sparse.py) that is the
+rank-aware sparse kernel over the companion's tensors, otherwise the dense kernel over the base's.
 """
 from __future__ import annotations
 
@@ -11,8 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import native
+from .companion import Companion, companion_path
 from .config import Config
+from .constants import LINEARS
 from .gguf_file import GGUFFile
+from .sparse import SparseDecode
 from .weights import Linear, Weights
 
 
@@ -59,7 +66,9 @@ class RunState:
 
 @dataclass
 class Model:
-    """A loaded base GGUF, ready to run. `forward` advances the KV cache; `n_past` counts cached positions."""
+    """A loaded base GGUF (and its R-Sparse companion, if any), ready to run. `forward` advances the KV cache;
+    `n_past` counts cached positions. `sparse_enabled` switches the companion's sparse decode on and off at any
+    time; `sparse_prefill` makes every prompt token sparse too (fed one at a time, as decode steps)."""
 
     file: GGUFFile
     config: Config
@@ -69,20 +78,52 @@ class Model:
     n_ctx: int
     n_batch: int
     n_past: int = 0
+    sparse: SparseDecode | None = None
+    sparse_enabled: bool = False
+    sparse_prefill: bool = False
 
     @classmethod
-    def load(cls, path: str | os.PathLike, n_ctx: int = 512, n_threads: int | None = None,
-             n_batch: int = 512) -> "Model":
+    def load(cls, path: str | os.PathLike, n_ctx: int = 512, n_threads: int | None = None, n_batch: int = 512,
+             companion: str | os.PathLike | None = None, sparse: bool | None = None,
+             sparse_prefill: bool = False) -> "Model":
+        """Load a base GGUF. R-Sparse: `sparse=None` uses the companion when there is one (`companion`, or
+        <model>.rsparse.gguf beside the base), `sparse=True` requires it, `sparse=False` runs densely and does not
+        open it. A companion made for another base file is an error (its fingerprint names the base)."""
         f = GGUFFile(path)
         cfg = Config.from_gguf(f)
         if n_ctx <= 0:
             n_ctx = cfg.n_ctx_train
         if n_batch <= 0:
             raise ValueError(f"n_batch must be positive, got {n_batch}")
+        if sparse is False and companion is not None:
+            raise ValueError("a companion was given but sparse=False")
+        if sparse_prefill and sparse is False:
+            raise ValueError("sparse_prefill needs sparse decoding (sparse=False was given)")
         n_batch = min(n_batch, n_ctx)
         weights = Weights.from_gguf(f, cfg)
+        comp = None
+        if sparse or (sparse is None and (companion is not None or _companion_beside(path))):
+            comp = Companion.for_base(path, companion)
         pool = native.Pool(n_threads or min(os.cpu_count() or 1, 8))
-        return cls(f, cfg, weights, pool, RunState(cfg, n_ctx, n_batch, weights), n_ctx, n_batch)
+        model = cls(f, cfg, weights, pool, RunState(cfg, n_ctx, n_batch, weights), n_ctx, n_batch)
+        model._bind_decode(comp)
+        model.sparse_prefill = sparse_prefill
+        return model
+
+    def _bind_decode(self, companion: Companion | None) -> None:
+        """Bind the single-token step's native calls to the run state's batch-1 buffers, once."""
+        s, w, cfg = self.state, self.weights, self.config
+        io = {"attn_q": (s.xb[0], s.q[0]), "attn_k": (s.xb[0], s.k[0]), "attn_v": (s.xb[0], s.v[0]),
+              "attn_output": (s.attn[0], s.xb[0]), "ffn_gate": (s.xb[0], s.hb[0]), "ffn_up": (s.xb[0], s.hb2[0]),
+              "ffn_down": (s.hb[0], s.xb[0])}
+        self._dense_calls = [{name: native.bind_matmul(self.pool, lin.type, lin.data, lin.n_out, lin.n_in, *io[name])
+                              for name in LINEARS for lin in (getattr(lw, name),)} for lw in w.layers]
+        self._embd_call = native.bind_get_rows(w.token_embd.type, w.token_embd.data, cfg.n_vocab, cfg.n_embd,
+                                               s.rows[:1], s.x[0])
+        self._output_call = native.bind_matmul(self.pool, w.output.type, w.output.data, w.output.n_out,
+                                               w.output.n_in, s.xb[0], s.logits[0])
+        self.sparse = None if companion is None else SparseDecode(companion, self.pool, io)
+        self.sparse_enabled = self.sparse is not None
 
     def reset(self) -> None:
         self.n_past = 0
@@ -105,8 +146,9 @@ class Model:
         if bad.any():
             raise ValueError(f"token id {int(tokens[bad][0])} outside the vocabulary [0, {self.config.n_vocab})")
         out = np.empty((n, self.config.n_vocab), np.float32) if logits_all else None
-        for start in range(0, n, self.n_batch):
-            chunk = tokens[start:start + self.n_batch]
+        batch = 1 if self.sparse_prefill and self.sparse_enabled else self.n_batch
+        for start in range(0, n, batch):
+            chunk = tokens[start:start + batch]
             last = start + len(chunk) == n
             logits = self._step(chunk, logits_all=logits_all or not last)
             if logits_all:
@@ -117,35 +159,50 @@ class Model:
         cfg, s, w, n, pos = self.config, self.state, self.weights, len(tokens), self.n_past
         x = s.x[:n]
         s.rows[:n] = tokens
-        native.get_rows(w.token_embd.type, w.token_embd.data, cfg.n_vocab, cfg.n_embd, s.rows[:n], out=x)
+        if n == 1:
+            self._embd_call()
+            # one native call per linear, bound once: sparse over the companion, or dense over the base
+            calls = self.sparse.calls if self.sparse_enabled else self._dense_calls
+        else:
+            native.get_rows(w.token_embd.type, w.token_embd.data, cfg.n_vocab, cfg.n_embd, s.rows[:n], out=x)
+            calls = None
+        lin = self._matmul if calls is None else (lambda li, name, x, buf: calls[li][name]() or buf[:1])
         with np.errstate(over="ignore"):  # exp(-g) may overflow to inf in SiLU; the result is still exact (-0)
             for li, lw in enumerate(w.layers):
                 xb = self._rmsnorm(x, lw.attn_norm, n)
-                q, k, v = self._matmul(lw.attn_q, xb, s.q), self._matmul(lw.attn_k, xb, s.k), \
-                    self._matmul(lw.attn_v, xb, s.v)
+                q, k, v = lin(li, "attn_q", xb, s.q), lin(li, "attn_k", xb, s.k), lin(li, "attn_v", xb, s.v)
                 self._rope(q, pos, n, cfg.n_head)
                 self._rope(k, pos, n, cfg.n_head_kv)
                 s.key_cache[li, :, pos:pos + n] = k.reshape(n, cfg.n_head_kv, cfg.head_dim).transpose(1, 0, 2)
                 s.value_cache[li, :, pos:pos + n] = v.reshape(n, cfg.n_head_kv, cfg.head_dim).transpose(1, 0, 2)
                 attn = self._attention(li, q, pos, n)
-                x += self._matmul(lw.attn_output, attn, s.xb)
+                x += lin(li, "attn_output", attn, s.xb)
 
                 xb = self._rmsnorm(x, lw.ffn_norm, n)
-                gate, up = self._matmul(lw.ffn_gate, xb, s.hb), self._matmul(lw.ffn_up, xb, s.hb2)
+                gate, up = lin(li, "ffn_gate", xb, s.hb), lin(li, "ffn_up", xb, s.hb2)
                 self._swiglu(gate, up)
-                x += self._matmul(lw.ffn_down, gate, s.xb)
+                x += lin(li, "ffn_down", gate, s.xb)
         self.n_past += n
+        if calls is not None and self.sparse_enabled:
+            self.sparse.end_token()
 
         rows = x if logits_all else x[n - 1:n]
         xb = self._rmsnorm(rows, w.output_norm, len(rows))
-        logits = self._matmul(w.output, xb, s.logits)
+        if n == 1:
+            self._output_call()
+            logits = s.logits[:1]
+        else:
+            logits = self._dense(w.output, xb, s.logits)
         if not np.isfinite(logits.sum()):  # one reduction, no temporary array
             raise NumericalError(f"NaN or inf in the logits at position {pos + n - 1}; the weights or the "
                                  f"activations overflowed")
         return logits
 
     # ---- the pieces, each in place on RunState buffers ----------------------------------------------------
-    def _matmul(self, lin: Linear, x: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    def _matmul(self, li: int, name: str, x: np.ndarray, buf: np.ndarray) -> np.ndarray:
+        return self._dense(getattr(self.weights.layers[li], name), x, buf)
+
+    def _dense(self, lin: Linear, x: np.ndarray, buf: np.ndarray) -> np.ndarray:
         out = buf[:len(x)]
         native.matmul(self.pool, lin.type, lin.data, lin.n_out, lin.n_in, x, out=out)
         return out
@@ -216,3 +273,7 @@ class Model:
         np.exp(gate, out=gate)
         gate += 1
         np.divide(up, gate, out=gate)
+
+
+def _companion_beside(base_path: str | os.PathLike) -> bool:
+    return companion_path(base_path).is_file()

@@ -376,3 +376,79 @@ def simd_select(name: str | None = None) -> None:
 def simd_path() -> str:
     """The kernel path chosen at start-up: "scalar", "avx2", "avx512" or "neon"."""
     return ffi.string(_load().rs_simd_path()).decode()
+
+
+# ---- bound calls: the decode loop's fast path ---------------------------------------------------------------
+class Bound:
+    """One native call with every argument checked once and frozen: the decode loop calls `bound()` per token
+    with no argument checks, conversions or allocations (about a microsecond of Python), reading and writing the
+    same buffers each time. It keeps its arrays (and the pool) alive; calling it after the pool closed raises."""
+
+    __slots__ = ("_fn", "_args", "_pool", "_name", "_keep")
+
+    def __init__(self, name: str, fn, args: tuple, pool: "Pool | None", keep: tuple):
+        self._name, self._fn, self._args, self._pool, self._keep = name, fn, args, pool, keep
+
+    def __call__(self) -> None:
+        if self._pool is not None and self._pool._ptr is None:
+            raise ValueError(f"{self._name}: pool is closed")
+        status = self._fn(*self._args)
+        if status:
+            _check(status, self._name)
+
+
+def bind_matmul(pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.ndarray,
+                out: np.ndarray) -> Bound:
+    """matmul(pool, wtype, w, n_out, n_in, x, out) as a Bound call (x (n_in,) or (1, n_in), out to match)."""
+    lib = _load()
+    _pool(pool)
+    wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
+    _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
+    _array("x", x, _F32)
+    if x.size != n_in:
+        raise ValueError(f"x must hold one token of {n_in} values, got shape {x.shape}")
+    _array("out", out, _F32, writable=True)
+    if out.size != n_out or np.may_share_memory(out, x):
+        raise ValueError(f"out must hold {n_out} values and not overlap x, got shape {out.shape}")
+    args = (pool._ptr, wtype, ffi.from_buffer(w), n_out, n_in, ffi.from_buffer("float[]", x), 1,
+            ffi.from_buffer("float[]", out, require_writable=True))
+    return Bound("rs_matmul", lib.rs_matmul, args, pool, (w, x, out))
+
+
+def bind_get_rows(wtype: int, w: np.ndarray, n_rows_total: int, n_in: int, row: np.ndarray,
+                  out: np.ndarray) -> Bound:
+    """get_rows for one row index held in `row` ((1,) int64, set by the caller before each call)."""
+    lib = _load()
+    wtype, n_rows_total, n_in = _wtype(wtype), _int("n_rows_total", n_rows_total), _int("n_in", n_in)
+    _weights(w, wtype, n_rows_total, _row_bytes(lib, wtype, n_in))
+    _array("row", row, _I64)
+    _array("out", out, _F32, writable=True)
+    if row.size != 1 or out.size != n_in:
+        raise ValueError(f"row must hold 1 index and out {n_in} values, got {row.shape} and {out.shape}")
+    args = (wtype, ffi.from_buffer(w), n_rows_total, n_in, ffi.from_buffer("int64_t[]", row), 1,
+            ffi.from_buffer("float[]", out, require_writable=True))
+    return Bound("rs_get_rows", lib.rs_get_rows, args, None, (w, row, out))
+
+
+def bind_rsparse_matvec(pool: Pool, wtype: int, wt: np.ndarray, n_out: int, n_in: int, colnorm: np.ndarray | None,
+                        tau: float, U: np.ndarray | None, VS: np.ndarray | None, x: np.ndarray, out: np.ndarray,
+                        scratch: np.ndarray, n_kept: np.ndarray, slot: int) -> Bound:
+    """rsparse_matvec as a Bound call: the same checks, done once. x (n_in,) and out (n_out,) are fixed buffers
+    (views of a run state), `scratch` is shared by every bound linear (calls run one at a time), and each call
+    writes its kept-channel count to n_kept[slot] (an int64 array of counters owned by the caller)."""
+    lib = _load()
+    # one checked call validates every argument exactly as rsparse_matvec does, and runs the kernel once
+    x, out = x.reshape(-1), out.reshape(-1)
+    rsparse_matvec(pool, wtype, wt, n_out, n_in, colnorm, tau, U, VS, x, out=out, scratch=scratch)
+    _array("n_kept", n_kept, _I64, writable=True)
+    if n_kept.ndim != 1 or not 0 <= slot < n_kept.shape[0]:
+        raise ValueError(f"slot {slot} is outside n_kept of shape {n_kept.shape}")
+    rank, ftype, pu, pvs = 0, int(GGMLType.F32), ffi.NULL, ffi.NULL
+    if U is not None:
+        rank, ftype, pu, pvs = U.shape[1], _FACTOR_TYPES[U.dtype], ffi.from_buffer(U), ffi.from_buffer(VS)
+    args = (pool._ptr, int(wtype), ffi.from_buffer(wt), n_out, n_in,
+            ffi.NULL if colnorm is None else ffi.from_buffer("float[]", colnorm), float(tau), ftype, pu, pvs, rank,
+            ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out, require_writable=True),
+            ffi.from_buffer("int64_t[]", n_kept, require_writable=True) + slot,
+            ffi.from_buffer(scratch, require_writable=True), scratch.nbytes)
+    return Bound("rs_sparse_matvec", lib.rs_sparse_matvec, args, pool, (wt, colnorm, U, VS, x, out, scratch, n_kept))

@@ -1,0 +1,167 @@
+"""Sparse decode end to end: the runtime with a companion equals the converter's PyTorch reference R-Sparse model.
+
+F32 base and companion, so the only differences are float32 summation orders: per-token logits within 1e-4
+relative, for the recipes sparse-only, uniform, searched and a mix of rho = 0 and rho = 1 linears."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from rsparse_converter.calibrate import (Calibration, calibration_windows, dense_plan, load_model, load_tokenizer)
+from rsparse_converter.companion import dequantize, write_companion
+from rsparse_converter.convert import convert
+from rsparse_converter.perplexity import nll
+from rsparse_converter.reference import apply_companion, rsparse_model
+from rsparse_converter.rsparse_cli import BuildConfig, build
+from rsparse_converter.search import SearchConfig
+from rsparse_cpp.companion import Companion, companion_path
+from rsparse_cpp.constants import LINEARS
+from rsparse_cpp.gguf_file import GGUFError, GGUFFile
+from rsparse_cpp.model import Model
+from rsparse_cpp.perplexity import perplexity, window_nll
+
+SMALL = dict(calib_tokens=256, fit_tokens=128, seq_len=64, search=SearchConfig(population=4, generations=1, groups=2))
+RECIPES = ("sparse-only", "uniform", "searched", "mixed")
+
+
+def rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def make_companion(hf_dir, base, recipe: str, sparsity: float = 0.5):
+    model, tok = load_model(hf_dir), load_tokenizer(hf_dir)
+    if recipe == "mixed":  # alternate rho = 0 (low rank only) and rho = 1 (sparse only) linears
+        n_layer = model.config.num_hidden_layers
+        rho = (np.arange(n_layer * len(LINEARS)).reshape(n_layer, -1) % 2).astype(np.float64)
+        rsparse_model(model)
+        calib = Calibration(model, calibration_windows(tok, 256, 64), max_tokens=256)
+        plan, info = dense_plan(calib, sparsity, rho, "svd"), {"recipe": "mixed", "sparsity": sparsity}
+        prov = {"source": "test", "sha256": "", "tokens": 256, "seq_len": 64}
+    else:
+        plan, info, prov = build(model, tok, BuildConfig(sparsity=sparsity, recipe=recipe, **SMALL), progress=False)
+    return write_companion(companion_path(base), base, model, plan, recipe, info, prov)
+
+
+@pytest.fixture(scope="module", params=["gqa_untied", "odd_sizes"])
+def tiny(request, tmp_path_factory):
+    d = make_tiny_llama(tmp_path_factory.mktemp(f"sd_{request.param}"), request.param)
+    return d, tmp_path_factory.mktemp(f"sd_{request.param}_out")
+
+
+def reference(hf_dir, companion: Companion, mode: str):
+    model = load_model(hf_dir)
+    state = apply_companion(model, companion)
+    state.mode = mode
+    return model, state
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_strict_logits_match_reference(tiny, recipe):
+    d, out = tiny
+    base = convert(d, out / f"{recipe}.gguf", "f32", progress=False)
+    path = make_companion(d, base, recipe)
+    model = Model.load(base, n_ctx=128, n_threads=2, sparse_prefill=True)
+    assert model.sparse is not None and model.sparse.companion.path == path
+    ref, _ = reference(d, Companion(path, base), "strict")
+    ids = torch.randint(3, ref.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = ref(ids).logits[0].numpy()
+    got = model.forward(ids[0].numpy(), logits_all=True)
+    assert rel_err(got, want) < 1e-4
+    # every token went through the sparse kernel: it kept a fraction of the channels, not all of them
+    assert model.sparse.tokens == 40
+    assert 0.2 < 1 - model.sparse.read_fraction() < 0.8
+    # the same tokens decoded one at a time after a one-token prompt: identical
+    model.reset()
+    model.sparse_prefill = False
+    model.forward(ids[0, :1].numpy())
+    for i in range(1, 40):
+        step = model.forward(ids[0, i:i + 1].numpy())
+        assert rel_err(step, want[i]) < 1e-4
+
+
+def test_paper_protocol_dense_prefill_then_sparse_decode(tiny):
+    d, out = tiny
+    base = convert(d, out / "paper.gguf", "f32", progress=False)
+    path = make_companion(d, base, "uniform")
+    model = Model.load(base, n_ctx=128, n_threads=2)
+    ref, state = reference(d, Companion(path, base), "paper")
+    ids = torch.randint(3, ref.config.vocab_size, (1, 50), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = ref(ids).logits[0].numpy()
+    first = 50 - 5  # paper_start(50, 0.1)
+    model.forward(ids[0, :first].numpy())  # dense prefill
+    assert model.sparse.tokens == 0
+    for i in range(first, 50):
+        assert rel_err(model.forward(ids[0, i:i + 1].numpy()), want[i]) < 1e-4
+    # and the perplexity helpers agree with the converter's, both protocols
+    windows = ids.repeat(2, 1)
+    for protocol in ("strict", "paper"):
+        total, count = nll(ref, state, windows, protocol)
+        got_total, got_count = 0.0, 0
+        for w in windows:
+            t, c = window_nll(model, w.numpy(), protocol)
+            got_total, got_count = got_total + t, got_count + c
+        assert got_count == count
+        assert abs(got_total - total) / total < 1e-4
+    dense = load_model(d)
+    with torch.no_grad():
+        dense_nll = torch.nn.functional.cross_entropy(dense(windows).logits[:, :-1].reshape(-1, dense.config.vocab_size),
+                                                      windows[:, 1:].reshape(-1))
+    model.sparse_enabled = False
+    assert perplexity(model, windows.numpy(), "strict") == pytest.approx(float(dense_nll.exp()), rel=1e-4)
+
+
+def test_switches_and_errors(tiny):
+    d, out = tiny
+    base = convert(d, out / "sw.gguf", "f32", progress=False)
+    other = convert(d, out / "other.gguf", "q8_0", progress=False)
+    path = make_companion(d, base, "sparse-only")
+    ids = np.arange(3, 23)
+    dense = Model.load(base, n_ctx=64, sparse=False)
+    assert dense.sparse is None
+    want = dense.forward(ids, logits_all=True)
+    # the companion is found beside the base and used for decode only: prefill stays dense and exact
+    auto = Model.load(base, n_ctx=64)
+    assert auto.sparse is not None and auto.sparse_enabled
+    np.testing.assert_allclose(auto.forward(ids, logits_all=True), want, rtol=1e-5, atol=1e-5)
+    assert auto.sparse.tokens == 0
+    sparse_step = auto.forward(ids[:1]).copy()
+    assert auto.sparse.tokens == 1
+    auto.sparse_enabled = False  # the switch: the same files, dense
+    auto.n_past -= 1
+    dense_step = dense.forward(ids[:1]).copy()
+    np.testing.assert_allclose(auto.forward(ids[:1]), dense_step, rtol=1e-5, atol=1e-5)
+    assert rel_err(sparse_step, dense_step) > 1e-3  # 50% of the channels dropped: the sparse step differs
+    # an explicit path; a companion of another base; a missing one when required
+    assert Model.load(base, n_ctx=64, companion=path).sparse.companion.path == path
+    with pytest.raises(GGUFError, match="made for another base"):
+        Model.load(other, n_ctx=64, companion=path)
+    with pytest.raises(GGUFError, match="no R-Sparse companion"):
+        Model.load(other, n_ctx=64, sparse=True)
+    assert Model.load(other, n_ctx=64).sparse is None  # none beside it: dense
+    with pytest.raises(ValueError, match="sparse=False"):
+        Model.load(base, n_ctx=64, companion=path, sparse=False)
+
+
+@pytest.mark.parametrize("outtype", ["f16", "q8_0", "q4_0"])
+def test_quantized_companion_matches_reference(tmp_path, outtype):
+    """F16/Q8_0/Q4_0 bases: the companion's weights are in the base's type (blocks along the output), factors F16.
+    The reference dequantizes those same tensors, so strict sparse decode still matches it closely."""
+    d = make_tiny_llama(tmp_path / "m", "gqa_untied")
+    base = convert(d, tmp_path / f"{outtype}.gguf", outtype, progress=False)
+    path = make_companion(d, base, "uniform")
+    model = Model.load(base, n_ctx=64, sparse=True, sparse_prefill=True)
+    ref, _ = reference(d, Companion(path, base), "strict")
+    f = GGUFFile(base)  # the base's own (quantized) embeddings and output, as the runtime reads them
+    for name, param in (("token_embd.weight", ref.model.embed_tokens.weight), ("output.weight", ref.lm_head.weight)):
+        info = f.tensors[name]
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(dequantize(f.tensor(name), info.type, info.shape).astype(np.float32)))
+    ids = torch.arange(3, 27)[None]
+    with torch.no_grad():
+        want = ref(ids).logits[0].numpy()
+    assert rel_err(model.forward(ids[0].numpy(), logits_all=True), want) < 1e-4
