@@ -1,17 +1,24 @@
-"""Decode and prefill speed: our dense runtime vs llama-cpp-python on the same GGUF, side by side in one run.
+"""Decode speed, side by side in one run: llama-cpp-python dense, our dense, and our R-Sparse decode at each
+companion's sparsity, all on the same base GGUF (so the same weight type).
 
-Each runtime runs in its own subprocess (so peak RSS is its own), alternating, best of --repeats. Both go through
-their own generate loop with greedy sampling, so Python overhead on both sides is counted.
+Each configuration runs in its own subprocess (peak RSS is its own), round-robin over --repeats rounds so drift on
+a noisy machine hits all of them alike; the table keeps each one's best round. Every runtime goes through its own
+generate loop with greedy sampling, so Python overhead is counted on both sides. Prefill is dense everywhere.
 
-    python bench/decode.py                       # default model (SmolLM2-135M), q8_0 and q4_0
-    python bench/decode.py -m model.gguf --threads 2 --prompt-tokens 256 --gen-tokens 128
+Companions are found beside each base: <stem>.s30.rsparse.gguf, <stem>.s50.rsparse.gguf, ... (the number is the
+model-level sparsity in percent) and <stem>.rsparse.gguf; or name them with --companion.
+
+    python bench/decode.py -m smol-q8_0.gguf -m smol-q4_0.gguf          # 256-token prompt, 128 generated
+    python bench/decode.py -m tiled-1b-q8_0.gguf --repeats 2 --no-llamacpp
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -26,7 +33,8 @@ def prompt_tokens(tokenize, n: int) -> list[int]:
     return toks[:n]
 
 
-def worker(kind: str, model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
+def worker(kind: str, model: str, companion: str | None, threads: int, n_prompt: int, n_gen: int) -> dict:
+    stats = {}
     if kind == "ours":
         import numpy as np
 
@@ -34,7 +42,8 @@ def worker(kind: str, model: str, threads: int, n_prompt: int, n_gen: int) -> di
         from rsparse_cpp.llama import Llama
         from rsparse_cpp.sampler import SamplingParams
 
-        llm = Llama(model, n_ctx=n_prompt + n_gen + 8, n_threads=threads)
+        llm = Llama(model, n_ctx=n_prompt + n_gen + 8, n_threads=threads, companion_path=companion,
+                    sparse=companion is not None)
         prompt = prompt_tokens(lambda b: llm.tokenize(b, add_bos=True), n_prompt)
         gen = generate(llm.model, prompt, SamplingParams(temperature=0), np.random.default_rng(0), n_gen + 1)
     else:
@@ -50,8 +59,12 @@ def worker(kind: str, model: str, threads: int, n_prompt: int, n_gen: int) -> di
     for _ in range(n_gen):
         next(gen)
     t2 = time.perf_counter()
-    return {"prefill_tps": len(prompt) / (t1 - t0), "decode_tps": n_gen / (t2 - t1),
-            "peak_rss_mb": peak_rss_mb()}
+    if kind == "ours" and llm.model.sparse is not None:
+        sp = llm.model.sparse
+        stats = {"read_fraction": sp.read_fraction(), "kept_channels": float(sp.kept_fraction().mean()),
+                 "sparse_tokens": sp.tokens}
+    return {"prefill_tps": len(prompt) / (t1 - t0), "decode_tps": n_gen / (t2 - t1), "peak_rss_mb": peak_rss_mb(),
+            **stats}
 
 
 def peak_rss_mb() -> float:
@@ -63,55 +76,82 @@ def peak_rss_mb() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
-def run_worker(kind, args, model) -> dict:
+def run_worker(kind: str, companion: str | None, args, model: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "-m", model, "--threads", str(args.threads),
            "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
+    if companion:
+        cmd += ["--companion", companion]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def companions_beside(model: str) -> list[tuple[str, str]]:
+    """[(label, path)] of the companions next to a base, by sparsity."""
+    stem = model[:-len(".gguf")] if model.endswith(".gguf") else model
+    found = []
+    for path in glob.glob(glob.escape(stem) + ".s*.rsparse.gguf"):
+        m = re.search(r"\.s(\d+)(?:-([\w-]+))?\.rsparse\.gguf$", path)
+        if m:
+            found.append((int(m.group(1)), f"rsparse {m.group(1)}%" + (f" {m.group(2)}" if m.group(2) else ""), path))
+    if os.path.exists(stem + ".rsparse.gguf"):
+        found.append((-1, "rsparse", stem + ".rsparse.gguf"))
+    return [(label, path) for _, label, path in sorted(found)]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", action="append", help="GGUF file(s); default: SmolLM2-135M q8_0 and q4_0")
+    p.add_argument("-m", "--model", action="append", required=True, help="base GGUF file(s)")
+    p.add_argument("--companion", action="append", default=[],
+                   help="LABEL=PATH of a companion for the (single) model; default: those found beside it")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--gen-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt-tokens", type=int, default=256)
+    p.add_argument("--gen-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-llamacpp", action="store_true", help="skip llama-cpp-python")
     p.add_argument("--worker", choices=["ours", "llamacpp"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model[0], args.threads, args.prompt_tokens, args.gen_tokens)))
+        comp = args.companion[0] if args.companion else None
+        print(json.dumps(worker(args.worker, args.model[0], comp, args.threads, args.prompt_tokens,
+                                args.gen_tokens)))
         return 0
 
-    models = args.model
-    if not models:
-        from rsparse_converter.default_model import ensure_default_gguf
-
-        models = [str(ensure_default_gguf(t)) for t in ("q8_0", "q4_0")]
     from rsparse_cpp import native
 
     print(f"# machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-          f"threads={args.threads} simd={native.simd_path()}")
-    print(f"# prompt {args.prompt_tokens} tokens, {args.gen_tokens} generated, greedy, best of {args.repeats}")
-    header = (f"{'model':<40} {'runtime':<12} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode GB/s':>12} "
-              f"{'peak RSS MB':>12}")
-    print(header)
-    for model in models:
+          f"threads={args.threads} simd={native.simd_path()} load={os.getloadavg()[0]:.2f}")
+    print(f"# prompt {args.prompt_tokens} tokens (dense prefill), {args.gen_tokens} generated, greedy, "
+          f"best of {args.repeats} rounds")
+    print("# read = fraction of decoder-block linear weights read per decoded token (kept rows + low-rank factors);"
+          " kept = mean fraction of input channels kept")
+    print(f"| {'model':<28} | {'runtime':<22} | {'decode tok/s':>12} | {'vs our dense':>12} | {'vs llama.cpp':>12} | "
+          f"{'prefill tok/s':>13} | {'peak RSS MB':>11} | {'read':>5} | {'kept':>5} |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model in args.model:
+        if args.companion:
+            comps = [tuple(c.split("=", 1)) if "=" in c else (os.path.basename(c), c) for c in args.companion]
+        else:
+            comps = companions_beside(model)
+        configs = ([] if args.no_llamacpp else [("llama-cpp-python", "llamacpp", None)]) + \
+            [("ours dense", "ours", None)] + [(f"ours {label}", "ours", path) for label, path in comps]
         best: dict[str, dict] = {}
         for _ in range(args.repeats):
-            for kind in ("ours", "llamacpp"):  # alternate, so drift on a noisy machine hits both
-                r = run_worker(kind, args, model)
-                b = best.setdefault(kind, r)
+            for name, kind, comp in configs:
+                r = run_worker(kind, comp, args, model)
+                b = best.setdefault(name, r)
                 for k in ("prefill_tps", "decode_tps"):
                     b[k] = max(b[k], r[k])
                 b["peak_rss_mb"] = min(b["peak_rss_mb"], r["peak_rss_mb"])
-        gb = os.path.getsize(model) / 1e9  # every weight byte is read once per decoded token
-        for kind, r in best.items():
-            print(f"{os.path.basename(model):<40} {kind:<12} {r['prefill_tps']:>14.1f} {r['decode_tps']:>13.1f} "
-                  f"{r['decode_tps'] * gb:>12.1f} {r['peak_rss_mb']:>12.0f}")
-        o, l = best["ours"], best["llamacpp"]
-        print(f"{os.path.basename(model):<40} {'ours/llama':<12} {o['prefill_tps'] / l['prefill_tps']:>14.2f} "
-              f"{o['decode_tps'] / l['decode_tps']:>13.2f}")
+        ours = best["ours dense"]["decode_tps"]
+        llama = best.get("llama-cpp-python", {}).get("decode_tps")
+        for name, _, _ in configs:
+            r = best[name]
+            vs_llama = f"{r['decode_tps'] / llama:.2f}" if llama else "-"
+            read = f"{r['read_fraction']:.3f}" if "read_fraction" in r else "1"
+            kept = f"{r['kept_channels']:.3f}" if "kept_channels" in r else "1"
+            print(f"| {os.path.basename(model):<28} | {name:<22} | {r['decode_tps']:>12.1f} | "
+                  f"{r['decode_tps'] / ours:>12.2f} | {vs_llama:>12} | {r['prefill_tps']:>13.1f} | "
+                  f"{r['peak_rss_mb']:>11.0f} | {read:>5} | {kept:>5} |", flush=True)
     return 0
 
 

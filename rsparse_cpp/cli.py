@@ -21,14 +21,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat-penalty", type=float, default=1.0)
     p.add_argument("-s", "--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--stats", action="store_true", help="print timing to stderr")
+    p.add_argument("--stats", action="store_true", help="print timing (and R-Sparse kept fraction) to stderr")
+    g = p.add_argument_group("R-Sparse")
+    g.add_argument("--companion", help="companion GGUF (default: <model>.rsparse.gguf beside the model, if present)")
+    g.add_argument("--dense", action="store_true", help="ignore the companion: decode densely")
+    g.add_argument("--sparse-prefill", action="store_true", help="sparsify the prompt's tokens too")
+    g.add_argument("--perplexity", metavar="FILE",
+                   help="instead of generating: teacher-forced perplexity of FILE in windows of --ctx-size tokens")
+    g.add_argument("--ppl-protocol", choices=("strict", "paper"), default="strict",
+                   help="strict: every token sparse; paper: only the last 10%% of each window (default strict)")
+    g.add_argument("--ppl-windows", type=int, default=0, help="at most this many windows (0: all)")
     args = p.parse_args(argv)
 
     from .gguf_file import GGUFError
     from .llama import Llama
 
     try:
-        llm = Llama(args.model, n_ctx=args.ctx_size, n_threads=args.threads, seed=args.seed)
+        llm = Llama(args.model, n_ctx=args.ctx_size, n_threads=args.threads, seed=args.seed,
+                    companion_path=args.companion, sparse=False if args.dense else None,
+                    sparse_prefill=args.sparse_prefill)
+        if args.perplexity:
+            return _perplexity(llm, args)
         sampling = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         repeat_penalty=args.repeat_penalty, stop=args.stop, max_tokens=args.n_predict, stream=True)
         t0 = time.perf_counter()
@@ -47,12 +60,46 @@ def main(argv: list[str] | None = None) -> int:
         if args.stats:
             dt = time.perf_counter() - t0
             print(f"[rsparse] {n} chunks in {dt:.2f} s", file=sys.stderr)
+            _print_sparse_stats(llm)
     except (GGUFError, ValueError, OSError) as e:
         print(f"rsparse: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    return 0
+
+
+def _print_sparse_stats(llm) -> None:
+    sp = llm.model.sparse
+    if sp is None or not llm.model.sparse_enabled:
+        print("[rsparse] dense decode (no R-Sparse companion)", file=sys.stderr)
+    elif sp.tokens:
+        print(f"[rsparse] R-Sparse {sp.companion.path.name}: {sp.tokens} sparse tokens, "
+              f"{sp.read_fraction():.3f} of the block-linear weights read per token "
+              f"(mean kept channels {sp.kept_fraction().mean():.3f})", file=sys.stderr)
+
+
+def _perplexity(llm, args) -> int:
+    from pathlib import Path
+
+    from .perplexity import perplexity
+
+    text = Path(args.perplexity).read_text(encoding="utf-8")
+    ids = llm.tokenize(text, add_bos=False)
+    n = llm.n_ctx()
+    windows = [ids[i:i + n] for i in range(0, len(ids) - n + 1, n)]
+    if args.ppl_windows > 0:
+        windows = windows[:args.ppl_windows]
+    if not windows:
+        raise ValueError(f"{args.perplexity}: {len(ids)} tokens, fewer than one window of --ctx-size {n}")
+    mode = "dense" if not llm.model.sparse_enabled else args.ppl_protocol
+    t0 = time.perf_counter()
+    ppl = perplexity(llm.model, windows, args.ppl_protocol)
+    print(f"perplexity ({mode}, {len(windows)} windows x {n} tokens): {ppl:.4f}")
+    if args.stats:
+        print(f"[rsparse] {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        _print_sparse_stats(llm)
     return 0
 
 

@@ -42,9 +42,15 @@ def _stop_prefix_len(buf: bytes | bytearray, stops: list[bytes]) -> int:
 
 class Llama:
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 512, n_batch: int = 512,
-                 n_threads: int | None = None, seed: int | None = None, verbose: bool = False):
+                 n_threads: int | None = None, seed: int | None = None, verbose: bool = False,
+                 companion_path: str | os.PathLike | None = None, sparse: bool | None = None,
+                 sparse_prefill: bool = False):
+        """R-Sparse: the companion <model>.rsparse.gguf beside the base (or `companion_path`) is used for
+        single-token decode when present; `sparse=False` runs densely, `sparse=True` requires a companion,
+        `sparse_prefill=True` makes the prompt's tokens sparse too (see Model.load)."""
         self.model_path = str(model_path)
-        self.model = Model.load(model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+        self.model = Model.load(model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
+                                companion=companion_path, sparse=sparse, sparse_prefill=sparse_prefill)
         self.tokenizer = Tokenizer.from_metadata(self.model.file.fields)
         self.chat_template = self.model.file.get(Key.CHAT_TEMPLATE)
         self.seed = seed

@@ -165,3 +165,24 @@ def test_quantized_companion_matches_reference(tmp_path, outtype):
     with torch.no_grad():
         want = ref(ids).logits[0].numpy()
     assert rel_err(model.forward(ids[0].numpy(), logits_all=True), want) < 1e-4
+
+
+def test_cli_companion_dense_and_perplexity(tiny, tmp_path, capsys):
+    from rsparse_cpp.cli import main
+
+    d, out = tiny
+    base = convert(d, out / "cli.gguf", "f32", progress=False)
+    path = make_companion(d, base, "sparse-only")
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    assert main(["-m", str(base), "--perplexity", str(text), "-c", "32", "--ppl-windows", "2", "--stats"]) == 0
+    got = capsys.readouterr()
+    assert "perplexity (strict, 2 windows x 32 tokens)" in got.out and path.name in got.err
+    sparse_ppl = float(got.out.split(":")[-1])
+    assert main(["-m", str(base), "--dense", "--perplexity", str(text), "-c", "32", "--ppl-windows", "2"]) == 0
+    got = capsys.readouterr().out
+    assert "perplexity (dense" in got and float(got.split(":")[-1]) != sparse_ppl
+    assert main(["-m", str(base), "--companion", str(tmp_path / "none.rsparse.gguf"), "-p", "a", "-n", "2"]) == 1
+    assert "no R-Sparse companion" in capsys.readouterr().err
+    assert main(["-m", str(base), "-p", "the", "-n", "4", "--temp", "0", "--sparse-prefill", "--stats"]) == 0
+    assert "sparse tokens" in capsys.readouterr().err
