@@ -49,7 +49,6 @@ class RunState:
         self.rope_tmp = np.zeros((2, n_batch, cfg.n_head, cfg.rope_dim // 2), f32)
         # decode-only attention scratch: scores for one query against every cached key
         self.att = np.zeros((cfg.n_head_kv, cfg.n_rep, n_ctx), f32)
-        self.att_max = np.zeros((cfg.n_head_kv, cfg.n_rep, 1), f32)
         self.logits = np.zeros((n_batch, cfg.n_vocab), f32)
         # KV cache: (layer, kv head, position, head_dim); one head's keys are contiguous for the q·K product
         self.key_cache = np.zeros((cfg.n_layer, cfg.n_head_kv, n_ctx, hd), f32)
@@ -122,6 +121,9 @@ class Model:
                                                s.rows[:1], s.x[0])
         self._output_call = native.bind_matmul(self.pool, w.output.type, w.output.data, w.output.n_out,
                                                w.output.n_in, s.xb[0], s.logits[0])
+        scale = 1.0 / np.sqrt(cfg.head_dim)
+        self._attention_calls = [native.bind_attention(self.pool, s.q[0], s.key_cache[li], s.value_cache[li], scale,
+                                                       s.attn[0], s.att.reshape(-1)) for li in range(cfg.n_layer)]
         self.sparse = None if companion is None else SparseDecode(companion, self.pool, io)
         self.sparse_enabled = self.sparse is not None
 
@@ -240,16 +242,8 @@ class Model:
         keys, values = s.key_cache[li, :, :T], s.value_cache[li, :, :T]  # (n_kv, T, hd)
         scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
         out = s.attn[:n]
-        if n == 1:  # decode: no mask, no allocation
-            att = s.att[:, :, :T]
-            np.matmul(q.reshape(cfg.n_head_kv, cfg.n_rep, cfg.head_dim), keys.transpose(0, 2, 1), out=att)
-            att *= scale
-            np.max(att, axis=2, keepdims=True, out=s.att_max)
-            att -= s.att_max
-            np.exp(att, out=att)
-            np.sum(att, axis=2, keepdims=True, out=s.att_max)
-            att /= s.att_max
-            np.matmul(att, values, out=out.reshape(cfg.n_head_kv, cfg.n_rep, cfg.head_dim))
+        if n == 1:  # decode: one native call over the cache (the prefill code below is the same math)
+            self._attention_calls[li](T)
             return out
         # prefill: (n_kv, n_rep*n, hd) queries against T keys with a causal mask
         qh = q.reshape(n, cfg.n_head_kv, cfg.n_rep, cfg.head_dim).transpose(1, 2, 0, 3)

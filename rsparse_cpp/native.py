@@ -65,6 +65,9 @@ int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_out, in
 const char *rs_simd_path(void);
 const char *rs_simd_paths(void);
 int rs_simd_select(const char *name);
+int rs_attention_decode(rs_pool *pool, const float *q, const float *k_cache, const float *v_cache,
+                        int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ctx, int64_t n_pos,
+                        float scale, float *out, float *scratch, int64_t scratch_floats);
 """
 
 ffi = FFI()
@@ -452,3 +455,52 @@ def bind_rsparse_matvec(pool: Pool, wtype: int, wt: np.ndarray, n_out: int, n_in
             ffi.from_buffer("int64_t[]", n_kept, require_writable=True) + slot,
             ffi.from_buffer(scratch, require_writable=True), scratch.nbytes)
     return Bound("rs_sparse_matvec", lib.rs_sparse_matvec, args, pool, (wt, colnorm, U, VS, x, out, scratch, n_kept))
+
+
+class BoundAttention(Bound):
+    """rs_attention_decode bound to one layer's cache and the run state's buffers; called with n_pos."""
+
+    __slots__ = ()
+
+    def __call__(self, n_pos: int) -> None:
+        if self._pool._ptr is None:
+            raise ValueError(f"{self._name}: pool is closed")
+        if not 1 <= n_pos <= self._args[7]:
+            raise ValueError(f"n_pos {n_pos} outside [1, {self._args[7]}]")
+        a = self._args
+        status = self._fn(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], n_pos, a[8], a[9], a[10], a[11])
+        if status:
+            _check(status, self._name)
+
+
+def bind_attention(pool: Pool, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, scale: float,
+                   out: np.ndarray, scratch: np.ndarray) -> BoundAttention:
+    """Single-token attention (rs_attention_decode) as a bound call: q (n_head, head_dim) [any shape holding
+    n_head * head_dim], k_cache and v_cache (n_head_kv, n_ctx, head_dim), out like q, scratch >= n_head * n_ctx
+    floats. All float32, C-contiguous."""
+    lib = _load()
+    _pool(pool)
+    for name, a in (("k_cache", k_cache), ("v_cache", v_cache)):
+        _array(name, a, _F32)
+        if a.ndim != 3:
+            raise ValueError(f"{name} must be (n_head_kv, n_ctx, head_dim), got {a.shape}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache {k_cache.shape} and v_cache {v_cache.shape} differ")
+    n_head_kv, n_ctx, hd = k_cache.shape
+    _array("q", q, _F32)
+    _array("out", out, _F32, writable=True)
+    _array("scratch", scratch, _F32, writable=True)
+    n_head = q.size // hd
+    if q.size % hd or n_head % n_head_kv or out.size != q.size:
+        raise ValueError(f"q ({q.shape}) and out ({out.shape}) must hold n_head * {hd} values, n_head a multiple "
+                         f"of {n_head_kv}")
+    if scratch.size < n_head * n_ctx:
+        raise ValueError(f"scratch must hold {n_head} * {n_ctx} floats, got {scratch.size}")
+    if any(np.may_share_memory(out, a) for a in (q, k_cache, v_cache, scratch)):
+        raise ValueError("out overlaps an input or the scratch")
+    args = (pool._ptr, ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k_cache),
+            ffi.from_buffer("float[]", v_cache), n_head, n_head_kv, hd, n_ctx, float(scale),
+            ffi.from_buffer("float[]", out, require_writable=True),
+            ffi.from_buffer("float[]", scratch, require_writable=True), scratch.size)
+    return BoundAttention("rs_attention_decode", lib.rs_attention_decode, args, pool,
+                          (q, k_cache, v_cache, out, scratch))

@@ -120,6 +120,18 @@ RS_API const char *rs_simd_paths(void);
  * tests and benchmarks: a call already running finishes on the path it started with. */
 RS_API int rs_simd_select(const char *name);
 
+/* ---- decode glue --------------------------------------------------------------------------------------------- */
+
+/* One new token's attention over a KV cache, grouped-query heads (query head h reads KV head h / (n_head /
+ * n_head_kv)), heads split over the pool:
+ *   q:        (n_head, head_dim) float32, the token's rotated queries
+ *   k_cache, v_cache: (n_head_kv, n_ctx, head_dim) float32, positions [0, n_pos) filled (the new token included)
+ *   out:      (n_head, head_dim) float32: softmax(scale * q K^T) V per head
+ *   scratch:  at least n_head * n_pos floats (the scores), owned by the caller */
+RS_API int rs_attention_decode(rs_pool *pool, const float *q, const float *k_cache, const float *v_cache,
+                               int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ctx, int64_t n_pos,
+                               float scale, float *out, float *scratch, int64_t scratch_floats);
+
 #ifdef __cplusplus
 }
 #endif
