@@ -212,6 +212,11 @@ class Model:
     def _rmsnorm(self, x: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
         s = self.state
         out, ss = s.xb[:n], s.ss[:n]
+        if n == 1:  # decode: one dot product instead of a reduction over a temporary (3 numpy calls, not 6)
+            v = x[0]
+            np.multiply(v, np.float32(1.0 / np.sqrt(float(np.dot(v, v)) / v.size + self.config.rms_eps)), out=out[0])
+            out *= weight
+            return out
         np.multiply(x, x, out=out)
         np.mean(out, axis=1, keepdims=True, out=ss)
         ss += self.config.rms_eps
