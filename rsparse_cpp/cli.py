@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--companion", help="companion GGUF (default: <model>.rsparse.gguf beside the model, if present)")
     g.add_argument("--dense", action="store_true", help="ignore the companion: decode densely")
     g.add_argument("--sparse-prefill", action="store_true", help="sparsify the prompt's tokens too")
+    g.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (an NVIDIA GPU, through torch)")
     g.add_argument("--perplexity", metavar="FILE",
                    help="instead of generating: teacher-forced perplexity of FILE in windows of --ctx-size tokens")
     g.add_argument("--ppl-protocol", choices=("strict", "paper"), default="strict",
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         llm = Llama(args.model, n_ctx=args.ctx_size, n_threads=args.threads, seed=args.seed,
                     companion_path=args.companion, sparse=False if args.dense else None,
-                    sparse_prefill=args.sparse_prefill)
+                    sparse_prefill=args.sparse_prefill, device=args.device)
         if args.perplexity:
             return _perplexity(llm, args)
         sampling = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             dt = time.perf_counter() - t0
             print(f"[rsparse] {n} chunks in {dt:.2f} s", file=sys.stderr)
             _print_sparse_stats(llm)
-    except (GGUFError, ValueError, OSError) as e:
+    except (GGUFError, ValueError, OSError, ImportError, RuntimeError) as e:  # RuntimeError: no CUDA, NativeError
         print(f"rsparse: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -44,13 +44,23 @@ class Llama:
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 512, n_batch: int = 512,
                  n_threads: int | None = None, seed: int | None = None, verbose: bool = False,
                  companion_path: str | os.PathLike | None = None, sparse: bool | None = None,
-                 sparse_prefill: bool = False):
+                 sparse_prefill: bool = False, device: str = "cpu"):
         """R-Sparse: the companion <model>.rsparse.gguf beside the base (or `companion_path`) is used for
         single-token decode when present; `sparse=False` runs densely, `sparse=True` requires a companion,
-        `sparse_prefill=True` makes the prompt's tokens sparse too (see Model.load)."""
+        `sparse_prefill=True` makes the prompt's tokens sparse too (see Model.load). `device="cuda"` (or "cuda:N")
+        runs on an NVIDIA GPU through torch and the CUDA kernel (rsparse_cpp.gpu; needs torch with CUDA and a
+        build with -DRSPARSE_CUDA=ON)."""
         self.model_path = str(model_path)
-        self.model = Model.load(model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                                companion=companion_path, sparse=sparse, sparse_prefill=sparse_prefill)
+        if device == "cpu":
+            self.model = Model.load(model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
+                                    companion=companion_path, sparse=sparse, sparse_prefill=sparse_prefill)
+        elif device.startswith("cuda"):
+            from .gpu import load
+
+            self.model = load(model_path, device=device, n_ctx=n_ctx, n_batch=n_batch, companion=companion_path,
+                              sparse=sparse, sparse_prefill=sparse_prefill)
+        else:
+            raise ValueError(f"device {device!r}: choose 'cpu' or 'cuda' ('cuda:N')")
         self.tokenizer = Tokenizer.from_metadata(self.model.file.fields)
         self.chat_template = self.model.file.get(Key.CHAT_TEMPLATE)
         self.seed = seed

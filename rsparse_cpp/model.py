@@ -148,23 +148,25 @@ class Model:
         if bad.any():
             raise ValueError(f"token id {int(tokens[bad][0])} outside the vocabulary [0, {self.config.n_vocab})")
         out = np.empty((n, self.config.n_vocab), np.float32) if logits_all else None
-        batch = 1 if self.sparse_prefill and self.sparse_enabled else self.n_batch
+        # a single token is a decode step (sparse, when a companion is on); a prompt is dense unless sparse_prefill
+        sparse = self.sparse_enabled and (n == 1 or self.sparse_prefill)
+        batch = 1 if sparse else self.n_batch
         for start in range(0, n, batch):
             chunk = tokens[start:start + batch]
             last = start + len(chunk) == n
-            logits = self._step(chunk, logits_all=logits_all or not last)
+            logits = self._step(chunk, logits_all=logits_all or not last, sparse=sparse)
             if logits_all:
                 out[start:start + len(chunk)] = logits
         return out if logits_all else logits[-1]
 
-    def _step(self, tokens: np.ndarray, logits_all: bool) -> np.ndarray:
+    def _step(self, tokens: np.ndarray, logits_all: bool, sparse: bool) -> np.ndarray:
         cfg, s, w, n, pos = self.config, self.state, self.weights, len(tokens), self.n_past
         x = s.x[:n]
         s.rows[:n] = tokens
         if n == 1:
             self._embd_call()
             # one native call per linear, bound once: sparse over the companion, or dense over the base
-            calls = self.sparse.calls if self.sparse_enabled else self._dense_calls
+            calls = self.sparse.calls if sparse else self._dense_calls
         else:
             native.get_rows(w.token_embd.type, w.token_embd.data, cfg.n_vocab, cfg.n_embd, s.rows[:n], out=x)
             calls = None
@@ -185,7 +187,7 @@ class Model:
                 self._swiglu(gate, up)
                 x += lin(li, "ffn_down", gate, s.xb)
         self.n_past += n
-        if calls is not None and self.sparse_enabled:
+        if sparse:
             self.sparse.end_token()
 
         rows = x if logits_all else x[n - 1:n]

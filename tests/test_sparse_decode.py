@@ -169,6 +169,9 @@ def test_switches_and_errors(tiny):
     assert auto.sparse is not None and auto.sparse_enabled
     np.testing.assert_allclose(auto.forward(ids, logits_all=True), want, rtol=1e-5, atol=1e-5)
     assert auto.sparse.tokens == 0
+    chunked = Model.load(base, n_ctx=64, n_batch=3)  # chunks of 3, 3, ..., 2: still a dense prefill
+    np.testing.assert_allclose(chunked.forward(ids[:19], logits_all=True), want[:19], rtol=1e-5, atol=1e-5)
+    assert chunked.sparse.tokens == 0
     sparse_step = auto.forward(ids[:1]).copy()
     assert auto.sparse.tokens == 1
     auto.sparse_enabled = False  # the switch: the same files, dense

@@ -1,0 +1,289 @@
+"""model.py's decode loop on torch tensors: weights, KV cache and activations live on `device` ("cuda" or "cpu").
+
+The math is model.py's, op for op (RMSNorm, RoPE on adjacent pairs, GQA attention, SwiGLU), so the logits agree
+with the numpy Model to float32 rounding. Prefill and dense decode multiply by the base weights dequantized to
+float32 on the device (by the native library's own dequantizer, so the values are exactly the ones the CPU kernels
+use): one cuBLAS GEMM per linear and exact agreement with the CPU path, at 4 bytes a weight. R-Sparse decode reads
+the companion instead, through one of two interchangeable sparse linears:
+  "kernel"  the CUDA kernel rs_cuda_sparse_matvec over the companion's tensors copied to the GPU as they are in the
+            file (quantized rows of the kept channels: the bytes whose reading sparsity saves);
+  "torch"   the same semantics in torch ops over the companion dequantized to float32: any device; the reference
+            the kernel is tested against, and what device="cpu" runs.
+torch is imported on first use: the rest of the runtime does not need it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from .. import native
+from ..companion import Companion, companion_path
+from ..config import Config
+from ..constants import LINEARS
+from ..gguf_file import GGUFFile
+from ..model import ContextFullError, NumericalError
+from ..weights import Weights
+from . import native_cuda
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("the torch backend (rsparse_cpp.gpu) needs PyTorch: pip install torch "
+                          "(a CUDA build of it for device='cuda')") from None
+    return torch
+
+
+def _device(name: str):
+    if not isinstance(name, str) or name.split(":")[0] not in ("cuda", "cpu"):
+        raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu', got {name!r}")
+    torch = _torch()
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r}, but torch {torch.__version__} sees no CUDA device "
+                           f"(a CPU-only build, no driver, or CUDA_VISIBLE_DEVICES hides the GPU)")
+    return torch.device(name)
+
+
+def _put(a: np.ndarray, device):
+    """A tensor on `device` holding a copy of `a` (a read-only view of the mapped file is never aliased)."""
+    if not (a.flags.writeable and a.flags.c_contiguous):
+        a = np.array(a)
+    return _torch().from_numpy(a).to(device)
+
+
+def dequantize(lin_type, data: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    """(n_rows, n_cols) float32 from a weight stored as GGUF rows of n_cols elements of lin_type."""
+    return native.get_rows(lin_type, data, n_rows, n_cols, np.arange(n_rows, dtype=np.int64))
+
+
+class TorchSparse:
+    """R-Sparse decode for every decoder-block linear, with SparseDecode's statistics (sparse.py).
+
+    impl "kernel" needs a CUDA device and librsparse_cuda; "torch" runs anywhere. `count_kept` (chosen at load)
+    records the kept channels of every call: free with "torch" on the CPU, one stream synchronization per linear
+    with "kernel" (so off by default there; `tokens` then stays 0 and the statistics are empty)."""
+
+    def __init__(self, companion: Companion, device, impl: str, count_kept: bool | None = None):
+        torch = _torch()
+        if impl not in ("kernel", "torch"):
+            raise ValueError(f"impl must be 'kernel' or 'torch', got {impl!r}")
+        if impl == "kernel" and device.type != "cuda":
+            raise ValueError(f"the CUDA kernel needs a CUDA device, got {device}")
+        self.companion, self.impl, self.device = companion, impl, device
+        self._count = impl == "torch" if count_kept is None else bool(count_kept)
+        lins = [companion.linear(b, name) for b in range(companion.n_layer) for name in LINEARS]
+        self.n_kept = np.zeros(len(lins), np.int64)  # per call, written by the kernel or by __call__
+        self.kept_total = np.zeros_like(self.n_kept)
+        self.tokens = 0
+        self._n_out = np.array([c.n_out for c in lins], np.int64)
+        self._n_in = np.array([c.n_in for c in lins], np.int64)
+        self._rank = np.array([c.rank for c in lins], np.int64)
+        put = lambda a: _put(a, device)  # noqa: E731
+        self._linears = []
+        if impl == "kernel":
+            need = max(native_cuda.scratch_bytes(c.n_out, c.n_in, c.rank) for c in lins)
+            scratch = torch.empty(need, dtype=torch.uint8, device=device)  # shared: calls run one at a time
+            for slot, c in enumerate(lins):
+                colnorm = None if c.rho >= 1.0 else put(c.colnorm)  # rho = 1: plain magnitude score |x|
+                u, vs = (put(c.u), put(c.vs)) if c.rank else (None, None)
+                self._linears.append(native_cuda.BoundSparse(
+                    int(c.weight_type), put(c.weight.view(np.uint8)), c.n_out, c.n_in, colnorm, c.tau, u, vs,
+                    c.rank, scratch, self.n_kept if self._count else None, slot))
+        else:
+            for c in lins:
+                self._linears.append((
+                    put(dequantize(c.weight_type, c.weight, c.n_in, c.n_out)),  # wt (in, out): row j = channel j
+                    None if c.rho >= 1.0 else put(c.colnorm),
+                    float(np.float32(c.tau)),  # the kernels compare in float32
+                    put(c.u.astype(np.float32)) if c.rank else None,  # (out, rank)
+                    put(c.vs.astype(np.float32)) if c.rank else None))  # (rank, in)
+
+    def __call__(self, slot: int, x, stream: int):
+        """y (1, n_out) = the R-Sparse product of linear `slot` (bid * 7 + LINEARS index) with x (1, n_in)."""
+        if self.impl == "kernel":
+            y = x.new_empty((1, int(self._n_out[slot])))
+            self._linears[slot].call(x, y, stream)
+            return y
+        wt, colnorm, tau, u, vs = self._linears[slot]
+        x = x[0]
+        score = x.abs() if colnorm is None else x.abs() * colnorm
+        kept = score > tau
+        y = x[kept] @ wt[kept]  # only the kept channels' rows of W^T
+        if u is not None:
+            y = y + u @ (vs @ x.masked_fill(kept, 0.0))  # U (VS ((1 - m) * x))
+        if self._count:
+            self.n_kept[slot] = int(kept.sum())
+        return y[None]
+
+    # ---- statistics, as SparseDecode's ------------------------------------------------------------------
+    @property
+    def count_kept(self) -> bool:
+        return self._count
+
+    def end_token(self) -> None:
+        if self._count:
+            self.kept_total += self.n_kept
+            self.tokens += 1
+
+    def reset_stats(self) -> None:
+        self.kept_total[:] = 0
+        self.tokens = 0
+
+    def kept_fraction(self) -> np.ndarray:
+        frac = self.kept_total / max(self.tokens, 1) / self._n_in
+        return frac.reshape(-1, len(LINEARS))
+
+    def read_fraction(self) -> float:
+        per_token = self.kept_total / max(self.tokens, 1)
+        read = (per_token * self._n_out + self._rank * (self._n_in + self._n_out)).sum()
+        return float(read / (self._n_in * self._n_out).sum())
+
+
+class TorchModel:
+    """A loaded base GGUF (and its companion) on a torch device, with Model's interface: forward, n_past,
+    reset, sparse_enabled, sparse_prefill, file, config, n_ctx. forward returns numpy logits (a fresh array)."""
+
+    def __init__(self, file: GGUFFile, config: Config, weights: Weights, device, n_ctx: int, n_batch: int,
+                 sparse: TorchSparse | None):
+        torch = _torch()
+        self.file, self.config, self.device, self.n_ctx, self.n_batch = file, config, device, n_ctx, n_batch
+        self.n_past, self.sparse, self.sparse_enabled, self.sparse_prefill = 0, sparse, sparse is not None, False
+        cfg = config
+        put = lambda a: _put(a, device)  # noqa: E731
+        dense = lambda lin: put(dequantize(lin.type, lin.data, lin.n_out, lin.n_in))  # noqa: E731 (out, in)
+        self.token_embd = dense(weights.token_embd)
+        self.output = self.token_embd if weights.output is weights.token_embd else dense(weights.output)
+        self.output_norm = put(weights.output_norm)
+        self.layers = [{"attn_norm": put(lw.attn_norm), "ffn_norm": put(lw.ffn_norm),
+                        **{name: dense(getattr(lw, name)) for name in LINEARS}} for lw in weights.layers]
+        # KV cache (layer, kv head, position, head_dim), as model.py's RunState
+        shape = (cfg.n_layer, cfg.n_head_kv, n_ctx, cfg.head_dim)
+        self.key_cache = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.value_cache = torch.zeros(shape, dtype=torch.float32, device=device)
+        # RoPE tables in float64, rounded once to float32: the same numbers as RunState's
+        inv_freq = cfg.rope_theta ** (-np.arange(0, cfg.rope_dim, 2, dtype=np.float64) / cfg.rope_dim)
+        if weights.rope_freqs is not None:
+            inv_freq = inv_freq / weights.rope_freqs.astype(np.float64)
+        angles = np.outer(np.arange(n_ctx, dtype=np.float64), inv_freq)
+        self.cos, self.sin = put(np.cos(angles).astype(np.float32)), put(np.sin(angles).astype(np.float32))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cuda", n_ctx: int = 512, n_batch: int = 512,
+             companion: str | os.PathLike | None = None, sparse: bool | None = None, sparse_prefill: bool = False,
+             impl: str | None = None, count_kept: bool | None = None) -> "TorchModel":
+        """As Model.load (the same companion rules), on `device`. `impl` picks the sparse linear: "kernel" (the
+        default on CUDA) or "torch" (the default, and the only choice, on the CPU)."""
+        dev = _device(device)
+        f = GGUFFile(path)
+        cfg = Config.from_gguf(f)
+        n_ctx = cfg.n_ctx_train if n_ctx <= 0 else n_ctx
+        if n_batch <= 0:
+            raise ValueError(f"n_batch must be positive, got {n_batch}")
+        if sparse is False and companion is not None:
+            raise ValueError("a companion was given but sparse=False")
+        if sparse_prefill and sparse is False:
+            raise ValueError("sparse_prefill needs sparse decoding (sparse=False was given)")
+        weights = Weights.from_gguf(f, cfg)
+        sp = None
+        if sparse or (sparse is None and (companion is not None or companion_path(path).is_file())):
+            impl = impl or ("kernel" if dev.type == "cuda" else "torch")
+            sp = TorchSparse(Companion.for_base(path, companion), dev, impl, count_kept)
+        model = cls(f, cfg, weights, dev, n_ctx, min(n_batch, n_ctx), sp)
+        model.sparse_prefill = sparse_prefill
+        return model
+
+    def reset(self) -> None:
+        self.n_past = 0
+
+    def forward(self, tokens, logits_all: bool = False) -> np.ndarray:
+        """Model.forward: logits (n_vocab,) of the last token, or (n, n_vocab) with logits_all."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("forward() needs at least one token")
+        if self.n_past + n > self.n_ctx:
+            raise ContextFullError(f"{self.n_past + n} tokens do not fit in the context of {self.n_ctx} "
+                                   f"({self.n_past} already cached, {n} new)")
+        bad = (tokens < 0) | (tokens >= self.config.n_vocab)
+        if bad.any():
+            raise ValueError(f"token id {int(tokens[bad][0])} outside the vocabulary [0, {self.config.n_vocab})")
+        batch = 1 if self.sparse_prefill and self.sparse_enabled else self.n_batch
+        out, torch = [], _torch()
+        # the CUDA library launches on its runtime's current device: make it this model's (cuda:N)
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), on_device:
+            for start in range(0, n, batch):
+                chunk = tokens[start:start + batch]
+                last = start + len(chunk) == n
+                logits = self._step(chunk, logits_all or not last)
+                if logits_all or last:
+                    out.append(logits)
+        logits = np.concatenate(out) if logits_all else out[-1][-1]
+        if not np.isfinite(logits.sum()):
+            raise NumericalError(f"NaN or inf in the logits at position {self.n_past - 1}; the weights or the "
+                                 f"activations overflowed")
+        return logits
+
+    def _step(self, tokens: np.ndarray, logits_all: bool) -> np.ndarray:
+        torch = _torch()
+        cfg, n, pos = self.config, len(tokens), self.n_past
+        sparse = self.sparse if n == 1 and self.sparse_enabled else None
+        stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+
+        def lin(li: int, name: str, x):
+            if sparse is None:
+                return x @ self.layers[li][name].T
+            return sparse(li * len(LINEARS) + LINEARS.index(name), x, stream)
+
+        x = self.token_embd[torch.tensor(tokens, device=self.device)]  # (n, n_embd)
+        for li, lw in enumerate(self.layers):
+            xb = self._rmsnorm(x, lw["attn_norm"])
+            q, k, v = lin(li, "attn_q", xb), lin(li, "attn_k", xb), lin(li, "attn_v", xb)
+            q, k = self._rope(q, pos, cfg.n_head), self._rope(k, pos, cfg.n_head_kv)
+            self.key_cache[li, :, pos:pos + n] = k.view(n, cfg.n_head_kv, cfg.head_dim).transpose(0, 1)
+            self.value_cache[li, :, pos:pos + n] = v.view(n, cfg.n_head_kv, cfg.head_dim).transpose(0, 1)
+            x = x + lin(li, "attn_output", self._attention(li, q, pos))
+            xb = self._rmsnorm(x, lw["ffn_norm"])
+            gate, up = lin(li, "ffn_gate", xb), lin(li, "ffn_up", xb)
+            x = x + lin(li, "ffn_down", up * gate / (1 + torch.exp(-gate)))  # SwiGLU: silu(gate) * up
+        self.n_past += n
+        if sparse is not None:
+            sparse.end_token()
+        rows = x if logits_all else x[n - 1:]
+        return (self._rmsnorm(rows, self.output_norm) @ self.output.T).cpu().numpy()
+
+    def _rmsnorm(self, x, weight):
+        return x / (x * x).mean(dim=1, keepdim=True).add_(self.config.rms_eps).sqrt_() * weight
+
+    def _rope(self, t, pos: int, n_heads: int):
+        """Rotate adjacent pairs (t[2i], t[2i+1]) of the first rope_dim dims of every head by angle pos*freq_i."""
+        torch, cfg, n = _torch(), self.config, t.shape[0]
+        half = cfg.rope_dim // 2
+        pairs = t.reshape(n, n_heads, cfg.head_dim // 2, 2).clone()
+        x0, x1 = pairs[:, :, :half, 0], pairs[:, :, :half, 1]
+        cos, sin = self.cos[pos:pos + n, None, :], self.sin[pos:pos + n, None, :]
+        rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+        pairs[:, :, :half] = rotated
+        return pairs.view(n, -1)
+
+    def _attention(self, li: int, q, pos: int):
+        """Causal GQA attention of n queries at positions pos.. against the cache's first pos + n keys."""
+        torch, cfg, n = _torch(), self.config, q.shape[0]
+        T = pos + n
+        keys, values = self.key_cache[li, :, :T], self.value_cache[li, :, :T]  # (n_kv, T, hd)
+        qh = q.view(n, cfg.n_head_kv, cfg.n_rep, cfg.head_dim).permute(1, 2, 0, 3)
+        qh = qh.reshape(cfg.n_head_kv, cfg.n_rep * n, cfg.head_dim)
+        att = (qh @ keys.transpose(1, 2)) * float(1.0 / np.sqrt(cfg.head_dim))  # (n_kv, n_rep * n, T)
+        if n > 1:
+            qpos = pos + torch.arange(n, device=q.device)
+            causal = torch.arange(T, device=q.device)[None, :] > qpos[:, None]  # (n, T): key after query
+            att = att.view(cfg.n_head_kv, cfg.n_rep, n, T).masked_fill(causal, float("-inf"))
+            att = att.view(cfg.n_head_kv, cfg.n_rep * n, T)
+        o = torch.softmax(att, dim=-1) @ values  # (n_kv, n_rep * n, hd)
+        return o.view(cfg.n_head_kv, cfg.n_rep, n, cfg.head_dim).permute(2, 0, 1, 3).reshape(n, -1)
+
+
+load = TorchModel.load
