@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .gguf_file import GGUFError
     from .llama import Llama
+    from .model import NumericalError
 
     try:
         llm = Llama(args.model, n_ctx=args.ctx_size, n_threads=args.threads, seed=args.seed,
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             dt = time.perf_counter() - t0
             print(f"[rsparse] {n} chunks in {dt:.2f} s", file=sys.stderr)
             _print_sparse_stats(llm)
-    except (GGUFError, ValueError, OSError, ImportError, RuntimeError) as e:  # RuntimeError: no CUDA, NativeError
+    # RuntimeError: no CUDA, NativeError; NumericalError (not a ValueError): NaN or inf in the logits
+    except (GGUFError, ValueError, OSError, ImportError, RuntimeError, NumericalError) as e:
         print(f"rsparse: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

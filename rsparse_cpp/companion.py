@@ -45,6 +45,12 @@ def fingerprint(base_path: str | os.PathLike) -> str:
     return "v1:" + h.hexdigest()
 
 
+def _describe(v) -> str:
+    if isinstance(v, np.ndarray):
+        return f"{v.dtype} array of {v.size}"
+    return "nothing" if v is None else type(v).__name__
+
+
 def companion_path(base_path: str | os.PathLike) -> Path:
     """<dir>/<model>.gguf -> <dir>/<model>.rsparse.gguf"""
     base_path = Path(base_path)
@@ -70,11 +76,15 @@ class CompanionLinear:
 
 
 class Companion:
-    """A validated companion file. `Companion(path, base_path)` also checks that it was made for that base."""
+    """A validated companion file. `Companion(path, base_path)` also checks that it was made for that base.
+    Every failure raises GGUFError naming the file and the field. tau may be negative: the converter writes -1 for
+    "keep every channel" (scores are >= 0), so only finiteness is required of it."""
 
-    def __init__(self, path: str | os.PathLike, base_path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike, base_path: str | os.PathLike | None = None, *,
+                 data: bytes | None = None):
+        """With `data`, parse those bytes instead of the file (fuzzing, tests); `path` names it in messages."""
         self.path = Path(path)
-        self.file = f = GGUFFile(self.path)
+        self.file = f = GGUFFile(self.path, data=data)
         arch = f.get_str(Key.ARCHITECTURE)
         if arch != COMPANION_ARCH:
             raise GGUFError(f.path, Key.ARCHITECTURE, f"{arch!r}: not an R-Sparse companion (expected {COMPANION_ARCH!r})")
@@ -82,29 +92,38 @@ class Companion:
         if version != COMPANION_VERSION:
             raise GGUFError(f.path, RSparseKey.VERSION, f"version {version}, this runtime reads {COMPANION_VERSION}")
         linears = f.get(RSparseKey.LINEARS)
-        if list(linears or []) != list(LINEARS):
+        if not isinstance(linears, list) or linears != list(LINEARS):
             raise GGUFError(f.path, RSparseKey.LINEARS, f"{linears!r}, expected {list(LINEARS)}")
         self.n_layer = f.require(RSparseKey.BLOCK_COUNT, int)
         if not 1 <= self.n_layer <= 4096:
             raise GGUFError(f.path, RSparseKey.BLOCK_COUNT, f"{self.n_layer} is out of range")
         self.base_fingerprint = f.get_str(RSparseKey.BASE_FINGERPRINT)
         self.sparsity = f.require(RSparseKey.SPARSITY, float)
+        if not 0.0 <= self.sparsity <= 1.0:  # NaN fails this too
+            raise GGUFError(f.path, RSparseKey.SPARSITY, f"{self.sparsity} is not in [0, 1]")
         self.recipe = f.get_str(RSparseKey.RECIPE)
         self.factors = f.get_str(RSparseKey.FACTORS)
         self.tau_calibration = f.get_str(RSparseKey.TAU_CALIBRATION)
         try:
             self.recipe_info = json.loads(f.get_str(RSparseKey.RECIPE_JSON))
-        except json.JSONDecodeError as e:
-            raise GGUFError(f.path, RSparseKey.RECIPE_JSON, f"not valid JSON ({e})") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; deep nesting recurses
+            raise GGUFError(f.path, RSparseKey.RECIPE_JSON, f"not valid JSON ({type(e).__name__}: {e})") from None
         n = self.n_layer * len(LINEARS)
         arrays = {}
-        for key, lo, hi in ((RSparseKey.TAU, -np.inf, np.inf), (RSparseKey.RHO, 0.0, 1.0),
-                            (RSparseKey.RANK, 0, 1 << 20), (RSparseKey.KEEP, 0, 1 << 24)):
+        for key, lo, hi, integral in ((RSparseKey.TAU, -np.inf, np.inf, False), (RSparseKey.RHO, 0.0, 1.0, False),
+                                      (RSparseKey.RANK, 0, 1 << 20, True), (RSparseKey.KEEP, 0, 1 << 24, True)):
             a = f.get(key)
-            if not isinstance(a, np.ndarray) or a.shape != (n,):
-                raise GGUFError(f.path, key, f"expected an array of {n} numbers (block_count x {len(LINEARS)})")
-            if not np.isfinite(a).all() or (a < lo).any() or (a > hi).any():
-                raise GGUFError(f.path, key, f"values must be finite and in [{lo}, {hi}]")
+            if not isinstance(a, np.ndarray) or a.shape != (n,) or a.dtype.kind not in "iuf":
+                raise GGUFError(f.path, key, f"expected an array of {n} numbers (block_count x {len(LINEARS)}), "
+                                f"found {_describe(a)}")
+            a = a.astype(np.float64)
+            bad = ~(np.isfinite(a) & (a >= lo) & (a <= hi))
+            if integral:
+                bad |= np.isfinite(a) & (a != np.floor(a))
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                raise GGUFError(f.path, key, f"blk.{j // len(LINEARS)}.{LINEARS[j % len(LINEARS)]}: {a[j]} is not "
+                                f"{'an integer' if integral else 'a finite number'} in [{lo}, {hi}]")
             arrays[key] = a.reshape(self.n_layer, len(LINEARS))
         self.tau, self.rho = arrays[RSparseKey.TAU], arrays[RSparseKey.RHO]
         self.rank, self.keep = arrays[RSparseKey.RANK].astype(np.int64), arrays[RSparseKey.KEEP].astype(np.int64)
@@ -129,6 +148,9 @@ class Companion:
         cn = info(t(RSparseTensor.COLNORM))
         if cn.shape != (n_in,) or cn.type != GGMLType.F32:
             raise GGUFError(f.path, cn.name, f"{cn.type.name}{cn.shape}, expected F32{(n_in,)}")
+        colnorm = f.tensor(cn.name)
+        if not (np.isfinite(colnorm) & (colnorm >= 0)).all():  # a norm: NaN would make every score fail tau
+            raise GGUFError(f.path, cn.name, "column norms must be finite and >= 0")
         rank = int(self.rank[bid, i])
         u = vs = None
         if rank:
@@ -138,12 +160,14 @@ class Companion:
             for ti, shape in ((ui, (n_out, rank)), (vi, (rank, n_in))):
                 if ti.shape != shape or ti.type not in (GGMLType.F32, GGMLType.F16):
                     raise GGUFError(f.path, ti.name, f"{ti.type.name}{ti.shape}, expected F32 or F16 {shape}")
+            if vi.type != ui.type:  # the kernel takes one factor type
+                raise GGUFError(f.path, vi.name, f"{vi.type.name}, but {ui.name} is {ui.type.name}: both must match")
             u, vs = f.tensor(ui.name), f.tensor(vi.name)
         elif t(RSparseTensor.U) in f.tensors or t(RSparseTensor.VS) in f.tensors:
             raise GGUFError(f.path, t(RSparseTensor.U), "factor tensors present but rank is 0")
         if int(self.keep[bid, i]) > n_in:
             raise GGUFError(f.path, RSparseKey.KEEP, f"blk.{bid}.{name}: keep {self.keep[bid, i]} > in {n_in}")
-        return CompanionLinear(bid, name, n_out, n_in, f.tensor(w.name), w.type, u, vs, f.tensor(cn.name),
+        return CompanionLinear(bid, name, n_out, n_in, f.tensor(w.name), w.type, u, vs, colnorm,
                                float(self.tau[bid, i]), float(self.rho[bid, i]), rank, int(self.keep[bid, i]))
 
     def linear(self, bid: int, name: str) -> CompanionLinear:

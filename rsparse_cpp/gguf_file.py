@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,15 @@ class GGUFFile:
             except OSError as e:
                 raise GGUFError(self.path, "file", e.strerror or str(e)) from None
             try:
-                if os.fstat(fd).st_size < 24:
-                    raise GGUFError(self.path, "header", f"file is {os.fstat(fd).st_size} bytes, too small for a GGUF header")
-                self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):  # a directory, a FIFO, a device: nothing we can map
+                    raise GGUFError(self.path, "file", "not a regular file")
+                if st.st_size < 24:
+                    raise GGUFError(self.path, "header", f"file is {st.st_size} bytes, too small for a GGUF header")
+                try:
+                    self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                except OSError as e:
+                    raise GGUFError(self.path, "file", f"cannot be memory-mapped ({e.strerror or e})") from None
             finally:
                 os.close(fd)
         self.size = len(self._mmap)

@@ -13,7 +13,7 @@ import numpy as np
 from .chat import render_chat
 from .constants import Key
 from .generate import generate
-from .model import Model
+from .model import ContextFullError, Model
 from .sampler import SamplingParams
 from .tokenizer import Tokenizer
 
@@ -161,7 +161,7 @@ class Llama:
         if not tokens:
             raise ValueError("empty prompt: the model has no BOS token to start from; give at least one token")
         if len(tokens) >= self.model.n_ctx:
-            raise ValueError(f"prompt has {len(tokens)} tokens, which does not leave room to generate in the "
+            raise ContextFullError(f"prompt has {len(tokens)} tokens, which does not leave room to generate in the "
                              f"context window of {self.model.n_ctx} (n_ctx)")
         return tokens
 

@@ -14,24 +14,29 @@ import numpy as np
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.8
-    top_k: int = 40  # <= 0: no limit
+    top_k: int = 40  # <= 0: no limit (llama.cpp's convention; -1 is common)
     top_p: float = 0.95  # 1.0: off
     min_p: float = 0.05  # 0.0: off
     repeat_penalty: float = 1.0  # 1.0: off
     repeat_last_n: int = 64  # how many recent tokens the penalty looks at
 
     def __post_init__(self):
-        checks = {
-            "temperature": math.isfinite(self.temperature) and self.temperature >= 0,
-            "top_k": isinstance(self.top_k, (int, np.integer)),
-            "top_p": 0.0 < self.top_p <= 1.0,
-            "min_p": 0.0 <= self.min_p <= 1.0,
-            "repeat_penalty": math.isfinite(self.repeat_penalty) and self.repeat_penalty > 0,
-            "repeat_last_n": isinstance(self.repeat_last_n, (int, np.integer)) and self.repeat_last_n >= 0,
+        real = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)  # noqa: E731
+        count = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0  # noqa: E731
+        checks = {  # name -> (valid, what a valid value is); comparisons with NaN are False, so NaN fails
+            "temperature": (real(self.temperature) and math.isfinite(self.temperature) and self.temperature >= 0,
+                            "a finite number >= 0 (0: greedy)"),
+            "top_k": (isinstance(self.top_k, (int, np.integer)) and not isinstance(self.top_k, bool),
+                      "an int (<= 0: no limit)"),
+            "top_p": (real(self.top_p) and 0.0 < self.top_p <= 1.0, "in (0, 1] (1: off)"),
+            "min_p": (real(self.min_p) and 0.0 <= self.min_p <= 1.0, "in [0, 1] (0: off)"),
+            "repeat_penalty": (real(self.repeat_penalty) and math.isfinite(self.repeat_penalty)
+                               and self.repeat_penalty > 0, "a finite number > 0 (1: off)"),
+            "repeat_last_n": (count(self.repeat_last_n), "an int >= 0"),
         }
-        for name, ok in checks.items():
+        for name, (ok, valid) in checks.items():
             if not ok:
-                raise ValueError(f"invalid sampling parameter {name}={getattr(self, name)!r}")
+                raise ValueError(f"invalid sampling parameter {name}={getattr(self, name)!r}: must be {valid}")
 
 
 def apply_repeat_penalty(logits: np.ndarray, recent: list[int], penalty: float) -> np.ndarray:

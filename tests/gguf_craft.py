@@ -109,3 +109,70 @@ def tiny_model(skip_kv: str | None = None, override: dict | None = None, skip_te
         arr = tensor_override.get(name, rng.normal(0, 0.1, shape).astype(np.float32))
         c.tensor(name, arr)
     return c
+
+
+TINY_LINEARS = {  # (out, in) of the seven block linears of tiny_model()
+    "attn_q": (32, 32), "attn_k": (16, 32), "attn_v": (16, 32), "attn_output": (32, 32),
+    "ffn_gate": (64, 32), "ffn_up": (64, 32), "ffn_down": (32, 64)}
+
+
+def tiny_companion(fingerprint: str, rank: int = 4, n_layer: int = 1, skip_kv: str | None = None,
+                   override: dict | None = None, skip_tensor: str | None = None,
+                   tensor_override: dict | None = None) -> Craft:
+    """A valid R-Sparse companion of tiny_model() (whose fingerprint is given), F32 throughout, every linear with
+    low-rank factors of `rank`; hooks as in tiny_model to leave out or replace keys and tensors (a tensor_override
+    value is an array, or a tuple of Craft.tensor's arguments after the name)."""
+    override, tensor_override = override or {}, tensor_override or {}
+    n = n_layer * len(TINY_LINEARS)
+    c = Craft()
+    kvs = [
+        ("general.architecture", STR, "rsparse"),
+        ("rsparse.version", U32, 1),
+        ("rsparse.block_count", U32, n_layer),
+        ("rsparse.linears", ARR, (STR, list(TINY_LINEARS))),
+        ("rsparse.base.fingerprint", STR, fingerprint),
+        ("rsparse.sparsity", F32, 0.5),
+        ("rsparse.recipe", STR, "uniform"),
+        ("rsparse.recipe.json", STR, '{"recipe": "uniform"}'),
+        ("rsparse.factors", STR, "svd"),
+        ("rsparse.tau.calibration", STR, "dense"),
+        ("rsparse.tau", ARR, (F32, [0.1] * n)),
+        ("rsparse.rho", ARR, (F32, [0.5] * n)),
+        ("rsparse.rank", ARR, (U32, [rank] * n)),
+        ("rsparse.keep", ARR, (U32, [8] * n)),
+    ]
+    for key, vtype, v in kvs:
+        if key == skip_kv:
+            continue
+        if key in override:
+            vtype, v = override[key]
+        c.add(key, vtype, v)
+    rng = np.random.default_rng(1)
+    for bid, (lin, (n_out, n_in)) in ((b, item) for b in range(n_layer) for item in TINY_LINEARS.items()):
+        shapes = {"rsparse_weight": (n_in, n_out), "rsparse_colnorm": (n_in,)}
+        if rank:
+            shapes.update(rsparse_u=(n_out, rank), rsparse_vs=(rank, n_in))
+        for suffix, shape in shapes.items():
+            name = f"blk.{bid}.{lin}.{suffix}"
+            if name == skip_tensor:
+                continue
+            default = rng.normal(0, 0.1, shape).astype(np.float32)
+            if suffix == "rsparse_colnorm":
+                default = np.abs(default) + 0.5
+            t = tensor_override.get(name, default)
+            if isinstance(t, tuple):
+                c.tensor(name, *t)
+            else:
+                c.tensor(name, t)
+    return c
+
+
+def q8_0(w: np.ndarray) -> tuple[np.ndarray, int, list[int]]:
+    """(bytes, type, ne) of w (rows, cols) as Q8_0, cols a multiple of 32: per block an f16 scale and 32 int8;
+    a tensor_override value for tiny_companion."""
+    rows, cols = w.shape
+    blocks = w.reshape(rows, cols // 32, 32)
+    scale = np.abs(blocks).max(-1, keepdims=True) / 127
+    q = np.round(blocks / np.where(scale == 0, 1, scale)).astype(np.int8)
+    raw = np.concatenate([scale.astype(np.float16).view(np.uint8), q.view(np.uint8)], axis=-1)
+    return raw.reshape(rows, -1), 8, [cols, rows]
