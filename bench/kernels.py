@@ -8,8 +8,10 @@ ratio to dense. Then prefill (n_tok tokens through one layer) per path against t
 targets on Llama-7B shapes.
 
 Every weight matrix is cycled through enough copies (>= --stream-mb in all) that it comes from memory, not from
-the last-level cache, as in a real decode step. Each call is timed alone; a time is the median call of the best of
---reps rounds (the machine is shared).
+the last-level cache, as in a real decode step. Each call is timed alone. In a round, dense and every kept
+fraction take turns call by call, 200 calls each; a time is the median call of the best round, a ratio the median
+over rounds of sparse / dense within a round, so both sides of a ratio see the same machine load (the machine is
+shared, and on a VM the memory bandwidth itself changes from one second to the next).
 Kernels are called through the raw cffi functions, so the Python argument checks do not count.
 
     python bench/kernels.py                      # everything, 2 threads
@@ -78,23 +80,32 @@ def copies(a: np.ndarray, stream_bytes: int) -> list[np.ndarray]:
     return [a] + [a.copy() for _ in range(max(1, -(-stream_bytes // a.nbytes)) - 1)] if a.nbytes else [a]
 
 
-def best_time(call, pointers: list, reps: int, min_calls: int = 200) -> float:
-    """Seconds per call: each call timed alone, cycling through the weight copies; the median of each round, then
-    the best round. The median ignores the calls that another process's time slice interrupted (the machine is
-    shared); the best round is the least disturbed one."""
-    rounds = max(1, -(-min_calls // len(pointers)))
-    call(pointers[0])
+def round_medians(calls: dict, reps: int, min_calls: int = 200) -> dict:
+    """Per configuration, the median seconds per call in each of `reps` rounds. calls maps a name to (call,
+    pointers). Within a round the configurations take turns call by call (each call timed alone, each cycling
+    through its own weight copies), so a ratio of two configurations from one round compares them under the same
+    machine load, milliseconds apart. The median ignores the calls that another process's time slice interrupted."""
     clock = time.perf_counter
-    best = float("inf")
+    for call, pointers in calls.values():
+        call(pointers[0])
+    n = max(min_calls, max(len(pointers) for _, pointers in calls.values()))
+    medians = {name: [] for name in calls}
     for _ in range(reps):
-        times = []
-        for _ in range(rounds):
-            for p in pointers:
+        times = {name: [] for name in calls}
+        for i in range(n):
+            for name, (call, pointers) in calls.items():
+                p = pointers[i % len(pointers)]
                 t0 = clock()
                 call(p)
-                times.append(clock() - t0)
-        best = min(best, float(np.median(times)))
-    return best
+                times[name].append(clock() - t0)
+        for name in calls:
+            medians[name].append(float(np.median(times[name])))
+    return medians
+
+
+def best_time(call, pointers: list, reps: int, min_calls: int = 200) -> float:
+    """Seconds per call: the best round's median (the least disturbed round)."""
+    return min(round_medians({"x": (call, pointers)}, reps, min_calls)["x"])
 
 
 # ---- one layer shape ---------------------------------------------------------------------------------------------
@@ -116,13 +127,19 @@ def bench_layer(pool, n_out: int, n_in: int, wtype: GGMLType, paths: list[str], 
     rows = []
     for path in paths:
         native.simd_select(path)
-        t_dense = best_time(lambda p: lib.rs_matmul(pool._ptr, int(wtype), p, n_out, n_in, px, 1, py), pd, args.reps)
-        ratios, kept = {}, {}
+        calls = {"dense": (lambda p: lib.rs_matmul(pool._ptr, int(wtype), p, n_out, n_in, px, 1, py), pd)}
         for f, tau in taus.items():
             def call(p, tau=tau):
                 return lib.rs_sparse_matvec(pool._ptr, int(wtype), p, n_out, n_in, ffi.NULL, tau, 0, ffi.NULL,
                                             ffi.NULL, 0, px, py, n_kept, ps, scratch.nbytes)
-            ratios[f] = best_time(call, pt, args.reps) / t_dense
+            calls[f] = (call, pt)
+        med = round_medians(calls, args.reps)
+        t_dense = min(med["dense"])
+        # Each ratio: the median over rounds of (sparse / dense) within a round, both timed minutes apart at most.
+        ratios = {f: float(np.median(np.array(med[f]) / np.array(med["dense"]))) for f in taus}
+        kept = {}
+        for f in taus:
+            calls[f][0](pt[0])
             kept[f] = n_kept[0] / n_in
         rows.append(dict(path=path, dense_s=t_dense, gbs=dense[0].nbytes / t_dense / 1e9, ratios=ratios, kept=kept))
     return rows
@@ -179,7 +196,8 @@ def main() -> None:
     print(f"memory read bandwidth (numpy dot over 1 GiB, best of 5): {bw1 / 1e9:.1f} GB/s with 1 process, "
           f"{bw / 1e9:.1f} GB/s with {args.threads} at once (the reference below)")
     print("dense: rs_matmul, (n_out, n_in) layout, one token; sparse: rs_sparse_matvec, input-major, rank 0, rho = 1")
-    print(f"weights cycled through {args.stream_mb} MiB of copies; times: median call, best of {args.reps} rounds\n")
+    print(f"weights cycled through {args.stream_mb} MiB of copies; times: median call of the best of {args.reps} "
+          "rounds; ratios: median over rounds of sparse / dense, taking turns call by call\n")
     head = " ".join(f"{int(f * 100):>5d}%" for f in args.fractions)
     print(f"{'model':8s} {'layer':8s} {'n_out x n_in':>12s} {'type':5s} {'path':7s} {'dense us':>9s} {'GB/s':>6s} "
           f"{'%bw':>5s} | sparse/dense at kept {head}")

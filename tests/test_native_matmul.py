@@ -1,8 +1,7 @@
 """librsparse's matmul and get_rows against an independent float64 reference.
 
-Weights are quantized and dequantized with gguf-py (llama.cpp's own Python code), so the reference shares no code
-with the kernels; the product is then taken in float64. Activations stay float32 in the kernels, so every type
-should agree to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|).
+The reference (tests/native_ref.py): weights quantized and dequantized by gguf-py, the product taken in float64,
+every type within float rounding, |y - ref| <= 1e-5 * (|W| @ |x|).
 """
 from __future__ import annotations
 
@@ -23,9 +22,9 @@ try:
 except native.NativeError as e:  # pragma: no cover - only without a built library
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
+from native_ref import SMOLLM2, assert_within, matmul_reference, random_weights  # noqa: E402
+
 HEADER = Path(__file__).resolve().parents[1] / "native" / "include" / "rsparse.h"
-QUANT = {GGMLType.Q4_0: gguf.GGMLQuantizationType.Q4_0, GGMLType.Q8_0: gguf.GGMLQuantizationType.Q8_0}
-SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # q/o, k/v, gate/up, down
 SHAPES = {
     GGMLType.F32: [(1, 5), (7, 37), (33, 37), (7, 32)] + SMOLLM2,
     GGMLType.F16: [(1, 5), (7, 37), (33, 37), (7, 32)] + SMOLLM2,
@@ -37,20 +36,8 @@ CASES = [(t, s) for t, shapes in SHAPES.items() for s in shapes]
 
 @functools.lru_cache(maxsize=None)
 def weights(wtype: GGMLType, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """(stored weights as the runtime sees them, read-only; their float64 values)."""
-    rng = np.random.default_rng(n_out * 1000 + n_in * 10 + int(wtype))
-    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
-    if wtype == GGMLType.F32:
-        stored, ref = w, w.astype(np.float64)
-    elif wtype == GGMLType.F16:
-        stored = w.astype(np.float16)
-        ref = stored.astype(np.float64)
-    else:
-        stored = gguf.quants.quantize(w, QUANT[wtype])
-        ref = gguf.quants.dequantize(stored, QUANT[wtype]).astype(np.float64)
-    stored = np.ascontiguousarray(stored)
-    stored.flags.writeable = False  # like the views into the read-only mmap
-    return stored, ref
+    """(stored (n_out, n_in) weights as the runtime sees them, read-only; their float64 values)."""
+    return random_weights(wtype, (n_out, n_in), seed=n_out * 1000 + n_in * 10 + int(wtype))
 
 
 def activations(n_tok: int, n_in: int, seed: int = 0) -> np.ndarray:
@@ -58,12 +45,7 @@ def activations(n_tok: int, n_in: int, seed: int = 0) -> np.ndarray:
 
 
 def assert_close(y: np.ndarray, w64: np.ndarray, x: np.ndarray) -> None:
-    x64 = x.astype(np.float64)
-    ref = x64 @ w64.T
-    bound = 1e-5 * (np.abs(x64) @ np.abs(w64).T) + 1e-30
-    err = np.abs(y.astype(np.float64) - ref)
-    worst = np.unravel_index(np.argmax(err / bound), err.shape)
-    assert np.all(err <= bound), f"at {worst}: got {y[worst]}, want {ref[worst]} (bound {bound[worst]})"
+    assert_within(y, *matmul_reference(w64, x))
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """librsparse's R-Sparse matvec (and the dense kernels) on every SIMD path against a float64 numpy reference.
 
 The reference is the paper's formula, y = W[:, m] x[m] + U (VS ((1 - m) x)), taken in float64 on weights quantized
-and dequantized by gguf-py (llama.cpp's own Python code). The mask is computed as the kernel defines it (a float32
-score compared with a float32 tau), and tau is put half-way between two scores, so the kept count is exact.
+and dequantized by gguf-py (llama.cpp's own Python code; tests/native_ref.py). The mask is computed as the kernel
+defines it (a float32 score compared with a float32 tau), and tau is put half-way between two scores, so the kept
+count is exact.
 Every path this CPU runs is selected in turn with native.simd_select; RSPARSE_SIMD is checked in a subprocess.
 """
 from __future__ import annotations
@@ -24,10 +25,10 @@ try:
 except native.NativeError as e:  # pragma: no cover - only without a built library
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
+from native_ref import REL, SMOLLM2, assert_within, matmul_reference, random_weights  # noqa: E402
+
 PATHS = native.simd_paths()
 FRACTIONS = (0.0, 0.1, 0.5, 0.9, 1.0)
-QUANT = {GGMLType.Q4_0: gguf.GGMLQuantizationType.Q4_0, GGMLType.Q8_0: gguf.GGMLQuantizationType.Q8_0}
-SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (n_out, n_in): q/o, k/v, gate/up, down
 SHAPES = {  # odd sizes: n_in never a multiple of 32 or of a vector width; n_out odd where the type allows
     GGMLType.F32: [(1, 5), (37, 45), (131, 67)] + SMOLLM2,
     GGMLType.F16: [(1, 5), (37, 45), (131, 67)] + SMOLLM2,
@@ -55,20 +56,10 @@ def path(request):
 
 @functools.lru_cache(maxsize=None)
 def layer(wtype: GGMLType, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input-major weights as stored, read-only; W as float64 (n_out, n_in))."""
-    rng = np.random.default_rng(n_out * 7919 + n_in * 31 + int(wtype))
-    wt = rng.standard_normal((n_in, n_out)).astype(np.float32)  # row j: input channel j's n_out weights
-    if wtype == GGMLType.F32:
-        stored, ref = wt, wt.astype(np.float64)
-    elif wtype == GGMLType.F16:
-        stored = wt.astype(np.float16)
-        ref = stored.astype(np.float64)
-    else:
-        stored = gguf.quants.quantize(wt, QUANT[wtype])
-        ref = gguf.quants.dequantize(stored, QUANT[wtype]).astype(np.float64)
-    stored = np.ascontiguousarray(stored)
-    stored.flags.writeable = False
-    return stored, np.ascontiguousarray(ref.T)
+    """(input-major weights as stored, read-only, row j holding input channel j's n_out weights; W as float64
+    (n_out, n_in))."""
+    wt, ref = random_weights(wtype, (n_in, n_out), seed=n_out * 7919 + n_in * 31 + int(wtype))
+    return wt, np.ascontiguousarray(ref.T)
 
 
 def factors(n_out: int, n_in: int, rank: int, dtype, seed: int):
@@ -102,13 +93,7 @@ def reference(W64, colnorm, tau, U, VS, x):
         U64, VS64 = U.astype(np.float64), VS.astype(np.float64)
         y = y + U64 @ (VS64 @ xd)
         mag = mag + np.abs(U64) @ (np.abs(VS64) @ np.abs(xd))
-    return y, 1e-5 * mag + 1e-30, int(m.sum())
-
-
-def assert_close(y, want, bound, what):
-    err = np.abs(y.astype(np.float64) - want)
-    worst = int(np.argmax(err / bound))
-    assert np.all(err <= bound), f"{what}: y[{worst}] = {y[worst]}, want {want[worst]} (bound {bound[worst]})"
+    return y, REL * mag + 1e-30, int(m.sum())
 
 
 # ---- the sparse matvec on every path -----------------------------------------------------------------------------
@@ -135,7 +120,7 @@ def test_sparse_matches_float64(pools, path, wtype, shape, factor):
             y, kept = native.rsparse_matvec(pools[n_threads], wtype, wt, n_out, n_in, colnorm, tau, U, VS, x,
                                             out=out, scratch=scratch)
             assert y is out and kept == n_keep
-            assert_close(y, want, bound, f"{path} kept {frac:.0%} threads {n_threads}")
+            assert_within(y, want, bound, f"{path} kept {frac:.0%} threads {n_threads}")
             # Each output sums the same terms in the same order whatever the slicing: equal across thread counts.
             if first is None:
                 first = y.copy()
@@ -155,7 +140,7 @@ def test_sparse_llama7b_layer(pools, path, wtype):
     want, bound, want_kept = reference(W64, None, tau, U, VS, x)
     y, kept = native.rsparse_matvec(pools[2], wtype, wt, n_out, n_in, None, tau, U, VS, x)
     assert kept == want_kept == n_in // 2
-    assert_close(y, want, bound, path)
+    assert_within(y, want, bound, path)
 
 
 def test_sparse_all_kept_is_dense_matvec(pools, path):
@@ -164,8 +149,7 @@ def test_sparse_all_kept_is_dense_matvec(pools, path):
     x = np.random.default_rng(3).standard_normal(576).astype(np.float32)
     y, kept = native.rsparse_matvec(pools[3], GGMLType.Q8_0, wt, 192, 576, None, -1.0, None, None, x)
     assert kept == 576 and y.shape == (192,) and y.dtype == np.float32
-    x64 = x.astype(np.float64)
-    assert_close(y, W64 @ x64, 1e-5 * (np.abs(W64) @ np.abs(x64)), path)
+    assert_within(y, *matmul_reference(W64, x), path)
 
 
 def test_sparse_nothing_kept_is_lowrank_only(pools, path):
@@ -175,7 +159,7 @@ def test_sparse_nothing_kept_is_lowrank_only(pools, path):
     y, kept = native.rsparse_matvec(pools[2], GGMLType.F16, wt, 37, 45, None, np.inf, U, VS, x)
     assert kept == 0
     want = U.astype(np.float64) @ (VS.astype(np.float64) @ x)
-    assert_close(y, want, 1e-5 * (np.abs(U) @ (np.abs(VS) @ np.abs(x))).astype(np.float64) + 1e-30, path)
+    assert_within(y, want, REL * (np.abs(U) @ (np.abs(VS) @ np.abs(x))).astype(np.float64) + 1e-30, path)
     y0, kept0 = native.rsparse_matvec(pools[2], GGMLType.F16, wt, 37, 45, None, np.inf, None, None, x)
     assert kept0 == 0 and not y0.any()
 
@@ -189,21 +173,10 @@ DENSE = [(t, s) for t in GGMLType for s in ([(33, 37), (7, 300)] if t in (GGMLTy
 @pytest.mark.parametrize("wtype,shape", DENSE, ids=[f"{t.name}-{o}x{i}" for t, (o, i) in DENSE])
 def test_dense_every_path(pools, path, wtype, shape, n_tok):
     n_out, n_in = shape
-    rng = np.random.default_rng(n_out * n_in + n_tok)
-    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
-    if wtype == GGMLType.F32:
-        stored, w64 = w, w.astype(np.float64)
-    elif wtype == GGMLType.F16:
-        stored = w.astype(np.float16)
-        w64 = stored.astype(np.float64)
-    else:
-        stored = gguf.quants.quantize(w, QUANT[wtype])
-        w64 = gguf.quants.dequantize(stored, QUANT[wtype]).astype(np.float64)
-    x = rng.uniform(-2, 2, (n_tok, n_in)).astype(np.float32)
+    stored, w64 = random_weights(wtype, (n_out, n_in), seed=n_out * n_in + n_tok)
+    x = np.random.default_rng(n_tok).uniform(-2, 2, (n_tok, n_in)).astype(np.float32)
     y = native.matmul(pools[3], wtype, stored, n_out, n_in, x)
-    x64 = x.astype(np.float64)
-    want, bound = x64 @ w64.T, 1e-5 * (np.abs(x64) @ np.abs(w64).T) + 1e-30
-    assert np.all(np.abs(y - want) <= bound), path
+    assert_within(y, *matmul_reference(w64, x), path)
     # prefill gives each token exactly what decode gives it, on every path
     for t in (0, n_tok - 1):
         np.testing.assert_array_equal(y[t], native.matmul(pools[1], wtype, stored, n_out, n_in, x[t]))

@@ -1,0 +1,51 @@
+"""The float64 reference shared by the native kernel tests (test_native_matmul.py, test_native_sparse.py).
+
+Weights are quantized and dequantized with gguf-py (llama.cpp's own Python code), so the reference shares no code
+with the kernels; products are then taken in float64. Activations stay float32 in the kernels, so every weight type
+agrees with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound used throughout.
+"""
+from __future__ import annotations
+
+import numpy as np
+import gguf
+
+from rsparse_cpp.constants import GGMLType
+
+QUANT = {GGMLType.Q4_0: gguf.GGMLQuantizationType.Q4_0, GGMLType.Q8_0: gguf.GGMLQuantizationType.Q8_0}
+SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (n_out, n_in): q/o, k/v, gate/up, down
+REL = 1e-5  # float32 rounding over a few thousand terms, with room to spare
+
+
+def stored(w: np.ndarray, wtype: GGMLType) -> tuple[np.ndarray, np.ndarray]:
+    """(w as the runtime stores it in wtype, contiguous and read-only like a view into the mmap; the values it
+    holds, in float64). Rows are quantized along their last axis, as GGUF does."""
+    if wtype == GGMLType.F32:
+        out, ref = np.ascontiguousarray(w, np.float32), w.astype(np.float64)
+    elif wtype == GGMLType.F16:
+        out = w.astype(np.float16)
+        ref = out.astype(np.float64)
+    else:
+        out = gguf.quants.quantize(np.ascontiguousarray(w, np.float32), QUANT[wtype])
+        ref = gguf.quants.dequantize(out, QUANT[wtype]).astype(np.float64)
+    out = np.ascontiguousarray(out)
+    out.flags.writeable = False
+    return out, ref
+
+
+def random_weights(wtype: GGMLType, shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standard normal weights of `shape` (rows, row length), stored as wtype: (stored, float64 values)."""
+    w = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return stored(w, wtype)
+
+
+def matmul_reference(w64: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x W^T in float64, its rounding bound) for W (n_out, n_in) in float64 and x (..., n_in) float32."""
+    x64 = x.astype(np.float64)
+    return x64 @ w64.T, REL * (np.abs(x64) @ np.abs(w64).T) + 1e-30
+
+
+def assert_within(y: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str = "") -> None:
+    """|y - want| <= bound everywhere; the message names the worst element relative to its bound."""
+    err = np.abs(y.astype(np.float64) - want)
+    worst = np.unravel_index(np.argmax(err / bound), err.shape)
+    assert np.all(err <= bound), f"{what} at {worst}: got {y[worst]}, want {want[worst]} (bound {bound[worst]})"
