@@ -99,9 +99,12 @@ RS_API int64_t rs_sparse_scratch_bytes(int64_t n_in, int64_t rank);
  *   x:       (n_in,) float32;  y: (n_out,) float32, overwritten, must not overlap x or scratch
  *   n_kept:  receives the number of kept channels (may be NULL)
  *   scratch: at least rs_sparse_scratch_bytes(n_in, rank) bytes, 4-byte aligned, owned by the caller (allocated
- *            once, e.g. in the run state: this call allocates nothing)
- * Threads split the output dimension into contiguous slices aligned to 32 elements, so each thread reads one
- * contiguous piece of every kept row; the low-rank product splits the rank, then the output dimension.
+ *            once, e.g. in the run state). The only allocation is the pool's per-thread buffer, grown when a
+ *            call needs a larger one than before (RS_ERR_NOMEM if that fails), so a decode loop allocates nothing.
+ * Threads split the kept rows (each sums whole rows into a per-thread buffer owned by the pool, then they split
+ * the output dimension to add the buffers): results may differ in the last bits between thread counts. With
+ * RSPARSE_SPARSE_SPLIT=outputs they split the output dimension instead (bit-identical for any thread count). The
+ * low-rank product splits the rank, then the output dimension.
  * With colnorm NULL and tau < 0 every channel is kept: a dense matrix-vector product over this layout. */
 RS_API int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_out, int64_t n_in,
                             const float *colnorm, float tau, int ftype, const void *u, const void *vs, int64_t rank,

@@ -41,6 +41,9 @@ struct rs_pool {
     atomic_uint gen;            /* job counter */
     atomic_int pending;         /* workers that have not finished the current job */
     atomic_bool stop;
+    pthread_mutex_t arena_lock; /* held by the one call using `arena` (see rs_pool_arena_acquire) */
+    void *arena;                /* per-call scratch owned by the pool, grown on demand */
+    size_t arena_bytes;
 };
 
 static inline void cpu_relax(void)
@@ -137,6 +140,8 @@ static void destroy(rs_pool *p)
     pthread_cond_destroy(&p->wake);
     pthread_mutex_destroy(&p->lock);
     pthread_mutex_destroy(&p->run_lock);
+    pthread_mutex_destroy(&p->arena_lock);
+    free(p->arena);
     free(p->workers);
     free(p);
 }
@@ -162,6 +167,7 @@ rs_pool *rs_pool_create(int n_threads)
     atomic_init(&p->pending, 0);
     atomic_init(&p->stop, false);
     pthread_mutex_init(&p->run_lock, NULL);
+    pthread_mutex_init(&p->arena_lock, NULL);
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -202,4 +208,26 @@ void rs_pool_free(rs_pool *pool)
 int rs_pool_n_threads(const rs_pool *pool)
 {
     return pool ? pool->n_threads : 0;
+}
+
+void *rs_pool_arena_acquire(rs_pool *pool, size_t bytes)
+{
+    pthread_mutex_lock(&pool->arena_lock);
+    if (bytes > pool->arena_bytes) {
+        const size_t rounded = (bytes + 63) / 64 * 64;
+        void *a = rounded >= bytes ? aligned_alloc(64, rounded) : NULL;
+        if (!a) {
+            pthread_mutex_unlock(&pool->arena_lock);
+            return NULL;
+        }
+        free(pool->arena);
+        pool->arena = a;
+        pool->arena_bytes = rounded;
+    }
+    return pool->arena;
+}
+
+void rs_pool_arena_release(rs_pool *pool)
+{
+    pthread_mutex_unlock(&pool->arena_lock);
 }

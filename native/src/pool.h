@@ -11,4 +11,10 @@ typedef void (*rs_task_fn)(void *ctx, int ith, int nth);
  * Safe to call from several threads: jobs on one pool run one at a time. */
 void rs_pool_run(rs_pool *pool, rs_task_fn fn, void *ctx);
 
+/* Scratch owned by the pool, for a call that needs per-thread buffers across several jobs: at least `bytes`,
+ * 64-byte aligned, grown (never shrunk) on demand, so a steady decode loop allocates nothing. Acquiring locks it
+ * until rs_pool_arena_release (concurrent callers of one pool take turns); NULL, unlocked, if out of memory. */
+void *rs_pool_arena_acquire(rs_pool *pool, size_t bytes);
+void rs_pool_arena_release(rs_pool *pool);
+
 #endif /* RS_POOL_H */

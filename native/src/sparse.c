@@ -2,12 +2,20 @@
  *
  * Three steps. (1) The caller's thread scores every channel and compacts the kept ones into (index, activation)
  * lists, and the dropped activations into a dense vector: a few microseconds for n_in = 11008, serial because it is
- * cheaper than a second wake-up of the pool. (2) If rank > 0, threads split the rank: z = VS xd. (3) Threads split
- * the output dimension into slices aligned to 32 elements (whole quantization blocks): each writes its slice of
- * U z (or zeros), then adds every kept row's slice scaled by its activation. The weights are read once, only for
- * kept channels, each row as one contiguous run per thread. */
+ * cheaper than a second wake-up of the pool. (2) If rank > 0, threads split the rank: z = VS xd. (3) The kept rows,
+ * split one of two ways:
+ *   by rows (default with several threads): each thread sums whole kept rows into its own buffer (the pool's
+ *     arena), then threads split the output dimension to add U z and the buffers. A row is one contiguous read;
+ *     measured on 1728 x 4608 Q8_0 (a 1B model's ffn_down) at 50% kept: 83 us against 111 us by outputs.
+ *   by outputs (RSPARSE_SPARSE_SPLIT=outputs, or one thread): threads split the output dimension into slices
+ *     aligned to 32 elements (whole quantization blocks); each writes its slice of U z (or zeros), then adds every
+ *     kept row's slice scaled by its activation. Bit-identical for any thread count, but each thread reads only
+ *     1/nth of every row: short scattered reads that run well below streaming speed.
+ * The weights are read once, only for kept channels. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "kernels.h"
@@ -37,6 +45,8 @@ struct sparse_job {
     const float *xd;        /* (n_in,) x with the kept channels zeroed */
     float *z;               /* (rank,) */
     float *y;               /* (n_out,) */
+    float *partial;         /* split by rows: (nth, n_out_pad) per-thread sums, in the pool's arena */
+    int64_t n_out_pad;
 };
 
 /* Step 2: z[r0..r1) = VS[r0..r1) xd. */
@@ -64,6 +74,54 @@ static void output_slice(void *ctx, int ith, int nth)
             j->y[o] = 0.0f;
     }
     j->axpy(j->wt, j->wt_rb, j->idx, j->xk, j->n_kept, o0, o1 - o0, j->y + o0);
+}
+
+/* Step 3 split by kept rows instead: thread ith sums whole rows [k0, k1) of the kept list into its own buffer. Each
+ * row is then one contiguous read of row_bytes, instead of 1/nth of it per thread: short layers (out of a few
+ * thousand) read their scattered rows much closer to streaming speed. */
+static void rows_slice(void *ctx, int ith, int nth)
+{
+    const struct sparse_job *j = ctx;
+    int64_t k0, k1;
+    rs_slice(j->n_kept, 1, ith, nth, &k0, &k1);
+    float *acc = j->partial + ith * j->n_out_pad;
+    for (int64_t o = 0; o < j->n_out; o++)
+        acc[o] = 0.0f;
+    if (k1 > k0)
+        j->axpy(j->wt, j->wt_rb, j->idx + k0, j->xk + k0, k1 - k0, 0, j->n_out, acc);
+}
+
+/* ... then y[o0..o1) = U[o0..o1) z (or 0) + the threads' sums. */
+static void reduce_slice(void *ctx, int ith, int nth)
+{
+    const struct sparse_job *j = ctx;
+    int64_t o0, o1;
+    rs_slice(j->n_out, 32, ith, nth, &o0, &o1);
+    if (o1 <= o0)
+        return;
+    if (j->rank > 0) {
+        j->mm_factor(j->u + o0 * j->u_rb, j->u_rb, o1 - o0, j->z, j->rank, 1, j->y + o0, 1);
+    } else {
+        for (int64_t o = o0; o < o1; o++)
+            j->y[o] = 0.0f;
+    }
+    for (int t = 0; t < nth; t++) {
+        const float *p = j->partial + t * j->n_out_pad;
+        for (int64_t o = o0; o < o1; o++)
+            j->y[o] += p[o];
+    }
+}
+
+/* Rows or outputs: RSPARSE_SPARSE_SPLIT=outputs|rows forces one (for benchmarks); by default rows whenever the
+ * pool has several threads, since the per-thread buffers (nth * n_out floats) stay in cache. */
+static int split_rows(int nth, int64_t n_kept)
+{
+    static int mode = -1;  /* -1: not read yet; 0: outputs; 1: rows; 2: auto */
+    if (mode < 0) {
+        const char *e = getenv("RSPARSE_SPARSE_SPLIT");
+        mode = e && !strcmp(e, "outputs") ? 0 : e && !strcmp(e, "rows") ? 1 : 2;
+    }
+    return nth > 1 && n_kept >= nth && mode != 0;
 }
 
 int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_out, int64_t n_in,
@@ -113,7 +171,18 @@ int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_out, in
     };
     if (rank > 0)
         rs_pool_run(pool, lowrank_slice, &job);
-    rs_pool_run(pool, output_slice, &job);
+    const int nth = rs_pool_n_threads(pool);
+    if (split_rows(nth, kept) && rs_fits(n_out + 16, nth * (int64_t)sizeof(float))) {
+        job.n_out_pad = (n_out + 15) / 16 * 16;  /* 64-byte aligned rows */
+        job.partial = rs_pool_arena_acquire(pool, (size_t)(nth * job.n_out_pad) * sizeof(float));
+        if (!job.partial)
+            return RS_ERR_NOMEM;
+        rs_pool_run(pool, rows_slice, &job);
+        rs_pool_run(pool, reduce_slice, &job);
+        rs_pool_arena_release(pool);
+    } else {
+        rs_pool_run(pool, output_slice, &job);
+    }
     if (n_kept)
         *n_kept = kept;
     return RS_OK;
