@@ -280,8 +280,14 @@ def sequential_plan(model, state: SparseState, windows: torch.Tensor, calib: Cal
         i = LINEARS.index(name)
         r = float(plan.rho[bid, i])
         u = vs = None
-        if plan.rank[bid, i]:
-            u, vs = svd_factors(*calib.svd(bid, name), int(plan.rank[bid, i]))  # data-aware: replaced on first use
+        rank = int(plan.rank[bid, i])
+        if rank and factors == "data-aware":
+            # placeholders of the right shape: calibrate() replaces them before first use, so the float64 SVD
+            # of every weight (the svd branch's factors) would be computed and thrown away
+            out, in_ = calib.weights[(bid, name)].shape
+            u, vs = torch.zeros(out, rank), torch.zeros(rank, in_)
+        elif rank:
+            u, vs = svd_factors(*calib.svd(bid, name), rank)
         rsparse_linear(model, bid, name).set(None, r, u, vs)
     saved = state.mode, state.calibrate
     state.mode, state.calibrate = "strict", calibrate

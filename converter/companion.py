@@ -25,7 +25,7 @@ from rsparse_cpp.constants import (COMPANION_ARCH, COMPANION_VERSION, LINEARS, G
 from rsparse_cpp.gguf_file import GGUFFile
 
 from .architectures import permute_qk
-from .atomic import atomic_path
+from .atomic import atomic_gguf
 from .calibrate import Plan
 from .quantize import encode, tensor_type
 
@@ -58,58 +58,51 @@ def write_companion(out_path: str | os.PathLike, base_path: str | os.PathLike, m
     base_fp = fingerprint(base_path)
 
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        w = gguf.GGUFWriter(tmp, arch=COMPANION_ARCH)
-        try:
-            w.add_string(Key.NAME, str(base.get(Key.NAME, base_path.name if isinstance(base_path, Path) else base_path)))
-            w.add_uint32(RSparseKey.VERSION, COMPANION_VERSION)
-            w.add_uint32(RSparseKey.BLOCK_COUNT, n_layer)
-            w.add_array(RSparseKey.LINEARS, list(LINEARS))
-            w.add_string(RSparseKey.BASE_FINGERPRINT, base_fp)
-            w.add_string(RSparseKey.BASE_FILE, Path(base_path).name)
-            w.add_float32(RSparseKey.SPARSITY, float(plan.sparsity))
-            w.add_string(RSparseKey.RECIPE, recipe)
-            w.add_string(RSparseKey.RECIPE_JSON, json.dumps(recipe_info, sort_keys=True))
-            w.add_string(RSparseKey.FACTORS, plan.factors)
-            w.add_string(RSparseKey.TAU_CALIBRATION, plan.tau_mode)
-            w.add_string(RSparseKey.SCORE, "abs_x_colnorm")
-            w.add_string(RSparseKey.CALIB_SOURCE, str(calibration["source"]))
-            w.add_string(RSparseKey.CALIB_SHA256, str(calibration["sha256"]))
-            w.add_uint32(RSparseKey.CALIB_TOKENS, int(calibration["tokens"]))
-            w.add_uint32(RSparseKey.CALIB_SEQ_LEN, int(calibration["seq_len"]))
-            arr = lambda key, vals, t: w.add_key_value(key, list(vals), gguf.GGUFValueType.ARRAY, sub_type=t)  # noqa: E731
-            arr(RSparseKey.TAU, plan.tau.reshape(-1).astype(float), gguf.GGUFValueType.FLOAT32)
-            arr(RSparseKey.RHO, plan.rho.reshape(-1).astype(float), gguf.GGUFValueType.FLOAT32)
-            arr(RSparseKey.RANK, plan.rank.reshape(-1).astype(int).tolist(), gguf.GGUFValueType.UINT32)
-            arr(RSparseKey.KEEP, plan.keep.reshape(-1).astype(int).tolist(), gguf.GGUFValueType.UINT32)
+    with atomic_gguf(out_path, COMPANION_ARCH, progress) as w:
+        w.add_string(Key.NAME, str(base.get(Key.NAME, base_path.name if isinstance(base_path, Path) else base_path)))
+        w.add_uint32(RSparseKey.VERSION, COMPANION_VERSION)
+        w.add_uint32(RSparseKey.BLOCK_COUNT, n_layer)
+        w.add_array(RSparseKey.LINEARS, list(LINEARS))
+        w.add_string(RSparseKey.BASE_FINGERPRINT, base_fp)
+        w.add_string(RSparseKey.BASE_FILE, Path(base_path).name)
+        w.add_float32(RSparseKey.SPARSITY, float(plan.sparsity))
+        w.add_string(RSparseKey.RECIPE, recipe)
+        w.add_string(RSparseKey.RECIPE_JSON, json.dumps(recipe_info, sort_keys=True))
+        w.add_string(RSparseKey.FACTORS, plan.factors)
+        w.add_string(RSparseKey.TAU_CALIBRATION, plan.tau_mode)
+        w.add_string(RSparseKey.SCORE, "abs_x_colnorm")
+        w.add_string(RSparseKey.CALIB_SOURCE, str(calibration["source"]))
+        w.add_string(RSparseKey.CALIB_SHA256, str(calibration["sha256"]))
+        w.add_uint32(RSparseKey.CALIB_TOKENS, int(calibration["tokens"]))
+        w.add_uint32(RSparseKey.CALIB_SEQ_LEN, int(calibration["seq_len"]))
+        arr = lambda key, vals, t: w.add_key_value(key, list(vals), gguf.GGUFValueType.ARRAY, sub_type=t)  # noqa: E731
+        arr(RSparseKey.TAU, plan.tau.reshape(-1).astype(float), gguf.GGUFValueType.FLOAT32)
+        arr(RSparseKey.RHO, plan.rho.reshape(-1).astype(float), gguf.GGUFValueType.FLOAT32)
+        arr(RSparseKey.RANK, plan.rank.reshape(-1).astype(int).tolist(), gguf.GGUFValueType.UINT32)
+        arr(RSparseKey.KEEP, plan.keep.reshape(-1).astype(int).tolist(), gguf.GGUFValueType.UINT32)
 
-            for bid, name, module in iter_linears(model):
-                i = LINEARS.index(name)
-                base_info = base.tensors.get(Tensor.blk(f"blk.{{bid}}.{name}.weight", bid))
-                weight = module.weight.detach().float().numpy()  # (out, in), HF row order
-                if base_info is None or base_info.shape != weight.shape:
-                    raise ValueError(f"{base_path}: blk.{bid}.{name}.weight is "
-                                     f"{None if base_info is None else base_info.shape}, model has {weight.shape}")
-                u = plan.u.get((bid, i))
-                u = None if u is None else u.detach().float().numpy()
-                if name in ("attn_q", "attn_k"):
-                    heads = n_head if name == "attn_q" else n_head_kv
-                    weight = permute_qk(weight, heads)
-                    u = None if u is None else permute_qk(u, heads)
-                wt = np.ascontiguousarray(weight.T)  # (in, out)
-                wtype = tensor_type(wt, base_info.type)
-                name_of = lambda tmpl: RSparseTensor.blk(tmpl, bid, name)  # noqa: E731
-                w.add_tensor(name_of(RSparseTensor.WEIGHT), encode(wt, wtype),
-                             raw_dtype=gguf.GGMLQuantizationType(int(wtype)))
-                if u is not None:
-                    ftype = GGMLType.F32 if base_info.type == GGMLType.F32 else GGMLType.F16
-                    vs = plan.vs[(bid, i)].detach().float().numpy()
-                    for tmpl, arr in ((RSparseTensor.U, u), (RSparseTensor.VS, vs)):
-                        w.add_tensor(name_of(tmpl), encode(arr, ftype), raw_dtype=gguf.GGMLQuantizationType(int(ftype)))
-                w.add_tensor(name_of(RSparseTensor.COLNORM), module.colnorm.detach().float().numpy().copy())
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file(progress=progress)
-        finally:
-            w.close()
+        for bid, name, module in iter_linears(model):
+            i = LINEARS.index(name)
+            base_info = base.tensors.get(Tensor.blk(f"blk.{{bid}}.{name}.weight", bid))
+            weight = module.weight.detach().float().numpy()  # (out, in), HF row order
+            if base_info is None or base_info.shape != weight.shape:
+                raise ValueError(f"{base_path}: blk.{bid}.{name}.weight is "
+                                 f"{None if base_info is None else base_info.shape}, model has {weight.shape}")
+            u = plan.u.get((bid, i))
+            u = None if u is None else u.detach().float().numpy()
+            if name in ("attn_q", "attn_k"):
+                heads = n_head if name == "attn_q" else n_head_kv
+                weight = permute_qk(weight, heads)
+                u = None if u is None else permute_qk(u, heads)
+            wt = np.ascontiguousarray(weight.T)  # (in, out)
+            wtype = tensor_type(wt, base_info.type)
+            name_of = lambda tmpl: RSparseTensor.blk(tmpl, bid, name)  # noqa: E731
+            w.add_tensor(name_of(RSparseTensor.WEIGHT), encode(wt, wtype),
+                         raw_dtype=gguf.GGMLQuantizationType(int(wtype)))
+            if u is not None:
+                ftype = GGMLType.F32 if base_info.type == GGMLType.F32 else GGMLType.F16
+                vs = plan.vs[(bid, i)].detach().float().numpy()
+                for tmpl, arr in ((RSparseTensor.U, u), (RSparseTensor.VS, vs)):
+                    w.add_tensor(name_of(tmpl), encode(arr, ftype), raw_dtype=gguf.GGMLQuantizationType(int(ftype)))
+            w.add_tensor(name_of(RSparseTensor.COLNORM), module.colnorm.detach().float().numpy().copy())
     return out_path

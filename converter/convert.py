@@ -9,7 +9,7 @@ import gguf
 from rsparse_cpp.constants import ARCH, GGMLType, Key
 
 from .architectures import model_for
-from .atomic import atomic_path
+from .atomic import atomic_gguf
 from .checkpoint import iter_tensors, load_config
 from .quantize import FILE_TYPE, OUTTYPES, encode, tensor_type
 from .tokenizer import write_tokenizer
@@ -24,23 +24,16 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str
     otype = OUTTYPES[outtype.lower()]
     model = model_for(load_config(hf_dir))
 
-    with atomic_path(out_path) as tmp:
-        w = gguf.GGUFWriter(tmp, arch=ARCH)
-        try:
-            model.set_params(w)
-            w.add_uint32(Key.FILE_TYPE, FILE_TYPE[otype])
-            w.add_uint32(Key.QUANT_VERSION, gguf.GGML_QUANT_VERSION)
-            write_tokenizer(w, hf_dir, model.n_vocab)
-            for hf_name, data in iter_tensors(hf_dir):
-                for name, arr in model.map_tensor(hf_name, data):
-                    ttype = tensor_type(arr, otype)
-                    w.add_tensor(name, encode(arr, ttype), raw_dtype=gguf.GGMLQuantizationType(int(ttype)))
-            for name, arr in model.extra_tensors():
-                w.add_tensor(name, encode(arr, GGMLType.F32))
-            model.check_complete()
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file(progress=progress)
-        finally:
-            w.close()
+    with atomic_gguf(out_path, ARCH, progress) as w:
+        model.set_params(w)
+        w.add_uint32(Key.FILE_TYPE, FILE_TYPE[otype])
+        w.add_uint32(Key.QUANT_VERSION, gguf.GGML_QUANT_VERSION)
+        write_tokenizer(w, hf_dir, model.n_vocab)
+        for hf_name, data in iter_tensors(hf_dir):
+            for name, arr in model.map_tensor(hf_name, data):
+                ttype = tensor_type(arr, otype)
+                w.add_tensor(name, encode(arr, ttype), raw_dtype=gguf.GGMLQuantizationType(int(ttype)))
+        for name, arr in model.extra_tensors():
+            w.add_tensor(name, encode(arr, GGMLType.F32))
+        model.check_complete()
     return out_path

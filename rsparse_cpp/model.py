@@ -137,16 +137,8 @@ class Model:
         Prompts longer than n_batch are processed in chunks; each chunk is one batched pass (prefill).
         The returned array is RunState's logits buffer (no allocation per token): it is overwritten by the next
         call, so copy it to keep it (logits_all=True returns a fresh array)."""
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = check_tokens(tokens, self.n_past, self.n_ctx, self.config.n_vocab)
         n = len(tokens)
-        if n == 0:
-            raise ValueError("forward() needs at least one token")
-        if self.n_past + n > self.n_ctx:
-            raise ContextFullError(f"{self.n_past + n} tokens do not fit in the context of {self.n_ctx} "
-                                   f"({self.n_past} already cached, {n} new)")
-        bad = (tokens < 0) | (tokens >= self.config.n_vocab)
-        if bad.any():
-            raise ValueError(f"token id {int(tokens[bad][0])} outside the vocabulary [0, {self.config.n_vocab})")
         out = np.empty((n, self.config.n_vocab), np.float32) if logits_all else None
         # a single token is a decode step (sparse, when a companion is on); a prompt is dense unless sparse_prefill
         sparse = self.sparse_enabled and (n == 1 or self.sparse_prefill)
@@ -274,6 +266,21 @@ class Model:
         np.exp(gate, out=gate)
         gate += 1
         np.divide(up, gate, out=gate)
+
+
+def check_tokens(tokens, n_past: int, n_ctx: int, n_vocab: int) -> np.ndarray:
+    """The tokens of a forward call as int64, or a clear error: none, past the context, outside the vocabulary."""
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    n = len(tokens)
+    if n == 0:
+        raise ValueError("forward() needs at least one token")
+    if n_past + n > n_ctx:
+        raise ContextFullError(f"{n_past + n} tokens do not fit in the context of {n_ctx} "
+                               f"({n_past} already cached, {n} new)")
+    bad = (tokens < 0) | (tokens >= n_vocab)
+    if bad.any():
+        raise ValueError(f"token id {int(tokens[bad][0])} outside the vocabulary [0, {n_vocab})")
+    return tokens
 
 
 def _companion_beside(base_path: str | os.PathLike) -> bool:

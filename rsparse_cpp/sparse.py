@@ -16,34 +16,17 @@ from .companion import Companion
 from .constants import LINEARS
 
 
-class SparseDecode:
-    """Bound R-Sparse calls for all n_layer x 7 linears, their kept-channel counters and per-token statistics.
+class KeptStats:
+    """Kept-channel counters of the n_layer x 7 sparse linears of one model, and the statistics drawn from them.
+    The kernel writes each call's count into n_kept[slot]; end_token adds a token's counts to the totals."""
 
-    `io[name]` gives, for each linear, the (input, output) run-state rows it reads and writes at batch 1."""
-
-    def __init__(self, companion: Companion, pool: native.Pool, io: dict[str, tuple[np.ndarray, np.ndarray]]):
-        self.companion = companion
-        n_layer = companion.n_layer
-        lins = [companion.linear(b, name) for b in range(n_layer) for name in LINEARS]
-        self.n_kept = np.zeros(n_layer * len(LINEARS), np.int64)  # written by the kernel, per call
+    def __init__(self, lins: list):
+        self.n_kept = np.zeros(len(lins), np.int64)  # written by the kernel, per call
         self.kept_total = np.zeros_like(self.n_kept)  # summed over sparse tokens since reset_stats()
         self.tokens = 0
         self._n_out = np.array([c.n_out for c in lins], np.int64)
         self._n_in = np.array([c.n_in for c in lins], np.int64)
         self._rank = np.array([c.rank for c in lins], np.int64)
-        need = max(native.sparse_scratch_bytes(c.n_in, c.rank) for c in lins)
-        self._scratch = np.zeros((need + 3) // 4, np.float32)  # one scratch for all: calls run one at a time
-        self.calls: list[dict[str, native.Bound]] = []
-        for b in range(n_layer):
-            layer = {}
-            for i, name in enumerate(LINEARS):
-                c = companion.linear(b, name)
-                x, y = io[name]
-                colnorm = None if c.rho >= 1.0 else c.colnorm  # rho = 1: plain magnitude score |x|
-                layer[name] = native.bind_rsparse_matvec(
-                    pool, c.weight_type, c.weight, c.n_out, c.n_in, colnorm, c.tau, c.u, c.vs, x, y,
-                    self._scratch, self.n_kept, b * len(LINEARS) + i)
-            self.calls.append(layer)
 
     def end_token(self) -> None:
         """Called once per sparse token, after its forward pass: accumulate the kept counts."""
@@ -65,3 +48,28 @@ class SparseDecode:
         per_token = self.kept_total / max(self.tokens, 1)
         read = (per_token * self._n_out + self._rank * (self._n_in + self._n_out)).sum()
         return float(read / (self._n_in * self._n_out).sum())
+
+
+class SparseDecode(KeptStats):
+    """Bound R-Sparse calls for all n_layer x 7 linears, their kept-channel counters and per-token statistics.
+
+    `io[name]` gives, for each linear, the (input, output) run-state rows it reads and writes at batch 1."""
+
+    def __init__(self, companion: Companion, pool: native.Pool, io: dict[str, tuple[np.ndarray, np.ndarray]]):
+        self.companion = companion
+        n_layer = companion.n_layer
+        lins = [companion.linear(b, name) for b in range(n_layer) for name in LINEARS]
+        super().__init__(lins)
+        need = max(native.sparse_scratch_bytes(c.n_in, c.rank) for c in lins)
+        self._scratch = np.zeros((need + 3) // 4, np.float32)  # one scratch for all: calls run one at a time
+        self.calls: list[dict[str, native.Bound]] = []
+        for b in range(n_layer):
+            layer = {}
+            for i, name in enumerate(LINEARS):
+                c = companion.linear(b, name)
+                x, y = io[name]
+                colnorm = None if c.rho >= 1.0 else c.colnorm  # rho = 1: plain magnitude score |x|
+                layer[name] = native.bind_rsparse_matvec(
+                    pool, c.weight_type, c.weight, c.n_out, c.n_in, colnorm, c.tau, c.u, c.vs, x, y,
+                    self._scratch, self.n_kept, b * len(LINEARS) + i)
+            self.calls.append(layer)

@@ -59,6 +59,17 @@ static void lowrank_slice(void *ctx, int ith, int nth)
         j->mm_factor(j->vs + r0 * j->vs_rb, j->vs_rb, r1 - r0, j->xd, j->n_in, 1, j->z + r0, 1);
 }
 
+/* y[o0..o1) = U[o0..o1) z, or zeros without a low-rank term: where step 3 starts its sums. */
+static void lowrank_out(const struct sparse_job *j, int64_t o0, int64_t o1)
+{
+    if (j->rank > 0) {
+        j->mm_factor(j->u + o0 * j->u_rb, j->u_rb, o1 - o0, j->z, j->rank, 1, j->y + o0, 1);
+    } else {
+        for (int64_t o = o0; o < o1; o++)
+            j->y[o] = 0.0f;
+    }
+}
+
 /* Step 3: y[o0..o1) = U[o0..o1) z (or 0) + sum over kept k of xk[k] * wt[idx[k]][o0..o1). */
 static void output_slice(void *ctx, int ith, int nth)
 {
@@ -67,12 +78,7 @@ static void output_slice(void *ctx, int ith, int nth)
     rs_slice(j->n_out, 32, ith, nth, &o0, &o1);
     if (o1 <= o0)
         return;
-    if (j->rank > 0) {
-        j->mm_factor(j->u + o0 * j->u_rb, j->u_rb, o1 - o0, j->z, j->rank, 1, j->y + o0, 1);
-    } else {
-        for (int64_t o = o0; o < o1; o++)
-            j->y[o] = 0.0f;
-    }
+    lowrank_out(j, o0, o1);
     j->axpy(j->wt, j->wt_rb, j->idx, j->xk, j->n_kept, o0, o1 - o0, j->y + o0);
 }
 
@@ -99,12 +105,7 @@ static void reduce_slice(void *ctx, int ith, int nth)
     rs_slice(j->n_out, 32, ith, nth, &o0, &o1);
     if (o1 <= o0)
         return;
-    if (j->rank > 0) {
-        j->mm_factor(j->u + o0 * j->u_rb, j->u_rb, o1 - o0, j->z, j->rank, 1, j->y + o0, 1);
-    } else {
-        for (int64_t o = o0; o < o1; o++)
-            j->y[o] = 0.0f;
-    }
+    lowrank_out(j, o0, o1);
     for (int t = 0; t < nth; t++) {
         const float *p = j->partial + t * j->n_out_pad;
         for (int64_t o = o0; o < o1; o++)

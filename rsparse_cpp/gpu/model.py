@@ -23,7 +23,8 @@ from ..companion import Companion, companion_path
 from ..config import Config
 from ..constants import LINEARS
 from ..gguf_file import GGUFFile
-from ..model import ContextFullError, NumericalError
+from ..model import NumericalError, check_tokens
+from ..sparse import KeptStats
 from ..weights import Weights
 from . import native_cuda
 
@@ -59,7 +60,7 @@ def dequantize(lin_type, data: np.ndarray, n_rows: int, n_cols: int) -> np.ndarr
     return native.get_rows(lin_type, data, n_rows, n_cols, np.arange(n_rows, dtype=np.int64))
 
 
-class TorchSparse:
+class TorchSparse(KeptStats):
     """R-Sparse decode for every decoder-block linear, with SparseDecode's statistics (sparse.py).
 
     impl "kernel" needs a CUDA device and librsparse_cuda; "torch" runs anywhere. `count_kept` (chosen at load)
@@ -75,12 +76,7 @@ class TorchSparse:
         self.companion, self.impl, self.device = companion, impl, device
         self._count = impl == "torch" if count_kept is None else bool(count_kept)
         lins = [companion.linear(b, name) for b in range(companion.n_layer) for name in LINEARS]
-        self.n_kept = np.zeros(len(lins), np.int64)  # per call, written by the kernel or by __call__
-        self.kept_total = np.zeros_like(self.n_kept)
-        self.tokens = 0
-        self._n_out = np.array([c.n_out for c in lins], np.int64)
-        self._n_in = np.array([c.n_in for c in lins], np.int64)
-        self._rank = np.array([c.rank for c in lins], np.int64)
+        super().__init__(lins)  # n_kept: per call, written by the kernel or by __call__
         put = lambda a: _put(a, device)  # noqa: E731
         self._linears = []
         if impl == "kernel":
@@ -125,21 +121,7 @@ class TorchSparse:
 
     def end_token(self) -> None:
         if self._count:
-            self.kept_total += self.n_kept
-            self.tokens += 1
-
-    def reset_stats(self) -> None:
-        self.kept_total[:] = 0
-        self.tokens = 0
-
-    def kept_fraction(self) -> np.ndarray:
-        frac = self.kept_total / max(self.tokens, 1) / self._n_in
-        return frac.reshape(-1, len(LINEARS))
-
-    def read_fraction(self) -> float:
-        per_token = self.kept_total / max(self.tokens, 1)
-        read = (per_token * self._n_out + self._rank * (self._n_in + self._n_out)).sum()
-        return float(read / (self._n_in * self._n_out).sum())
+            super().end_token()
 
 
 class TorchModel:
@@ -200,16 +182,8 @@ class TorchModel:
 
     def forward(self, tokens, logits_all: bool = False) -> np.ndarray:
         """Model.forward: logits (n_vocab,) of the last token, or (n, n_vocab) with logits_all."""
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        tokens = check_tokens(tokens, self.n_past, self.n_ctx, self.config.n_vocab)
         n = len(tokens)
-        if n == 0:
-            raise ValueError("forward() needs at least one token")
-        if self.n_past + n > self.n_ctx:
-            raise ContextFullError(f"{self.n_past + n} tokens do not fit in the context of {self.n_ctx} "
-                                   f"({self.n_past} already cached, {n} new)")
-        bad = (tokens < 0) | (tokens >= self.config.n_vocab)
-        if bad.any():
-            raise ValueError(f"token id {int(tokens[bad][0])} outside the vocabulary [0, {self.config.n_vocab})")
         batch = 1 if self.sparse_prefill and self.sparse_enabled else self.n_batch
         out, torch = [], _torch()
         # the CUDA library launches on its runtime's current device: make it this model's (cuda:N)
