@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sparsity", type=float, help="also make the R-Sparse companion <model>.rsparse.gguf beside "
                                                   "the GGUF, at this model-level sparsity (e.g. 0.5)")
     # uniform by default: at 50% on this model the search itself picks uniform (docs/RESULTS.md), and the uniform
-    # recipe calibrates in about 2 minutes on 2 cores where the search takes about 15
+    # recipe calibrated in 115 s here, while the search runs 60 calibration-perplexity evaluations on top
     p.add_argument("--recipe", default="uniform", choices=["sparse-only", "uniform", "searched"])
     args = p.parse_args(argv)
     if args.hf:

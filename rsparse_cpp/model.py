@@ -94,15 +94,9 @@ class Model:
             n_ctx = cfg.n_ctx_train
         if n_batch <= 0:
             raise ValueError(f"n_batch must be positive, got {n_batch}")
-        if sparse is False and companion is not None:
-            raise ValueError("a companion was given but sparse=False")
-        if sparse_prefill and sparse is False:
-            raise ValueError("sparse_prefill needs sparse decoding (sparse=False was given)")
         n_batch = min(n_batch, n_ctx)
         weights = Weights.from_gguf(f, cfg)
-        comp = None
-        if sparse or (sparse is None and (companion is not None or _companion_beside(path))):
-            comp = Companion.for_base(path, companion)
+        comp = open_companion(path, companion, sparse, sparse_prefill)
         pool = native.Pool(n_threads or min(os.cpu_count() or 1, 8))
         model = cls(f, cfg, weights, pool, RunState(cfg, n_ctx, n_batch, weights), n_ctx, n_batch)
         model._bind_decode(comp)
@@ -140,9 +134,7 @@ class Model:
         tokens = check_tokens(tokens, self.n_past, self.n_ctx, self.config.n_vocab)
         n = len(tokens)
         out = np.empty((n, self.config.n_vocab), np.float32) if logits_all else None
-        # a single token is a decode step (sparse, when a companion is on); a prompt is dense unless sparse_prefill
-        sparse = self.sparse_enabled and (n == 1 or self.sparse_prefill)
-        batch = 1 if sparse else self.n_batch
+        sparse, batch = step_mode(n, self.sparse_enabled, self.sparse_prefill, self.n_batch)
         for start in range(0, n, batch):
             chunk = tokens[start:start + batch]
             last = start + len(chunk) == n
@@ -283,5 +275,20 @@ def check_tokens(tokens, n_past: int, n_ctx: int, n_vocab: int) -> np.ndarray:
     return tokens
 
 
-def _companion_beside(base_path: str | os.PathLike) -> bool:
-    return companion_path(base_path).is_file()
+def open_companion(base_path: str | os.PathLike, companion: str | os.PathLike | None, sparse: bool | None,
+                   sparse_prefill: bool) -> Companion | None:
+    """The companion a model loads (Model.load's rules, shared by every backend), checked against its base."""
+    if sparse is False and companion is not None:
+        raise ValueError("a companion was given but sparse=False")
+    if sparse_prefill and sparse is False:
+        raise ValueError("sparse_prefill needs sparse decoding (sparse=False was given)")
+    if sparse or (sparse is None and (companion is not None or companion_path(base_path).is_file())):
+        return Companion.for_base(base_path, companion)
+    return None
+
+
+def step_mode(n: int, sparse_enabled: bool, sparse_prefill: bool, n_batch: int) -> tuple[bool, int]:
+    """(sparse, tokens per step) for a forward call of n tokens: a single token is a decode step (sparse when a
+    companion is on); a prompt is dense, in chunks of n_batch, unless sparse_prefill feeds it one token at a time."""
+    sparse = sparse_enabled and (n == 1 or sparse_prefill)
+    return sparse, 1 if sparse else n_batch

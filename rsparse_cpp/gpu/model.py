@@ -19,11 +19,11 @@ import os
 import numpy as np
 
 from .. import native
-from ..companion import Companion, companion_path
+from ..companion import Companion
 from ..config import Config
 from ..constants import LINEARS
 from ..gguf_file import GGUFFile
-from ..model import NumericalError, check_tokens
+from ..model import NumericalError, check_tokens, open_companion, step_mode
 from ..sparse import KeptStats
 from ..weights import Weights
 from . import native_cuda
@@ -164,15 +164,10 @@ class TorchModel:
         n_ctx = cfg.n_ctx_train if n_ctx <= 0 else n_ctx
         if n_batch <= 0:
             raise ValueError(f"n_batch must be positive, got {n_batch}")
-        if sparse is False and companion is not None:
-            raise ValueError("a companion was given but sparse=False")
-        if sparse_prefill and sparse is False:
-            raise ValueError("sparse_prefill needs sparse decoding (sparse=False was given)")
         weights = Weights.from_gguf(f, cfg)
-        sp = None
-        if sparse or (sparse is None and (companion is not None or companion_path(path).is_file())):
-            impl = impl or ("kernel" if dev.type == "cuda" else "torch")
-            sp = TorchSparse(Companion.for_base(path, companion), dev, impl, count_kept)
+        comp, sp = open_companion(path, companion, sparse, sparse_prefill), None
+        if comp is not None:
+            sp = TorchSparse(comp, dev, impl or ("kernel" if dev.type == "cuda" else "torch"), count_kept)
         model = cls(f, cfg, weights, dev, n_ctx, min(n_batch, n_ctx), sp)
         model.sparse_prefill = sparse_prefill
         return model
@@ -184,7 +179,7 @@ class TorchModel:
         """Model.forward: logits (n_vocab,) of the last token, or (n, n_vocab) with logits_all."""
         tokens = check_tokens(tokens, self.n_past, self.n_ctx, self.config.n_vocab)
         n = len(tokens)
-        batch = 1 if self.sparse_prefill and self.sparse_enabled else self.n_batch
+        sparse, batch = step_mode(n, self.sparse_enabled, self.sparse_prefill, self.n_batch)
         out, torch = [], _torch()
         # the CUDA library launches on its runtime's current device: make it this model's (cuda:N)
         on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
@@ -192,7 +187,7 @@ class TorchModel:
             for start in range(0, n, batch):
                 chunk = tokens[start:start + batch]
                 last = start + len(chunk) == n
-                logits = self._step(chunk, logits_all or not last)
+                logits = self._step(chunk, logits_all or not last, sparse)
                 if logits_all or last:
                     out.append(logits)
         logits = np.concatenate(out) if logits_all else out[-1][-1]
@@ -201,10 +196,10 @@ class TorchModel:
                                  f"activations overflowed")
         return logits
 
-    def _step(self, tokens: np.ndarray, logits_all: bool) -> np.ndarray:
+    def _step(self, tokens: np.ndarray, logits_all: bool, sparse_step: bool) -> np.ndarray:
         torch = _torch()
         cfg, n, pos = self.config, len(tokens), self.n_past
-        sparse = self.sparse if n == 1 and self.sparse_enabled else None
+        sparse = self.sparse if sparse_step else None
         stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
 
         def lin(li: int, name: str, x):
