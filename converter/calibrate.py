@@ -78,12 +78,32 @@ def token_windows(tokenizer, text: str, seq_len: int, n_windows: int | None = No
 
 # ---- statistics -----------------------------------------------------------------------------------------------
 def quantile_tau(score: torch.Tensor, keep_fraction: float) -> float:
-    """tau such that a fraction `keep_fraction` of the scores is > tau (the (1 - keep) quantile)."""
-    flat = score.reshape(-1)
-    n_drop = flat.numel() - round(keep_fraction * flat.numel())
+    """tau such that a fraction `keep_fraction` of the scores is > tau (the (1 - keep) quantile).
+
+    tau lies halfway between two distinct scores, the largest dropped and the smallest kept, never on a score. At
+    the first block's input the activation depends on the token alone, so each (token, channel) score recurs
+    exactly at every occurrence of the token, in calibration (runs of equal scores) and later in use. A tau equal
+    to such a score is a tie that float32 rounding (ours against PyTorch's) decides, the same way for every
+    occurrence. Measured on SmolLM2 at 50%: moving tau by 1e-6 relative moved held-out strict perplexity by 1%.
+    When the quantile falls inside a run of equal scores, the whole run is kept or dropped, whichever lands
+    nearer the target count."""
+    flat = score.reshape(-1).double()
+    n = flat.numel()
+    n_drop = n - round(keep_fraction * n)
     if n_drop <= 0:
         return -1.0  # scores are >= 0: keep everything
-    return float(torch.kthvalue(flat.float(), n_drop).values)
+    if n_drop >= n:
+        return float(flat.max())
+    below = float(torch.kthvalue(flat, n_drop).values)  # the largest dropped score
+    above = float(torch.kthvalue(flat, n_drop + 1).values)  # the smallest kept one
+    if below < above:
+        return 0.5 * (below + above)
+    v = below  # inside a run of equal scores: put tau just under it or just over it
+    lower, higher = flat[flat < v], flat[flat > v]
+    drop_under, drop_over = lower.numel(), n - higher.numel()  # scores dropped by either choice
+    under = 0.5 * (float(lower.max()) + v) if drop_under else -1.0
+    over = 0.5 * (v + float(higher.min())) if drop_over < n else v
+    return under if abs(drop_under - n_drop) < abs(drop_over - n_drop) else over
 
 
 def svd_factors(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,6 +333,19 @@ def apply_plan(model, plan: Plan) -> None:
         i = LINEARS.index(name)
         rsparse_linear(model, bid, name).set(float(plan.tau[bid, i]), float(plan.rho[bid, i]),
                                              plan.u.get((bid, i)), plan.vs.get((bid, i)))
+
+
+def validation_windows(tokenizer, skip_tokens: int, n_tokens: int, seq_len: int) -> torch.Tensor:
+    """ceil(n_tokens / seq_len) windows of the calibration split past its first `skip_tokens` (those calibrate tau
+    and factors), spread evenly over the rest of the split: many topics rather than the few that happen to follow.
+    Never the evaluation split."""
+    n = max(1, math.ceil(n_tokens / seq_len))
+    skip = math.ceil(skip_tokens / seq_len)
+    rest = token_windows(tokenizer, corpus_text("calibration"), seq_len)[skip:]
+    if len(rest) == 0:
+        raise ValueError(f"the calibration split has no tokens left after the first {skip_tokens}")
+    pick = np.unique(np.linspace(0, len(rest) - 1, min(n, len(rest))).round().astype(np.int64))
+    return rest[torch.from_numpy(pick)]
 
 
 def calibration_windows(tokenizer, n_tokens: int, seq_len: int) -> torch.Tensor:

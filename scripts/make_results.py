@@ -70,7 +70,8 @@ def main(argv=None) -> int:
 
     def save():
         state_path.write_text(json.dumps(results, indent=1))
-        write_markdown(args.out, results, ev, hf, DEFAULT_FACTORS, DEFAULT_TAU, corpus_provenance("evaluation")[0])
+        write_markdown(args.out, results, ev, hf, DEFAULT_FACTORS, DEFAULT_TAU, corpus_provenance("evaluation")[0],
+                       args.threads)
 
     if "dense" not in results:
         results["dense"] = {p: perplexity(model, st, ev, p, sparse=False) for p in ("strict", "paper")}
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_markdown(out: Path, results: dict, ev, hf, default_factors, default_tau, ev_source) -> None:
+def write_markdown(out: Path, results: dict, ev, hf, default_factors, default_tau, ev_source,
+                   threads: int) -> None:
     dense = results.get("dense", {})
     rows = [r for k, r in results.items() if k != "dense"]
     rows.sort(key=lambda r: (r["method"] != "paper", r["sparsity"], ["sparse-only", "uniform", "searched"].index(r["recipe"])))
@@ -121,7 +123,7 @@ def write_markdown(out: Path, results: dict, ev, hf, default_factors, default_ta
         f"Model: F32 weights from `{Path(hf).name}` (rsparse-default-model --hf). Evaluation: {len(ev)} windows x "
         f"{ev.shape[1]} tokens of {ev_source}; calibration uses the disjoint calibration split.",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {__import__('torch').__version__}, "
-        f"2 threads; Python {sys.version.split()[0]}.",
+        f"{threads} torch thread(s) (the build s column); Python {sys.version.split()[0]}.",
         "",
         "Commands: `HF` is the SmolLM2 folder, `smollm-f32.gguf` is `rsparse-convert HF --outtype f32 -o smollm-f32.gguf`.",
         "",

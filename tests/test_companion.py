@@ -19,7 +19,7 @@ from rsparse_cpp.companion import Companion, companion_path, fingerprint
 from rsparse_cpp.constants import LINEARS, GGMLType, RSparseTensor
 from rsparse_cpp.gguf_file import GGUFError, GGUFFile
 
-SMALL = dict(calib_tokens=256, fit_tokens=128, seq_len=64,
+SMALL = dict(calib_tokens=256, fit_tokens=128, val_tokens=256, seq_len=64,
              search=SearchConfig(population=4, generations=1, groups=2))
 
 

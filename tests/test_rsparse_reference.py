@@ -144,6 +144,27 @@ def test_quantile_tau_edges():
     assert float((score > quantile_tau(score, 0.0)).float().mean()) == 0.0
 
 
+def test_quantile_tau_lies_between_scores():
+    """tau is the midpoint of the largest dropped and the smallest kept score, never a score itself: a score met
+    again exactly (the first block's input depends on the token alone) must not sit on the threshold, where float
+    rounding would decide it."""
+    score = torch.rand(4096, generator=torch.Generator().manual_seed(0))
+    for keep in (0.1, 0.5, 0.9):
+        tau = quantile_tau(score, keep)
+        s = score.sort().values
+        n_drop = 4096 - round(keep * 4096)
+        assert s[n_drop - 1] < tau < s[n_drop]
+        assert tau == pytest.approx(0.5 * float(s[n_drop - 1] + s[n_drop]), rel=1e-12)
+        # a tiny relative change of every score (rounding) leaves the mask as it was
+        for eps in (1e-6, -1e-6):
+            assert torch.equal(score * (1 + eps) > tau, score > tau)
+    # runs of equal scores (a token met many times): the run is kept or dropped whole, nearer the target
+    runs = torch.tensor([1.0] * 10 + [2.0] * 50 + [3.0] * 40)
+    assert 2.0 < quantile_tau(runs, 0.5) < 3.0  # keep 40 rather than 90 (the target is 50)
+    assert 1.0 < quantile_tau(runs, 0.8) < 2.0  # keep 90 rather than 40 (the target is 80)
+    assert quantile_tau(torch.full((10,), 2.0), 0.5) in (-1.0, 2.0)  # one run: keep all or none
+
+
 @pytest.mark.smollm
 def test_smollm_sequential_tau_hits_the_budget(smollm_hf_dir):
     """On SmolLM2 the thresholds keep the targeted fraction of channels in the sparse model (strict, calibration

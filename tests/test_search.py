@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import make_tiny_llama
@@ -78,9 +79,36 @@ def test_search_on_a_tiny_model_improves_calibration_perplexity(tmp_path):
     d = make_tiny_llama(tmp_path / "m", "gqa_untied")
     model, tok = load_model(d), load_tokenizer(d)
     cfg = BuildConfig(sparsity=0.6, recipe="searched", factors="svd", tau="dense", calib_tokens=256, fit_tokens=128,
-                      seq_len=64, search=SearchConfig(population=5, generations=2, groups=3, baselines=False),
+                      val_tokens=256, seq_len=64, search=SearchConfig(population=5, generations=2, groups=3, baselines=False),
                       checkpoint=tmp_path / "ck.json")
     plan, info, _ = build(model, tok, cfg, progress=False)
     assert info["search"]["fitness"] < info["search"]["initial_best"]
     assert json.loads((tmp_path / "ck.json").read_text())["best"]["fitness"] == info["search"]["fitness"]
     assert plan.rho.shape == (3, 7) and set(np.unique(plan.rho)) <= set(RHO_GRID)
+
+
+def test_searched_recipe_is_the_validation_best_of_the_shipped_plans(tmp_path):
+    """The final pick scores each finalist with the plan the companion would ship (sequential tau, data-aware
+    factors), on calibration tokens the tau and factors did not see; sparse-only is always a finalist."""
+    from rsparse_converter.calibrate import calibration_windows, load_model, load_tokenizer, validation_windows
+    from rsparse_converter.perplexity import nll
+    from rsparse_converter.reference import rsparse_model
+    from rsparse_converter.rsparse_cli import BuildConfig, build
+
+    d = make_tiny_llama(tmp_path / "m", "gqa_untied")
+    model, tok = load_model(d), load_tokenizer(d)
+    cfg = BuildConfig(sparsity=0.5, recipe="searched", calib_tokens=256, fit_tokens=128, val_tokens=256, seq_len=64,
+                      search=SearchConfig(population=4, generations=1, groups=2), checkpoint=tmp_path / "ck.json")
+    plan, info, _ = build(model, tok, cfg, progress=False)
+    val = info["search"]["validation"]
+    assert {"sparse-only", "uniform"} <= set(val) and len(val) >= 3
+    assert info["search"]["chosen"] == min(val, key=val.get)
+    if info["search"]["chosen"] == "sparse-only":
+        assert (plan.rho == 1).all()
+    # the shipped plan, applied as built, scores exactly what the pick saw
+    vw = validation_windows(tok, cfg.calib_tokens, cfg.val_tokens, cfg.seq_len)
+    total, count = nll(model, rsparse_model(model), vw, "strict", batch_size=4)
+    assert abs(total / count - val[info["search"]["chosen"]]) < 1e-6
+    # validation windows never overlap the tau/factor windows
+    cw = calibration_windows(tok, cfg.calib_tokens, cfg.seq_len)
+    assert not any(torch.equal(v, c) for v in vw for c in cw)

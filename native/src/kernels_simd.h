@@ -60,6 +60,9 @@
 #define PF_DIST 2048         /* dense decode: bytes ahead of each row's read position (Q8_0 out of cache: 17 ->
                               * 40 GB/s on Zen 5 with 2 threads; quantized rows defeat the hardware prefetcher) */
 #endif
+#ifndef DENSE_PF
+#define DENSE_PF prefetch    /* dense decode hint target */
+#endif
 
 _Static_assert(RS_QK % VL == 0 && KC % RS_QK == 0 && TMAX % NT == 0, "tile sizes must nest");
 
@@ -113,7 +116,7 @@ static inline int pick_rows(const uint8_t *w, int64_t rb, int64_t r, int64_t n_r
 static inline void prefetch_ahead(const uint8_t *row, int64_t off, int64_t rb)
 {
     off += PF_DIST;
-    prefetch(row + (off < rb ? off : off + (MR - 1) * rb));
+    DENSE_PF(row + (off < rb ? off : off + (MR - 1) * rb));
 }
 
 #define DECODE_FLOAT(type, TYPE, ebytes)                                                                           \
