@@ -87,7 +87,7 @@ def quantile_tau(score: torch.Tensor, keep_fraction: float) -> float:
     occurrence. Measured on SmolLM2 at 50%: moving tau by 1e-6 relative moved held-out strict perplexity by 1%.
     When the quantile falls inside a run of equal scores, the whole run is kept or dropped, whichever lands
     nearer the target count."""
-    flat = score.reshape(-1).double()
+    flat = score.reshape(-1)  # order statistics are exact in the scores' own type; only the midpoint is float64
     n = flat.numel()
     n_drop = n - round(keep_fraction * n)
     if n_drop <= 0:
