@@ -216,13 +216,12 @@ def main() -> None:
             for layer, n_out, n_in in MODELS[model]:
                 for wtype in types:
                     for r in bench_layer(pool, n_out, n_in, wtype, paths, args, rng):
-                        local_bw = r["bw"]
                         r.update(model=model, layer=layer, n_out=n_out, n_in=n_in, type=wtype.name)
                         results.append(r)
                         ratios = " ".join(f"{r['ratios'][f]:6.2f}" for f in args.fractions)
                         print(f"{model:8s} {layer:8s} {n_out:>5d}x{n_in:<6d} {wtype.name:5s} {r['path']:7s} "
-                              f"{r['dense_s'] * 1e6:9.1f} {r['gbs']:6.1f} {local_bw / 1e9:5.1f} "
-                              f"{r['gbs'] * 1e9 / local_bw * 100:4.0f} | {'':22s}{ratios}", flush=True)
+                              f"{r['dense_s'] * 1e6:9.1f} {r['gbs']:6.1f} {r['bw'] / 1e9:5.1f} "
+                              f"{r['gbs'] * 1e9 / r['bw'] * 100:4.0f} | {'':22s}{ratios}", flush=True)
 
         if not args.no_prefill:
             n_tok = args.prefill_tokens

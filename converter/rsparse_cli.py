@@ -103,12 +103,12 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
                    "calib_tokens": cfg.calib_tokens, "seq_len": cfg.seq_len, "tau": cfg.tau,
                    "model": str(getattr(model.config, "_name_or_path", "")), "n_layer": n_layer}
         search = Search(fitness, n_layer, len(LINEARS), cfg.search, cfg.checkpoint, context, progress)
-        genome, best = search.run()
+        _, best = search.run()
         from .search import expand
 
-        # The fitness is a cheap stand-in on ~1k tokens, and it overfits (measured: a 3% calibration gain became a
-        # 4% held-out loss at 50%; at 40% a validation score with the fitness's thresholds ranked uniform above
-        # sparse-only, and held-out text did not). So the final recipe is picked among the 3 best genomes and the
+        # The fitness is a cheap stand-in on ~1k tokens, and it overfits (an earlier version's calibration gain
+        # at 50% became a held-out loss; at 40% a validation score with the fitness's thresholds ranked uniform
+        # above sparse-only, and held-out text did not). So the final recipe is picked among the 3 best genomes and the
         # two fixed recipes by the plan that would ship -- tau and factors built exactly as below -- scored on
         # other calibration tokens (never the evaluation split). Sparse-only is always a finalist: the searched
         # recipe falls back to it when the search gain does not carry.

@@ -89,12 +89,7 @@ def tiny_model(skip_kv: str | None = None, override: dict | None = None, skip_te
         ("tokenizer.ggml.model", STR, "gpt2"),
         ("tokenizer.ggml.tokens", ARR, (STR, [chr(ord("a") + i) for i in range(t["n_vocab"])])),
     ]
-    for key, vtype, v in kvs:
-        if key == skip_kv:
-            continue
-        if key in override:
-            vtype, v = override[key]
-        c.add(key, vtype, v)
+    add_kvs(c, kvs, skip_kv, override)
     rng = np.random.default_rng(0)
     e, hd = t["n_embd"], t["n_embd"] // t["n_head"]
     shapes = {"token_embd.weight": (t["n_vocab"], e), "output_norm.weight": (e,),
@@ -109,6 +104,16 @@ def tiny_model(skip_kv: str | None = None, override: dict | None = None, skip_te
         arr = tensor_override.get(name, rng.normal(0, 0.1, shape).astype(np.float32))
         c.tensor(name, arr)
     return c
+
+
+def add_kvs(c: "Craft", kvs: list, skip_kv: str | None, override: dict) -> None:
+    """Add (key, type, value) entries to c, leaving out skip_kv and replacing those named in override."""
+    for key, vtype, v in kvs:
+        if key == skip_kv:
+            continue
+        if key in override:
+            vtype, v = override[key]
+        c.add(key, vtype, v)
 
 
 TINY_LINEARS = {  # (out, in) of the seven block linears of tiny_model()
@@ -141,12 +146,7 @@ def tiny_companion(fingerprint: str, rank: int = 4, n_layer: int = 1, skip_kv: s
         ("rsparse.rank", ARR, (U32, [rank] * n)),
         ("rsparse.keep", ARR, (U32, [8] * n)),
     ]
-    for key, vtype, v in kvs:
-        if key == skip_kv:
-            continue
-        if key in override:
-            vtype, v = override[key]
-        c.add(key, vtype, v)
+    add_kvs(c, kvs, skip_kv, override)
     rng = np.random.default_rng(1)
     for bid, (lin, (n_out, n_in)) in ((b, item) for b in range(n_layer) for item in TINY_LINEARS.items()):
         shapes = {"rsparse_weight": (n_in, n_out), "rsparse_colnorm": (n_in,)}

@@ -240,8 +240,8 @@ def test_smollm2_strict_matches_reference(smollm_hf_dir, smollm_gguf, tmp_path):
                          6219, 2196, 3158, 30, 657, 1343, 253, 2095, 28, 2443, 282, 5225, 284, 2052, 30]])
     # 30 blocks x 7 thresholds per token: by block 18 the two float32 implementations' scores differ by ~1e-6
     # relative, and every position has some score within 3e-7..3e-5 of its tau (measured), so a near-tie ends the
-    # exact comparison within a few positions; how far it gets is luck (a first build of this test reached 32,
-    # the companion with tau between calibration scores reaches 3: block 18's attn_q, a score 3.6e-6 from tau).
+    # exact comparison within a few positions; how far it gets is luck (this companion reaches 3: block 18's
+    # attn_q, a score 3.6e-6 from tau).
     # The agreement in perplexity is checked by scripts/check_runtime_ppl.py.
     print("exact decode steps before a tie:", assert_matches_reference(model, ref, ids, min_prefix=3), "of",
           ids.shape[1])

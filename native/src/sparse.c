@@ -71,15 +71,23 @@ static void lowrank_out(const struct sparse_job *j, int64_t o0, int64_t o1)
     }
 }
 
+/* Thread ith's slice [o0, o1) of the outputs, set to the low-rank term; 0 when the slice is empty. */
+static int begin_outputs(const struct sparse_job *j, int ith, int nth, int64_t *o0, int64_t *o1)
+{
+    rs_slice(j->n_out, 32, ith, nth, o0, o1);
+    if (*o1 <= *o0)
+        return 0;
+    lowrank_out(j, *o0, *o1);
+    return 1;
+}
+
 /* Step 3: y[o0..o1) = U[o0..o1) z (or 0) + sum over kept k of xk[k] * wt[idx[k]][o0..o1). */
 static void output_slice(void *ctx, int ith, int nth)
 {
     const struct sparse_job *j = ctx;
     int64_t o0, o1;
-    rs_slice(j->n_out, 32, ith, nth, &o0, &o1);
-    if (o1 <= o0)
+    if (!begin_outputs(j, ith, nth, &o0, &o1))
         return;
-    lowrank_out(j, o0, o1);
     j->axpy(j->wt, j->wt_rb, j->idx, j->xk, j->n_kept, o0, o1 - o0, j->y + o0);
 }
 
@@ -103,10 +111,8 @@ static void reduce_slice(void *ctx, int ith, int nth)
 {
     const struct sparse_job *j = ctx;
     int64_t o0, o1;
-    rs_slice(j->n_out, 32, ith, nth, &o0, &o1);
-    if (o1 <= o0)
+    if (!begin_outputs(j, ith, nth, &o0, &o1))
         return;
-    lowrank_out(j, o0, o1);
     for (int t = 0; t < nth; t++) {
         const float *p = j->partial + t * j->n_out_pad;
         for (int64_t o = o0; o < o1; o++)
