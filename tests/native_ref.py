@@ -1,8 +1,10 @@
 """The float64 reference shared by the native kernel tests (test_native_matmul.py, test_native_sparse.py).
 
 Weights are quantized and dequantized with gguf-py (llama.cpp's own Python code), so the reference shares no code
-with the kernels; products are then taken in float64. Activations stay float32 in the kernels, so every weight type
-agrees with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound used throughout.
+with the kernels; products are then taken in float64. F32 and F16 weights multiply float32 activations, so they agree
+with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound used throughout. The dense Q8_0 and
+Q4_0 kernels round the activations to int16 per block of 32 (native/src/kernels.h); their bound adds |W| @ (half a
+step per activation), a step being the block's largest |x| / 32767.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from rsparse_cpp.constants import GGMLType
 QUANT = {GGMLType.Q4_0: gguf.GGMLQuantizationType.Q4_0, GGMLType.Q8_0: gguf.GGMLQuantizationType.Q8_0}
 SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (n_out, n_in): q/o, k/v, gate/up, down
 REL = 1e-5  # float32 rounding over a few thousand terms, with room to spare
+INT16_ACT = (GGMLType.Q8_0, GGMLType.Q4_0)  # the dense kernels of these round activations to int16 blocks
 
 
 def stored(w: np.ndarray, wtype: GGMLType) -> tuple[np.ndarray, np.ndarray]:
@@ -38,10 +41,22 @@ def random_weights(wtype: GGMLType, shape: tuple[int, int], seed: int) -> tuple[
     return stored(w, wtype)
 
 
-def matmul_reference(w64: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x W^T in float64, its rounding bound) for W (n_out, n_in) in float64 and x (..., n_in) float32."""
+def half_steps(x: np.ndarray) -> np.ndarray:
+    """Per activation, half the int16 step of its block of 32 (the most rounding moves it), with room for the float
+    rounding of the scale."""
+    x64 = np.abs(x.astype(np.float64))
+    amax = x64.reshape(*x64.shape[:-1], -1, 32).max(axis=-1)
+    return np.repeat(0.5001 * amax / 32767.0, 32, axis=-1)
+
+
+def matmul_reference(w64: np.ndarray, x: np.ndarray, int16_act: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(x W^T in float64, its rounding bound) for W (n_out, n_in) in float64 and x (..., n_in) float32;
+    int16_act: the kernel rounds x to int16 blocks (dense Q8_0 and Q4_0)."""
     x64 = x.astype(np.float64)
-    return x64 @ w64.T, REL * (np.abs(x64) @ np.abs(w64).T) + 1e-30
+    bound = REL * (np.abs(x64) @ np.abs(w64).T) + 1e-30
+    if int16_act:
+        bound = bound + half_steps(x) @ np.abs(w64).T
+    return x64 @ w64.T, bound
 
 
 def assert_within(y: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str = "") -> None:

@@ -45,7 +45,10 @@ def hf_model(hf_dir, outtype: str = "f32"):
 @pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0", "q4_0"])
 def test_tiny_logits_match_transformers(tiny_llama_dir, tmp_path, outtype):
     """Prefill (batched) and decode (one token at a time) both equal transformers within 1e-4 relative, given the
-    weights as the GGUF stores them. Activations stay float32 in our kernels, so quantized types are as exact."""
+    weights as the GGUF stores them. The Q8_0 and Q4_0 dense kernels round activations to int16 blocks (at most
+    1.5e-5 of a block's largest: native/src/kernels.h), which through three layers measured 1.05e-4 for Q8_0, so
+    those two get 5e-4: still 100x below the weights' own quantization error (test below)."""
+    tol = 5e-4 if outtype in ("q8_0", "q4_0") else 1e-4
     path = convert(tiny_llama_dir, tmp_path / "m.gguf", outtype, progress=False)
     ref_model = hf_model(tiny_llama_dir, outtype)
     rng = np.random.default_rng(1)
@@ -53,12 +56,12 @@ def test_tiny_logits_match_transformers(tiny_llama_dir, tmp_path, outtype):
     ref = hf_logits(ref_model, tokens)
 
     model = Model.load(path, n_ctx=64, n_threads=2, n_batch=16)  # 37 tokens: three prefill chunks
-    assert rel_err(model.forward(tokens, logits_all=True), ref) < 1e-4
+    assert rel_err(model.forward(tokens, logits_all=True), ref) < tol
 
     model.reset()
     model.forward(tokens[:20], logits_all=True)
     step = np.stack([model.forward([t]).copy() for t in tokens[20:]])  # forward returns a reused buffer
-    assert rel_err(step, ref[20:]) < 1e-4
+    assert rel_err(step, ref[20:]) < tol
 
 
 def test_quantized_close_to_float(tiny_llama_dir, tmp_path):

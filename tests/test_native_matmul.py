@@ -22,7 +22,7 @@ try:
 except native.NativeError as e:  # pragma: no cover - only without a built library
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
-from native_ref import SMOLLM2, assert_within, matmul_reference, random_weights  # noqa: E402
+from native_ref import INT16_ACT, SMOLLM2, assert_within, matmul_reference, random_weights  # noqa: E402
 
 HEADER = Path(__file__).resolve().parents[1] / "native" / "include" / "rsparse.h"
 SHAPES = {
@@ -44,8 +44,8 @@ def activations(n_tok: int, n_in: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-2, 2, (n_tok, n_in)).astype(np.float32)
 
 
-def assert_close(y: np.ndarray, w64: np.ndarray, x: np.ndarray) -> None:
-    assert_within(y, *matmul_reference(w64, x))
+def assert_close(y: np.ndarray, w64: np.ndarray, x: np.ndarray, wtype: GGMLType) -> None:
+    assert_within(y, *matmul_reference(w64, x, int16_act=wtype in INT16_ACT))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_matmul_matches_float64(pools, wtype, shape, n_tok, n_threads):
     out = np.full((n_tok, n_out), np.nan, np.float32)  # stale contents must be overwritten, never read
     y = native.matmul(pools[n_threads], wtype, w, n_out, n_in, x, out=out)
     assert y is out
-    assert_close(y, w64, x)
+    assert_close(y, w64, x, wtype)
 
 
 @pytest.mark.parametrize("wtype", list(GGMLType))
@@ -79,7 +79,7 @@ def test_matmul_1d_equals_one_token_and_allocates(pools, wtype):
     y2 = native.matmul(pools[2], int(wtype), w, n_out, n_in, x)
     assert y1.shape == (n_out,) and y2.shape == (1, n_out) and y1.dtype == np.float32
     np.testing.assert_array_equal(y1, y2[0])
-    assert_close(y2, w64, x)
+    assert_close(y2, w64, x, wtype)
 
 
 def test_matmul_prefill_rows_equal_decode(pools):
@@ -91,6 +91,30 @@ def test_matmul_prefill_rows_equal_decode(pools):
         np.testing.assert_array_equal(batch[t], native.matmul(pools[1], GGMLType.Q8_0, w, 192, 576, x[t]))
 
 
+@pytest.mark.parametrize("wtype", INT16_ACT)
+def test_int16_activations_edge_blocks(pools, wtype):
+    """Q8_0 and Q4_0 round activations to int16 per block of 32 (native/src/kernels.h). A block holding NaN or inf
+    makes every output NaN, as float arithmetic would make it NaN or inf; all-zero, subnormal and huge blocks stay
+    within the bound; decode and prefill still agree bit for bit."""
+    n_out, n_in = 33, 160
+    w, w64 = weights(wtype, n_out, n_in)
+    x = activations(4, n_in, seed=9)
+    x[0, 32:64] = 0.0
+    x[1, 64:96] = np.float32(1e-41)    # subnormal: 32767 / amax overflows float32
+    x[1, 96:128] *= np.float32(1e30)   # huge next to small blocks
+    x[2, :32] = np.float32(3e38) * np.sign(x[2, :32])
+    y = native.matmul(pools[2], wtype, w, n_out, n_in, x)
+    assert np.isfinite(y[:2]).all()
+    assert_close(y[:2], w64, x[:2], wtype)
+    assert np.isfinite(y[3]).all()
+    for t in range(4):
+        np.testing.assert_array_equal(y[t], native.matmul(pools[1], wtype, w, n_out, n_in, x[t]))
+    for bad in (np.nan, np.inf, -np.inf):
+        xb = x[3].copy()
+        xb[100] = bad
+        assert np.isnan(native.matmul(pools[2], wtype, w, n_out, n_in, xb)).all()
+
+
 def test_matmul_into_slice_of_run_state_buffer(pools):
     """The decode loop passes out=buf[:n] of a buffer sized for the largest batch."""
     w, w64 = weights(GGMLType.Q4_0, 33, 96)
@@ -98,7 +122,7 @@ def test_matmul_into_slice_of_run_state_buffer(pools):
     x = activations(3, 96, seed=7)
     y = native.matmul(pools[2], GGMLType.Q4_0, w, 33, 96, x, out=buf[:3])
     assert np.shares_memory(y, buf)
-    assert_close(buf[:3], w64, x)
+    assert_close(buf[:3], w64, x, GGMLType.Q4_0)
     assert not buf[3:].any()
 
 
@@ -131,7 +155,7 @@ def test_matmul_shared_pool_from_two_threads(pools):
         t.join()
     assert not errors
     for i in (0, 1):
-        assert_close(results[i], w64, xs[i])
+        assert_close(results[i], w64, xs[i], GGMLType.Q8_0)
 
 
 # ---- get_rows -----------------------------------------------------------------------------------------------

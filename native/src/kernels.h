@@ -6,20 +6,31 @@
  * scalar one, which is the truth, and against a float64 reference. The x86 and ARM paths share one body,
  * kernels_simd.h, written against a handful of vector primitives that each path file defines.
  *
- * Quantized weights are always dequantized to float and multiplied with float activations: activations are never
- * quantized, so every path agrees with the exact product of the dequantized weights to float rounding. */
+ * Activations. F32 and F16 weights multiply the float activations. The dense Q8_0 and Q4_0 kernels multiply their
+ * integer weights with the activations rounded to int16 per block of 32 (rs_quantize_act, done once per call by
+ * matmul.c): a block's 32 products are exact integer multiply-adds, then one float multiply-add by the two scales,
+ * and the result is within the activations' rounding (half a step, 1.5e-5 of the block's largest) of the exact
+ * product of the dequantized weights. The sparse kernels keep float activations: each kept row has one. */
 #ifndef RS_KERNELS_H
 #define RS_KERNELS_H
 
 #include <stdint.h>
 
+/* The activations of a dense call, as the weight type needs them: token t's are f + t * n_in (F32, F16 weights),
+ * or q + t * n_in with block scales d + t * (n_in / 32) (Q8_0, Q4_0). */
+typedef struct rs_act {
+    const float *f;
+    const int16_t *q;
+    const float *d;
+} rs_act;
+
 /* Dense rows against tokens (the standard (n_out, n_in) layout):
  *   w: (n_rows, n_in) in the kernel's weight type, rows rb bytes apart
- *   x: (n_tok, n_in) float32
+ *   x: (n_tok, n_in) activations (rs_act)
  *   y: y[t * ys + r] = dot(row r, x[t]) for r in [0, n_rows), t in [0, n_tok); overwritten, not accumulated
  * Within one path, the value written for (r, t) does not depend on n_rows, n_tok or the position of the row in
  * the call: prefill gives each token bit for bit what decode gives it. */
-typedef void (*rs_mm_fn)(const void *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in, int64_t n_tok,
+typedef void (*rs_mm_fn)(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in, int64_t n_tok,
                          float *y, int64_t ys);
 
 /* Sparse accumulation over kept input channels (the input-channel-major layout of rs_sparse_matvec):

@@ -15,7 +15,6 @@ static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
 static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
 static inline void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
 static inline vf vf_set1(float s) { return _mm256_set1_ps(s); }
-static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 
 static inline float vf_hsum(vf v)
@@ -38,6 +37,26 @@ static inline vf vf_load_q4(const uint8_t *p, int hi)
     __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
     q = hi ? _mm256_srli_epi32(q, 4) : _mm256_and_si256(q, _mm256_set1_epi32(0xF));
     return _mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(8)));
+}
+
+/* 32 int8 weights (as two halves of 16) times 32 int16 activations: widen, then pairwise multiply-add in int32. */
+static inline __m256i dot_halves(__m128i w0, __m128i w1, const int16_t *x)
+{
+    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(w0), _mm256_loadu_si256((const __m256i *)x)),
+                            _mm256_madd_epi16(_mm256_cvtepi8_epi16(w1), _mm256_loadu_si256((const __m256i *)(x + 16))));
+}
+
+static inline vf vf_dot_q8_0(const int8_t *q, const int16_t *x)
+{
+    return _mm256_cvtepi32_ps(dot_halves(_mm_loadu_si128((const __m128i *)q),
+                                         _mm_loadu_si128((const __m128i *)(q + 16)), x));
+}
+
+static inline vf vf_dot_q4_0(const uint8_t *q, const int16_t *x)
+{
+    const __m128i b = _mm_loadu_si128((const __m128i *)q), m = _mm_set1_epi8(0x0F), e = _mm_set1_epi8(8);
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), e), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e);
+    return _mm256_cvtepi32_ps(dot_halves(lo, hi, x));
 }
 
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }

@@ -1,5 +1,6 @@
-/* kernels_avx512.c -- the AVX-512 path (AVX512F, with F16C and FMA, which every AVX-512 CPU has). Compiled with
- * -mavx512f -mfma -mf16c; only used when cpu_ok says the CPU (and the OS, which must save zmm state) supports it. */
+/* kernels_avx512.c -- the AVX-512 path (AVX512F and AVX512BW, with F16C and FMA: every AVX-512 CPU since Skylake-X
+ * and Zen 4). Compiled with -mavx512f -mavx512bw -mfma -mf16c; only used when cpu_ok says the CPU (and the OS, which
+ * must save zmm state) supports it. */
 #include <immintrin.h>
 
 #include "kernels.h"
@@ -15,7 +16,6 @@ static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
 static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
 static inline void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
 static inline vf vf_set1(float s) { return _mm512_set1_ps(s); }
-static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 
 /* Halves, then quarters... written out so the order is fixed (_mm512_reduce_add_ps leaves it to the compiler). */
@@ -43,6 +43,24 @@ static inline vf vf_load_q4(const uint8_t *p, int hi)
     return _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(8)));
 }
 
+/* 32 int8 weights times 32 int16 activations: widen to int16, pairwise multiply-add into 16 int32 lanes (AVX512BW). */
+static inline vf dot_i8x32(__m256i w, const int16_t *x)
+{
+    return _mm512_cvtepi32_ps(_mm512_madd_epi16(_mm512_cvtepi8_epi16(w), _mm512_loadu_si512(x)));
+}
+
+static inline vf vf_dot_q8_0(const int8_t *q, const int16_t *x)
+{
+    return dot_i8x32(_mm256_loadu_si256((const __m256i *)q), x);
+}
+
+static inline vf vf_dot_q4_0(const uint8_t *q, const int16_t *x)
+{
+    const __m128i b = _mm_loadu_si128((const __m128i *)q), m = _mm_set1_epi8(0x0F), e = _mm_set1_epi8(8);
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), e), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e);
+    return dot_i8x32(_mm256_set_m128i(hi, lo), x);
+}
+
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 static inline void prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
 static inline void prefetch_l2(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T1); }
@@ -50,7 +68,8 @@ static inline void prefetch_l2(const void *p) { _mm_prefetch((const char *)p, _M
 static int cpu_ok(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
 }
 
 #define CPU_OK cpu_ok

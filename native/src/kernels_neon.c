@@ -16,7 +16,6 @@ static inline vf vf_zero(void) { return vdupq_n_f32(0.0f); }
 static inline vf vf_load(const float *p) { return vld1q_f32(p); }
 static inline void vf_store(float *p, vf v) { vst1q_f32(p, v); }
 static inline vf vf_set1(float s) { return vdupq_n_f32(s); }
-static inline vf vf_mul(vf a, vf b) { return vmulq_f32(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
 
 static inline float vf_hsum(vf v)
@@ -47,6 +46,31 @@ static inline vf vf_load_q4(const uint8_t *p, int hi)
     b = hi ? vshr_n_u8(b, 4) : vand_u8(b, vdup_n_u8(0xF));
     const int16x8_t q = vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(b)), vdupq_n_s16(8));
     return vcvtq_f32_s32(vmovl_s16(vget_low_s16(q)));
+}
+
+/* 32 int8 weights (two vectors of 16) times 32 int16 activations: widening multiply-adds into 4 int32 lanes, 8
+ * products each (up to 3.3e7, so the float conversion may round by a part in 2^24). */
+static inline vf dot_i8x32(int8x16_t a, int8x16_t b, const int16_t *x)
+{
+    const int16x8_t w[4] = {vmovl_s8(vget_low_s8(a)), vmovl_s8(vget_high_s8(a)), vmovl_s8(vget_low_s8(b)),
+                            vmovl_s8(vget_high_s8(b))};
+    int32x4_t s = vdupq_n_s32(0);
+    for (int j = 0; j < 4; j++) {
+        const int16x8_t xv = vld1q_s16(x + 8 * j);
+        s = vmlal_s16(s, vget_low_s16(w[j]), vget_low_s16(xv));
+        s = vmlal_high_s16(s, w[j], xv);
+    }
+    return vcvtq_f32_s32(s);
+}
+
+static inline vf vf_dot_q8_0(const int8_t *q, const int16_t *x) { return dot_i8x32(vld1q_s8(q), vld1q_s8(q + 16), x); }
+
+static inline vf vf_dot_q4_0(const uint8_t *q, const int16_t *x)
+{
+    const uint8x16_t b = vld1q_u8(q);
+    const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F))), vdupq_n_s8(8));
+    const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), vdupq_n_s8(8));
+    return dot_i8x32(lo, hi, x);
 }
 
 static inline float half_to_float(uint16_t h)

@@ -1,7 +1,7 @@
 /* kernels_scalar.c -- the reference kernels: plain C that every SIMD path must agree with.
  *
- * Each dense kernel walks its row in chunks: dequantize a chunk to float once, then dot it with the same chunk of
- * every token. The dot keeps 8 partial sums, which both bounds the float rounding error and lets the compiler
+ * Each float dense kernel walks its row in chunks: dequantize a chunk to float once, then dot it with the same chunk
+ * of every token; the quantized ones take integer block dot products with the int16 activations (kernels.h). The dot keeps 8 partial sums, which both bounds the float rounding error and lets the compiler
  * vectorize the loop without -ffast-math (it may not reorder one running sum). The sparse kernels dequantize a
  * chunk of a kept row and add it, scaled by its activation, to y. */
 #include "kernels.h"
@@ -61,44 +61,45 @@ static void dot_f16(const void *row, const float *x, int64_t n_in, int64_t n_tok
     }
 }
 
-static void dot_q4_0(const void *row, const float *x, int64_t n_in, int64_t n_tok, float *y, int64_t ys)
-{
-    const block_q4_0 *b = row;
-    float w[CHUNK];
-    zero(y, n_tok, ys);
-    for (int64_t off = 0; off < n_in; off += CHUNK) {
-        const int64_t len = n_in - off < CHUNK ? n_in - off : CHUNK;
-        for (int64_t k = 0; k < len / RS_QK; k++)
-            rs_dequant_q4_0(&b[off / RS_QK + k], w + k * RS_QK);
-        chunk_all_tokens(w, len, x, off, n_in, n_tok, y, ys);
+/* Quantized weights against int16 activations: each block's 32 products summed exactly in int32, then scaled by
+ * both block scales; 8 partial sums over blocks, like dot_f32_run. */
+#define DOT_Q(type, QVAL)                                                                                    \
+    static float dot_##type(const block_##type *b, const int16_t *xq, const float *xd, int64_t n_in)          \
+    {                                                                                                        \
+        float s[8] = {0};                                                                                    \
+        for (int64_t k = 0; k < n_in / RS_QK; k++) {                                                         \
+            int32_t isum = 0;                                                                                \
+            for (int i = 0; i < RS_QK; i++)                                                                  \
+                isum += (int32_t)(QVAL) * xq[k * RS_QK + i];                                                 \
+            s[k % 8] += (float)isum * (rs_fp16_to_fp32(b[k].d) * xd[k]);                                     \
+        }                                                                                                    \
+        return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));                            \
     }
-}
+DOT_Q(q8_0, b[k].qs[i])
+DOT_Q(q4_0, ((i < RS_QK / 2 ? b[k].qs[i] & 0x0F : b[k].qs[i - RS_QK / 2] >> 4) - 8))
 
-static void dot_q8_0(const void *row, const float *x, int64_t n_in, int64_t n_tok, float *y, int64_t ys)
-{
-    const block_q8_0 *b = row;
-    float w[CHUNK];
-    zero(y, n_tok, ys);
-    for (int64_t off = 0; off < n_in; off += CHUNK) {
-        const int64_t len = n_in - off < CHUNK ? n_in - off : CHUNK;
-        for (int64_t k = 0; k < len / RS_QK; k++)
-            rs_dequant_q8_0(&b[off / RS_QK + k], w + k * RS_QK);
-        chunk_all_tokens(w, len, x, off, n_in, n_tok, y, ys);
-    }
-}
-
-/* The dense entry points: one row at a time, each row read once for all tokens. */
+/* The dense entry points: one row at a time (float weights: each row read once for all tokens). */
 #define MM(type)                                                                                             \
-    static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in,            \
+    static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,           \
                           int64_t n_tok, float *y, int64_t ys)                                               \
     {                                                                                                        \
         for (int64_t r = 0; r < n_rows; r++)                                                                 \
-            dot_##type((const uint8_t *)w + r * rb, x, n_in, n_tok, y + r, ys);                              \
+            dot_##type((const uint8_t *)w + r * rb, x->f, n_in, n_tok, y + r, ys);                           \
     }
 MM(f32)
 MM(f16)
-MM(q4_0)
-MM(q8_0)
+
+#define MMQ(type)                                                                                            \
+    static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,           \
+                          int64_t n_tok, float *y, int64_t ys)                                               \
+    {                                                                                                        \
+        for (int64_t r = 0; r < n_rows; r++)                                                                 \
+            for (int64_t t = 0; t < n_tok; t++)                                                              \
+                y[t * ys + r] = dot_##type((const block_##type *)((const uint8_t *)w + r * rb),               \
+                                           x->q + t * n_in, x->d + t * (n_in / RS_QK), n_in);                \
+    }
+MMQ(q8_0)
+MMQ(q4_0)
 
 /* ---- sparse: y += xk * row, for each kept row ------------------------------------------------------------ */
 static inline void axpy_run(float *restrict y, float s, const float *restrict w, int64_t n)

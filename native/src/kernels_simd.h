@@ -4,11 +4,15 @@
  *   VL                      floats per vector (4, 8 or 16: it divides a quantization block of 32)
  *   MR, NT                  prefill micro-tile: MR weight rows x NT tokens of vector accumulators in registers
  *   vf                      the vector type
- *   vf_zero() vf_load(p) vf_store(p, v) vf_set1(s) vf_mul(a, b) vf_fma(a, b, c) (= a * b + c)
+ *   vf_zero() vf_load(p) vf_store(p, v) vf_set1(s) vf_fma(a, b, c) (= a * b + c)
  *   vf_hsum(v)              sum of the lanes, in a fixed order
  *   vf_load_f16(p)          VL binary16 -> float (exact)
  *   vf_load_i8(p)           VL int8 -> float
  *   vf_load_q4(p, hi)       VL nibbles of bytes p[0..VL) (low ones, or high ones if hi) minus 8 -> float
+ *   vf_dot_q8_0(qs, x)      a Q8_0 block's 32 int8 weights times 32 int16 activations, summed in int32 into VL lanes
+ *                           (exactly: four products a lane at most for VL 8) and converted to float
+ *   vf_dot_q4_0(qs, x)      the same for a Q4_0 block's 16 bytes (element i in the low nibble of byte i, i + 16 in
+ *                           its high nibble, both minus 8)
  *   half_to_float(h)        one binary16 -> float (exact), in one instruction where the CPU has one
  *   prefetch(p)             a read hint for the cache line holding p, into L1
  *   prefetch_l2(p)          the same, into L2 only (for lines needed later than the next few microseconds)
@@ -16,13 +20,19 @@
  *   CPU_OK                  its cpu_ok function, or NULL when every CPU of the architecture runs it
  * Loads never read past the VL elements asked for, so a kernel never touches memory beyond its rows.
  *
- * Dense (standard (n_out, n_in) layout). Decode (one token) streams MR rows at once, dequantizing in registers:
- * one vector accumulator per row, so the rows are independent FMA chains and share each load of x. Prefill (two or
- * more tokens) is a small GEMM: MR rows are dequantized chunk by chunk into an L1 buffer and multiplied with NT
- * tokens at a time from a tile of tokens small enough to stay in cache, so weights come from memory once per tile
- * rather than once per token, and each weight load feeds NT FMAs. Both orders give every (row, token) the same
+ * Dense (standard (n_out, n_in) layout), F32 and F16. Decode (one token) streams MR rows at once, converting in
+ * registers: one vector accumulator per row, so the rows are independent FMA chains and share each load of x.
+ * Prefill (two or more tokens) is a small GEMM: MR rows are converted chunk by chunk into an L1 buffer and multiplied
+ * with NT tokens at a time from a tile of tokens small enough to stay in cache, so weights come from memory once per
+ * tile rather than once per token, and each weight load feeds NT FMAs. Both orders give every (row, token) the same
  * arithmetic -- acc = fma(w[e..e+VL), x[e..e+VL), acc) for e = 0, VL, ... in turn, then the leftover elements one
  * by one with fmaf, then hsum(acc) + leftover -- so prefill equals decode bit for bit.
+ *
+ * Dense Q8_0 and Q4_0 take int16 activations (kernels.h): per block, acc = fma(dot(block, x), d_w * d_x, acc), the
+ * dot exact in integers. Converting each int8 weight to float and scaling it cost two float operations a weight,
+ * which capped decode below memory speed (AVX2: ~25 GB/s a thread from L2); the integer dot takes about half the
+ * instructions. Prefill runs decode's arithmetic for each (row, token) in decode's order, so they agree bit for bit,
+ * reading a group of rows from memory once for a tile of tokens.
  *
  * Sparse (input-channel-major layout). Each kept channel's row slice is scaled by its activation and added to y,
  * GROUP rows per pass over the slice of y (which stays in L1), while later groups' rows are prefetched: the rows
@@ -32,6 +42,7 @@
 
 #include <math.h>
 #include <stdalign.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "quant.h"
@@ -72,15 +83,13 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline vf w_f32(const uint8_t *row, int64_t e) { return vf_load((const float *)row + e); }
 static inline vf w_f16(const uint8_t *row, int64_t e) { return vf_load_f16((const uint16_t *)row + e); }
 
-/* Quantized: group g (VL elements) of a block, unscaled; then scaled by the block's d, converted once by the
- * caller. */
+/* Quantized (the sparse kernels): group g (VL elements) of a block, unscaled; the caller folds the block's d into
+ * the activation. */
 static inline vf q_q8_0(const block_q8_0 *b, int g) { return vf_load_i8(b->qs + g * VL); }
 static inline vf q_q4_0(const block_q4_0 *b, int g)
 {
     return vf_load_q4(b->qs + (g * VL) % (RS_QK / 2), g * VL >= RS_QK / 2);
 }
-static inline vf w_q8_0(const block_q8_0 *b, int g, vf d) { return vf_mul(q_q8_0(b, g), d); }
-static inline vf w_q4_0(const block_q4_0 *b, int g, vf d) { return vf_mul(q_q4_0(b, g), d); }
 
 /* Scalar element e of an F32 or F16 row: the leftover elements past the last whole vector. */
 static inline float w_elem(int type, const uint8_t *row, int64_t e)
@@ -144,37 +153,30 @@ static inline void prefetch_ahead(const uint8_t *row, int64_t off, int64_t rb)
 DECODE_FLOAT(f32, RS_TYPE_F32, 4)
 DECODE_FLOAT(f16, RS_TYPE_F16, 2)
 
-#define DECODE_QUANT(type)                                                                                   \
-    static void decode_##type(const uint8_t *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in,     \
-                              float *y)                                                                      \
+/* ---- dense, quantized weights: MR rows against one token's int16 activations ---------------------------------- */
+#define ROWS_QUANT(type)                                                                                     \
+    static inline void rows_##type(const uint8_t *const *rows, int64_t rb, const int16_t *xq, const float *xd, \
+                                   int64_t n_in, int n_valid, float *y)                                      \
     {                                                                                                        \
-        for (int64_t r = 0; r < n_rows; r += MR) {                                                           \
-            const uint8_t *rows[MR];                                                                         \
-            const int n_valid = pick_rows(w, rb, r, n_rows, rows);                                           \
-            vf acc[MR];                                                                                      \
-            for (int i = 0; i < MR; i++)                                                                     \
-                acc[i] = vf_zero();                                                                          \
-            for (int64_t k = 0; k < n_in / RS_QK; k++) {                                                     \
-                vf d[MR];                                                                                    \
-                for (int i = 0; i < MR; i++) {                                                               \
-                    prefetch_ahead(rows[i], k * (int64_t)sizeof(block_##type), rb);                          \
-                    d[i] = vf_set1(half_to_float(((const block_##type *)rows[i])[k].d));                     \
-                }                                                                                            \
-                for (int g = 0; g < RS_QK / VL; g++) {                                                       \
-                    const vf xv = vf_load(x + k * RS_QK + g * VL);                                           \
-                    for (int i = 0; i < MR; i++)                                                             \
-                        acc[i] = vf_fma(w_##type((const block_##type *)rows[i] + k, g, d[i]), xv, acc[i]);   \
-                }                                                                                            \
+        vf acc[MR];                                                                                          \
+        for (int i = 0; i < MR; i++)                                                                         \
+            acc[i] = vf_zero();                                                                              \
+        for (int64_t k = 0; k < n_in / RS_QK; k++) {                                                         \
+            for (int i = 0; i < MR; i++) {                                                                   \
+                const block_##type *b = (const block_##type *)rows[i] + k;                                   \
+                prefetch_ahead(rows[i], k * (int64_t)sizeof(block_##type), rb);                              \
+                acc[i] = vf_fma(vf_dot_##type(b->qs, xq + k * RS_QK), vf_set1(half_to_float(b->d) * xd[k]),  \
+                                acc[i]);                                                                     \
             }                                                                                                \
-            for (int i = 0; i < n_valid; i++)                                                                \
-                y[r + i] = vf_hsum(acc[i]) + 0.0f;                                                           \
         }                                                                                                    \
+        for (int i = 0; i < n_valid; i++)                                                                    \
+            y[i] = vf_hsum(acc[i]) + 0.0f;                                                                   \
     }
-DECODE_QUANT(q8_0)
-DECODE_QUANT(q4_0)
+ROWS_QUANT(q8_0)
+ROWS_QUANT(q4_0)
 
 /* ---- dense prefill: the tiled GEMM ----------------------------------------------------------------------------- */
-/* Elements [k0, k0 + len) of a row as floats into out (len a multiple of VL, except at the row's end). */
+/* Elements [k0, k0 + len) of an F16 row as floats into out (len a multiple of VL, except at the row's end). */
 static void chunk_f16(const uint8_t *row, int64_t k0, int64_t len, float *out)
 {
     const int64_t nv = len / VL * VL;
@@ -184,18 +186,6 @@ static void chunk_f16(const uint8_t *row, int64_t k0, int64_t len, float *out)
         out[e] = half_to_float(((const uint16_t *)row)[k0 + e]);
 }
 
-#define CHUNK_QUANT(type)                                                                                    \
-    static void chunk_##type(const uint8_t *row, int64_t k0, int64_t len, float *out)                         \
-    {                                                                                                        \
-        const block_##type *b = (const block_##type *)row + k0 / RS_QK;                                      \
-        for (int64_t k = 0; k < len / RS_QK; k++) {                                                          \
-            const vf d = vf_set1(half_to_float(b[k].d));                                                     \
-            for (int g = 0; g < RS_QK / VL; g++)                                                             \
-                vf_store(out + k * RS_QK + g * VL, w_##type(&b[k], g, d));                                   \
-        }                                                                                                    \
-    }
-CHUNK_QUANT(q8_0)
-CHUNK_QUANT(q4_0)
 
 /* acc[i][j] (+)= w[i][0..nv) . x[j][0..nv) for the MR x NT pairs, in registers; nv a multiple of VL. */
 static inline void micro_tile(const float *const *w, const float *const *x, int64_t nv, vf *acc /* (MR, NT) */,
@@ -271,18 +261,95 @@ static void prefill(chunk_fn chunk, const uint8_t *w, int64_t rb, int64_t n_rows
 }
 
 #define MM(type, chunk)                                                                                      \
-    static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const float *x, int64_t n_in,            \
+    static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,           \
                           int64_t n_tok, float *y, int64_t ys)                                               \
     {                                                                                                        \
         if (n_tok == 1)                                                                                      \
-            decode_##type(w, rb, n_rows, x, n_in, y);                                                        \
+            decode_##type(w, rb, n_rows, x->f, n_in, y);                                                     \
         else                                                                                                 \
-            prefill(chunk, w, rb, n_rows, x, n_in, n_tok, y, ys);                                            \
+            prefill(chunk, w, rb, n_rows, x->f, n_in, n_tok, y, ys);                                         \
     }
 MM(f32, NULL)
 MM(f16, chunk_f16)
-MM(q8_0, chunk_q8_0)
-MM(q4_0, chunk_q4_0)
+
+/* Quantized prefill: tiles of tokens whose activations stay in cache. A group of MR rows is read from memory once per
+ * tile, KC elements at a time; Q4_0 chunks are first unpacked to Q8_0 blocks (same integers, so the same products,
+ * lane for lane: vf_dot_q4_0 and vf_dot_q8_0 assign elements to lanes alike), so the nibbles are not unpacked again
+ * for every token. Each (row, token) then runs decode's arithmetic in decode's order, carried across chunks in acc. */
+static void unpack_q4_0(const block_q4_0 *b, int64_t n, block_q8_0 *out)
+{
+    typedef uint8_t u8x16 __attribute__((vector_size(16)));  /* GCC/Clang vectors: one SSE/NEON register */
+    for (int64_t k = 0; k < n; k++) {
+        u8x16 v, lo, hi;
+        memcpy(&v, b[k].qs, sizeof v);
+        lo = (v & 0x0F) - 8;  /* as bytes: (q - 8) mod 256 is q - 8 in two's complement */
+        hi = (v >> 4) - 8;
+        out[k].d = b[k].d;
+        memcpy(out[k].qs, &lo, sizeof lo);
+        memcpy(out[k].qs + RS_QK / 2, &hi, sizeof hi);
+    }
+}
+
+static void prefill_quant(int q4, const uint8_t *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,
+                          int64_t n_tok, float *y, int64_t ys)
+{
+    enum { QC = KC / RS_QK };  /* blocks per chunk */
+    block_q8_0 buf[MR][QC];
+    alignas(64) vf acc[TMAX][MR];
+    const int64_t nb = n_in / RS_QK;
+    int64_t tile = TILE_BYTES / (n_in * (int64_t)sizeof(int16_t) + nb * (int64_t)sizeof(float));
+    tile = tile < 1 ? 1 : tile > TMAX ? TMAX : tile;
+    for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
+        const int64_t nt = min64(tile, n_tok - t0);
+        for (int64_t r = 0; r < n_rows; r += MR) {
+            const uint8_t *rows[MR];
+            const int n_valid = pick_rows(w, rb, r, n_rows, rows);
+            for (int64_t t = 0; t < nt; t++)
+                for (int i = 0; i < MR; i++)
+                    acc[t][i] = vf_zero();
+            for (int64_t k0 = 0; k0 < nb; k0 += QC) {
+                const int64_t nk = min64(QC, nb - k0);
+                const block_q8_0 *cb[MR];
+                for (int i = 0; i < MR; i++) {
+                    if (q4) {
+                        unpack_q4_0((const block_q4_0 *)rows[i] + k0, nk, buf[i]);
+                        cb[i] = buf[i];
+                    } else {
+                        cb[i] = (const block_q8_0 *)rows[i] + k0;
+                    }
+                }
+                for (int64_t t = 0; t < nt; t++) {
+                    const int16_t *xq = x->q + (t0 + t) * n_in + k0 * RS_QK;
+                    const float *xd = x->d + (t0 + t) * nb + k0;
+                    for (int64_t k = 0; k < nk; k++)
+                        for (int i = 0; i < MR; i++)
+                            acc[t][i] = vf_fma(vf_dot_q8_0(cb[i][k].qs, xq + k * RS_QK),
+                                               vf_set1(half_to_float(cb[i][k].d) * xd[k]), acc[t][i]);
+                }
+            }
+            for (int64_t t = 0; t < nt; t++)
+                for (int i = 0; i < n_valid; i++)
+                    y[(t0 + t) * ys + r + i] = vf_hsum(acc[t][i]) + 0.0f;
+        }
+    }
+}
+
+#define MM_QUANT(type, q4)                                                                                   \
+    static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,           \
+                          int64_t n_tok, float *y, int64_t ys)                                               \
+    {                                                                                                        \
+        if (n_tok > 1) {                                                                                     \
+            prefill_quant(q4, w, rb, n_rows, x, n_in, n_tok, y, ys);                                         \
+            return;                                                                                          \
+        }                                                                                                    \
+        for (int64_t r = 0; r < n_rows; r += MR) {                                                           \
+            const uint8_t *rows[MR];                                                                         \
+            const int n_valid = pick_rows(w, rb, r, n_rows, rows);                                           \
+            rows_##type(rows, rb, x->q, x->d, n_in, n_valid, y + r);                                         \
+        }                                                                                                    \
+    }
+MM_QUANT(q8_0, 0)
+MM_QUANT(q4_0, 1)
 
 /* ---- sparse: y[0..n) += sum_k xk[k] * wt[idx[k]][o0 ..) -------------------------------------------------------- */
 /* The rows of group g (GROUP kept rows from k = g * GROUP), or NULL past the end: what to prefetch. */

@@ -27,9 +27,22 @@ struct matmul_job {
     const uint8_t *w;   /* (n_out, row_bytes) */
     int64_t row_bytes;
     int64_t n_out, n_in, n_tok;
-    const float *x;     /* (n_tok, n_in) */
+    const float *xf;    /* (n_tok, n_in): the caller's activations */
+    rs_act x;           /* what the kernel reads: xf itself, or xf rounded to int16 blocks (kernels.h) */
+    int16_t *xq;        /* (n_tok, n_in) and (n_tok, n_in / 32): the rounded ones, in the pool's arena */
+    float *xd;
     float *y;           /* (n_tok, n_out) */
 };
+
+/* Slice ith of nth rounds a contiguous range of tokens' activations. */
+static void quantize_slice(void *ctx, int ith, int nth)
+{
+    const struct matmul_job *j = ctx;
+    int64_t t0, t1;
+    rs_slice(j->n_tok, 1, ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++)
+        rs_quantize_act(j->xf + t * j->n_in, j->n_in, j->xq + t * j->n_in, j->xd + t * (j->n_in / RS_QK));
+}
 
 /* Slice ith of nth gets a contiguous range of output rows. */
 static void matmul_slice(void *ctx, int ith, int nth)
@@ -38,7 +51,7 @@ static void matmul_slice(void *ctx, int ith, int nth)
     int64_t r0, r1;
     rs_slice(j->n_out, 1, ith, nth, &r0, &r1);
     if (r1 > r0)
-        j->mm(j->w + r0 * j->row_bytes, j->row_bytes, r1 - r0, j->x, j->n_in, j->n_tok, j->y + r0, j->n_out);
+        j->mm(j->w + r0 * j->row_bytes, j->row_bytes, r1 - r0, &j->x, j->n_in, j->n_tok, j->y + r0, j->n_out);
 }
 
 int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
@@ -55,8 +68,27 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
         return RS_ERR_SHAPE;
     if (!rs_aligned(x, _Alignof(float)) || !rs_aligned(y, _Alignof(float)))
         return RS_ERR_ALIGN;
-    struct matmul_job job = {rs_mm_for(rs_kernels_now(), type), w, rb, n_out, n_in, n_tok, x, y};
+    struct matmul_job job = {.mm = rs_mm_for(rs_kernels_now(), type), .w = w, .row_bytes = rb, .n_out = n_out,
+                             .n_in = n_in, .n_tok = n_tok, .xf = x, .x = {.f = x}, .y = y};
+    if (type != RS_TYPE_Q8_0 && type != RS_TYPE_Q4_0) {
+        rs_pool_run(pool, matmul_slice, &job);
+        return RS_OK;
+    }
+    /* n_in is a multiple of 32 here (rs_check_weights), and n_tok * n_in * 4 fits: so do these sizes. */
+    const size_t q_bytes = (size_t)(n_tok * n_in) * sizeof(int16_t);
+    void *arena = rs_pool_arena_acquire(pool, q_bytes + (size_t)(n_tok * (n_in / RS_QK)) * sizeof(float));
+    if (!arena)
+        return RS_ERR_NOMEM;
+    job.xq = arena;
+    job.xd = (float *)((char *)arena + q_bytes);  /* q_bytes is a multiple of 64: aligned */
+    job.x.q = job.xq;
+    job.x.d = job.xd;
+    if (n_tok == 1)  /* decode: a few microseconds, less than waking the pool twice */
+        quantize_slice(&job, 0, 1);
+    else
+        rs_pool_run(pool, quantize_slice, &job);
     rs_pool_run(pool, matmul_slice, &job);
+    rs_pool_arena_release(pool);
     return RS_OK;
 }
 

@@ -1,6 +1,8 @@
 /* quant.c -- row sizes, row dequantization and fp32 -> fp16 (the per-element direction lives inline in quant.h). */
 #include "quant.h"
 
+#include <math.h>
+
 uint16_t rs_fp32_to_fp16(float f)
 {
     const uint32_t x = rs_bits_from_f32(f);
@@ -27,6 +29,35 @@ uint16_t rs_fp32_to_fp16(float f)
     const uint32_t rem = m & ((1u << shift) - 1u);
     const uint32_t half = 1u << (shift - 1u);
     return sign | (uint16_t)(q + (rem > half || (rem == half && (q & 1u))));
+}
+
+void rs_quantize_act(const float *x, int64_t n, int16_t *q, float *d)
+{
+    for (int64_t k = 0; k < n / RS_QK; k++) {
+        const float *xb = x + k * RS_QK;
+        int16_t *qb = q + k * RS_QK;
+        float amax = 0.0f;
+        for (int i = 0; i < RS_QK; i++) {  /* NaN compares false here; the isfinite check below catches it */
+            const float a = fabsf(xb[i]);
+            amax = a > amax ? a : amax;
+        }
+        int finite = 1;
+        for (int i = 0; i < RS_QK; i++)
+            finite &= isfinite(xb[i]) != 0;
+        if (!finite || amax == 0.0f) {
+            d[k] = finite ? 0.0f : NAN;
+            for (int i = 0; i < RS_QK; i++)
+                qb[i] = 0;
+            continue;
+        }
+        /* In double: 32767 / amax overflows float when amax is subnormal. |x * inv| <= 32767 (plus rounding, which
+         * stays below 32767.5), so the result fits int16. Adding and subtracting 1.5 * 2^52 rounds to nearest even
+         * in plain arithmetic, which the compiler vectorizes (lrint would be a call per element). */
+        const double inv = 32767.0 / amax, round = 0x1.8p52;
+        d[k] = (float)(amax / 32767.0);
+        for (int i = 0; i < RS_QK; i++)
+            qb[i] = (int16_t)(int32_t)(((double)xb[i] * inv + round) - round);
+    }
 }
 
 int rs_type_ok(int type)

@@ -57,14 +57,14 @@ static void lowrank_slice(void *ctx, int ith, int nth)
     int64_t r0, r1;
     rs_slice(j->rank, 1, ith, nth, &r0, &r1);
     if (r1 > r0)
-        j->mm_factor(j->vs + r0 * j->vs_rb, j->vs_rb, r1 - r0, j->xd, j->n_in, 1, j->z + r0, 1);
+        j->mm_factor(j->vs + r0 * j->vs_rb, j->vs_rb, r1 - r0, &(rs_act){.f = j->xd}, j->n_in, 1, j->z + r0, 1);
 }
 
 /* y[o0..o1) = U[o0..o1) z, or zeros without a low-rank term: where step 3 starts its sums. */
 static void lowrank_out(const struct sparse_job *j, int64_t o0, int64_t o1)
 {
     if (j->rank > 0) {
-        j->mm_factor(j->u + o0 * j->u_rb, j->u_rb, o1 - o0, j->z, j->rank, 1, j->y + o0, 1);
+        j->mm_factor(j->u + o0 * j->u_rb, j->u_rb, o1 - o0, &(rs_act){.f = j->z}, j->rank, 1, j->y + o0, 1);
     } else {
         for (int64_t o = o0; o < o1; o++)
             j->y[o] = 0.0f;
