@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,11 +143,46 @@ def data_aware_factors(w: torch.Tensor, x_dropped: torch.Tensor, rank: int,
     return p.float(), (p.T @ w64).float()
 
 
+def _tensor_bytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+class BoundedCache:
+    """A dict that forgets its least recently used entries once their tensors pass `limit` bytes (one entry always
+    stays). The search revisits the same (sparsity, rho) grid values, so a cache pays; unbounded, a process that
+    builds many recipes kept every factor it ever made (a results run grew to 24 GB and was killed)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.bytes = 0
+        self._d: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, key, make):
+        if key in self._d:
+            self._d.move_to_end(key)
+            return self._d[key]
+        value = make()
+        self._d[key] = value
+        self.bytes += _tensor_bytes(value)
+        while self.bytes > self.limit and len(self._d) > 1:
+            _, old = self._d.popitem(last=False)
+            self.bytes -= _tensor_bytes(old)
+        return value
+
+
 class Calibration:
-    """Dense-model statistics for every linear: sampled input activations, column norms, float64 SVDs."""
+    """Dense-model statistics for every linear: sampled input activations, column norms, float64 SVDs (and the
+    factors made from them), the last two in caches of at most `cache_bytes` each."""
 
     def __init__(self, model, windows: torch.Tensor, max_tokens: int = 2048, batch_size: int = 4, seed: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, cache_bytes: int = 2 << 30):
         self.model = model
         self.n_layer = len(model.model.layers)
         n_win, seq_len = windows.shape
@@ -156,8 +192,8 @@ class Calibration:
         self.n_tokens = total if pick is None else len(pick)
         self.seq_len = seq_len
         self.acts: dict[tuple[int, str], list[torch.Tensor] | torch.Tensor] = {}
-        self._svd: dict[tuple[int, str], tuple] = {}
-        self._cache: dict[tuple, tuple] = {}
+        self._svd = BoundedCache(cache_bytes)
+        self._cache = BoundedCache(cache_bytes)
         self.weights = {(b, n): m.weight.detach() for b, n, m in iter_linears(model)}
         self.colnorm = {k: w.double().norm(dim=0) for k, w in self.weights.items()}  # (in,) float64
 
@@ -208,27 +244,27 @@ class Calibration:
         return quantile_tau(self.score(bid, name, rho), (1.0 - sparsity) * rho)
 
     def svd(self, bid: int, name: str):
-        if (bid, name) not in self._svd:
-            self._svd[(bid, name)] = torch.linalg.svd(self.weights[(bid, name)].double(), full_matrices=False)
-        return self._svd[(bid, name)]
+        return self._svd.get((bid, name), lambda: torch.linalg.svd(self.weights[(bid, name)].double(),
+                                                                   full_matrices=False))
 
     def linear_plan(self, bid: int, name: str, sparsity: float, rho: float, factors: str):
         """(tau, u, vs) for one linear at one (sparsity, rho), cached: the search revisits the same grid values."""
-        key = (bid, name, sparsity, rho, factors)
-        if key not in self._cache:
-            w = self.weights[(bid, name)]
-            out, in_ = w.shape
-            tau = self.tau(bid, name, sparsity, rho)
-            rank = rank_for(in_, out, sparsity, rho)
-            u = vs = None
-            if rank:
-                if factors == "svd":
-                    u, vs = svd_factors(*self.svd(bid, name), rank)
-                else:
-                    x = self.inputs(bid, name)
-                    u, vs = data_aware_factors(w, x * (self.score(bid, name, rho) <= tau), rank)
-            self._cache[key] = (tau, u, vs)
-        return self._cache[key]
+        return self._cache.get((bid, name, sparsity, rho, factors),
+                               lambda: self._make_plan(bid, name, sparsity, rho, factors))
+
+    def _make_plan(self, bid: int, name: str, sparsity: float, rho: float, factors: str):
+        w = self.weights[(bid, name)]
+        out, in_ = w.shape
+        tau = self.tau(bid, name, sparsity, rho)
+        rank = rank_for(in_, out, sparsity, rho)
+        u = vs = None
+        if rank:
+            if factors == "svd":
+                u, vs = svd_factors(*self.svd(bid, name), rank)
+            else:
+                x = self.inputs(bid, name)
+                u, vs = data_aware_factors(w, x * (self.score(bid, name, rho) <= tau), rank)
+        return tau, u, vs
 
 
 # ---- plans ----------------------------------------------------------------------------------------------------

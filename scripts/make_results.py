@@ -12,6 +12,8 @@ written next to an F32 base, then rsparse-perplexity on it.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
@@ -23,6 +25,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"paper": ("svd", "dense"), "improved": (None, None)}  # improved = the command's defaults
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS between rows: glibc keeps what torch frees, and this process is
+    long-lived (one run grew to 24 GB before the calibration caches were bounded)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def row_key(sparsity: float, recipe: str, method: str) -> str:
@@ -107,6 +119,8 @@ def main(argv=None) -> int:
                 results[key] = row
                 print(json.dumps({k: v for k, v in row.items() if k != "search"}), flush=True)
                 save()
+                del plan
+                release_freed_memory()
     save()
     return 0
 

@@ -105,6 +105,33 @@ def test_tau_gives_the_intended_kept_fraction(tiny, sparsity, rho):
         assert kept == pytest.approx((1 - sparsity) * rho, abs=0.02), (bid, name)
 
 
+def test_calibration_caches_are_bounded_and_recompute_the_same(tiny):
+    """The factor and SVD caches forget their oldest entries past their byte budget (one entry always stays); an
+    evicted plan is made again, equal to the first."""
+    from rsparse_converter.calibrate import BoundedCache, dense_plan
+
+    made = []
+    cache = BoundedCache(limit=3 * 40)
+    for i in [0, 1, 2, 3, 3, 1, 0]:
+        cache.get(i, lambda i=i: made.append(i) or torch.zeros(10))
+    assert made == [0, 1, 2, 3, 0] and len(cache) == 3 and cache.bytes == 120
+    cache.get(9, lambda: torch.zeros(100))  # bigger than the budget: kept alone
+    assert len(cache) == 1 and cache.bytes == 400
+
+    _, model, _, _, windows, calib = tiny
+    small = Calibration(model, windows, max_tokens=384, cache_bytes=1)
+    rho = np.full((3, 7), 0.7)
+    for factors in ("svd", "data-aware"):
+        want = dense_plan(calib, 0.5, rho, factors)
+        got = [dense_plan(small, 0.5, rho, factors) for _ in range(2)]  # the second pass recomputes
+        assert len(small._cache) == 1 and len(small._svd) <= 1
+        for plan in got:
+            np.testing.assert_array_equal(plan.tau, want.tau)
+            for key in want.u:
+                torch.testing.assert_close(plan.u[key], want.u[key], rtol=0, atol=0)
+                torch.testing.assert_close(plan.vs[key], want.vs[key], rtol=0, atol=0)
+
+
 def test_sequential_tau_keeps_the_target_in_the_sparse_model(tiny):
     _, model, _, state, windows, calib = tiny
     rho = np.full((3, 7), 0.9)

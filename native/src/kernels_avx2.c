@@ -39,24 +39,36 @@ static inline vf vf_load_q4(const uint8_t *p, int hi)
     return _mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(8)));
 }
 
-/* 32 int8 weights (as two halves of 16) times 32 int16 activations: widen, then pairwise multiply-add in int32. */
-static inline __m256i dot_halves(__m128i w0, __m128i w1, const int16_t *x)
+/* A block of 32 int16 values, in two registers: int8 weights widened, or activations. */
+typedef struct {
+    __m256i a, b;
+} vi;
+
+#define MRQ 2  /* quantized prefill tile: 2 rows x 2 tokens, 4 weight + 4 activation + 4 accumulator registers */
+#define NTQ 2
+
+static inline vi vi_load_i8(const int8_t *q)
 {
-    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(w0), _mm256_loadu_si256((const __m256i *)x)),
-                            _mm256_madd_epi16(_mm256_cvtepi8_epi16(w1), _mm256_loadu_si256((const __m256i *)(x + 16))));
+    return (vi){_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + 16)))};
 }
 
-static inline vf vf_dot_q8_0(const int8_t *q, const int16_t *x)
-{
-    return _mm256_cvtepi32_ps(dot_halves(_mm_loadu_si128((const __m128i *)q),
-                                         _mm_loadu_si128((const __m128i *)(q + 16)), x));
-}
-
-static inline vf vf_dot_q4_0(const uint8_t *q, const int16_t *x)
+static inline vi vi_load_q4(const uint8_t *q)
 {
     const __m128i b = _mm_loadu_si128((const __m128i *)q), m = _mm_set1_epi8(0x0F), e = _mm_set1_epi8(8);
-    const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), e), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e);
-    return _mm256_cvtepi32_ps(dot_halves(lo, hi, x));
+    return (vi){_mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_and_si128(b, m), e)),
+                _mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e))};
+}
+
+static inline vi vi_load_i16(const int16_t *x)
+{
+    return (vi){_mm256_loadu_si256((const __m256i *)x), _mm256_loadu_si256((const __m256i *)(x + 16))};
+}
+
+/* Pairwise multiply-add in int32: lane l sums 4 products (exact in float too: below 2^24). */
+static inline vf vf_madd_i16(vi w, vi x)
+{
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(w.a, x.a), _mm256_madd_epi16(w.b, x.b)));
 }
 
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }

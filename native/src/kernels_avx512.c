@@ -43,23 +43,25 @@ static inline vf vf_load_q4(const uint8_t *p, int hi)
     return _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(8)));
 }
 
-/* 32 int8 weights times 32 int16 activations: widen to int16, pairwise multiply-add into 16 int32 lanes (AVX512BW). */
-static inline vf dot_i8x32(__m256i w, const int16_t *x)
-{
-    return _mm512_cvtepi32_ps(_mm512_madd_epi16(_mm512_cvtepi8_epi16(w), _mm512_loadu_si512(x)));
-}
+/* A block of 32 int16 values in one register: int8 weights widened, or activations (AVX512BW). */
+typedef __m512i vi;
 
-static inline vf vf_dot_q8_0(const int8_t *q, const int16_t *x)
-{
-    return dot_i8x32(_mm256_loadu_si256((const __m256i *)q), x);
-}
+#define MRQ 4  /* quantized prefill tile: 4 rows x 4 tokens, 16 accumulators */
+#define NTQ 4
 
-static inline vf vf_dot_q4_0(const uint8_t *q, const int16_t *x)
+static inline vi vi_load_i8(const int8_t *q) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)q)); }
+
+static inline vi vi_load_q4(const uint8_t *q)
 {
     const __m128i b = _mm_loadu_si128((const __m128i *)q), m = _mm_set1_epi8(0x0F), e = _mm_set1_epi8(8);
     const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), e), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e);
-    return dot_i8x32(_mm256_set_m128i(hi, lo), x);
+    return _mm512_cvtepi8_epi16(_mm256_set_m128i(hi, lo));
 }
+
+static inline vi vi_load_i16(const int16_t *x) { return _mm512_loadu_si512(x); }
+
+/* Pairwise multiply-add into 16 int32 lanes of 2 products each, then to float (exact). */
+static inline vf vf_madd_i16(vi w, vi x) { return _mm512_cvtepi32_ps(_mm512_madd_epi16(w, x)); }
 
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }

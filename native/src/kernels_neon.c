@@ -48,29 +48,44 @@ static inline vf vf_load_q4(const uint8_t *p, int hi)
     return vcvtq_f32_s32(vmovl_s16(vget_low_s16(q)));
 }
 
-/* 32 int8 weights (two vectors of 16) times 32 int16 activations: widening multiply-adds into 4 int32 lanes, 8
- * products each (up to 3.3e7, so the float conversion may round by a part in 2^24). */
-static inline vf dot_i8x32(int8x16_t a, int8x16_t b, const int16_t *x)
+/* A block of 32 int16 values in four registers: int8 weights widened, or activations. */
+typedef struct {
+    int16x8_t v[4];
+} vi;
+
+#define MRQ 2  /* quantized prefill tile: 2 rows x 2 tokens, 8 weight + 8 activation + 4 accumulator registers */
+#define NTQ 2
+
+static inline vi widen(int8x16_t a, int8x16_t b)
 {
-    const int16x8_t w[4] = {vmovl_s8(vget_low_s8(a)), vmovl_s8(vget_high_s8(a)), vmovl_s8(vget_low_s8(b)),
-                            vmovl_s8(vget_high_s8(b))};
-    int32x4_t s = vdupq_n_s32(0);
-    for (int j = 0; j < 4; j++) {
-        const int16x8_t xv = vld1q_s16(x + 8 * j);
-        s = vmlal_s16(s, vget_low_s16(w[j]), vget_low_s16(xv));
-        s = vmlal_high_s16(s, w[j], xv);
-    }
-    return vcvtq_f32_s32(s);
+    return (vi){{vmovl_s8(vget_low_s8(a)), vmovl_s8(vget_high_s8(a)), vmovl_s8(vget_low_s8(b)),
+                 vmovl_s8(vget_high_s8(b))}};
 }
 
-static inline vf vf_dot_q8_0(const int8_t *q, const int16_t *x) { return dot_i8x32(vld1q_s8(q), vld1q_s8(q + 16), x); }
+static inline vi vi_load_i8(const int8_t *q) { return widen(vld1q_s8(q), vld1q_s8(q + 16)); }
 
-static inline vf vf_dot_q4_0(const uint8_t *q, const int16_t *x)
+static inline vi vi_load_q4(const uint8_t *q)
 {
     const uint8x16_t b = vld1q_u8(q);
-    const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F))), vdupq_n_s8(8));
-    const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), vdupq_n_s8(8));
-    return dot_i8x32(lo, hi, x);
+    return widen(vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F))), vdupq_n_s8(8)),
+                 vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), vdupq_n_s8(8)));
+}
+
+static inline vi vi_load_i16(const int16_t *x)
+{
+    return (vi){{vld1q_s16(x), vld1q_s16(x + 8), vld1q_s16(x + 16), vld1q_s16(x + 24)}};
+}
+
+/* Widening multiply-adds into 4 int32 lanes, 8 products each (up to 3.3e7, so the float conversion may round by
+ * a part in 2^24: the same in decode and prefill, which share this function). */
+static inline vf vf_madd_i16(vi w, vi x)
+{
+    int32x4_t s = vdupq_n_s32(0);
+    for (int j = 0; j < 4; j++) {
+        s = vmlal_s16(s, vget_low_s16(w.v[j]), vget_low_s16(x.v[j]));
+        s = vmlal_high_s16(s, w.v[j], x.v[j]);
+    }
+    return vcvtq_f32_s32(s);
 }
 
 static inline float half_to_float(uint16_t h)

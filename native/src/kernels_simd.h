@@ -9,10 +9,13 @@
  *   vf_load_f16(p)          VL binary16 -> float (exact)
  *   vf_load_i8(p)           VL int8 -> float
  *   vf_load_q4(p, hi)       VL nibbles of bytes p[0..VL) (low ones, or high ones if hi) minus 8 -> float
- *   vf_dot_q8_0(qs, x)      a Q8_0 block's 32 int8 weights times 32 int16 activations, summed in int32 into VL lanes
- *                           (exactly: four products a lane at most for VL 8) and converted to float
- *   vf_dot_q4_0(qs, x)      the same for a Q4_0 block's 16 bytes (element i in the low nibble of byte i, i + 16 in
+ *   vi                      a block of 32 int16 values (in one register or several)
+ *   vi_load_i8(qs)          a Q8_0 block's 32 int8 weights, widened
+ *   vi_load_q4(qs)          a Q4_0 block's 16 bytes as 32 weights (element i in the low nibble of byte i, i + 16 in
  *                           its high nibble, both minus 8)
+ *   vi_load_i16(x)          32 int16 activations
+ *   vf_madd_i16(w, x)       the 32 products summed in int32 into VL lanes (the same lanes for any w and x), as floats
+ *   MRQ, NTQ                quantized prefill micro-tile: MRQ rows (dividing MR) x NTQ tokens
  *   half_to_float(h)        one binary16 -> float (exact), in one instruction where the CPU has one
  *   vf_half_set1(h)         the same in every lane
  *   vf_mul(a, b)            a * b
@@ -77,7 +80,7 @@
 #define DENSE_PF prefetch    /* dense decode hint target */
 #endif
 
-_Static_assert(RS_QK % VL == 0 && KC % RS_QK == 0 && TMAX % NT == 0, "tile sizes must nest");
+_Static_assert(RS_QK % VL == 0 && KC % RS_QK == 0 && TMAX % NT == 0 && MR % MRQ == 0, "tile sizes must nest");
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -155,6 +158,12 @@ static inline void prefetch_ahead(const uint8_t *row, int64_t off, int64_t rb)
 DECODE_FLOAT(f32, RS_TYPE_F32, 4)
 DECODE_FLOAT(f16, RS_TYPE_F16, 2)
 
+/* One block's products with int16 activations, and its scale d_w * d_x: decode and prefill build both from these
+ * same operations, so each (row, token) gets the same bits either way. */
+static inline vf dot_q8_0(const block_q8_0 *b, const int16_t *x) { return vf_madd_i16(vi_load_i8(b->qs), vi_load_i16(x)); }
+static inline vf dot_q4_0(const block_q4_0 *b, const int16_t *x) { return vf_madd_i16(vi_load_q4(b->qs), vi_load_i16(x)); }
+static inline vf block_scale(uint16_t d, float xd) { return vf_mul(vf_half_set1(d), vf_set1(xd)); }
+
 /* ---- dense, quantized weights: MR rows against one token's int16 activations ---------------------------------- */
 #define ROWS_QUANT(type)                                                                                     \
     static inline void rows_##type(const uint8_t *const *rows, int64_t rb, const int16_t *xq, const float *xd, \
@@ -167,8 +176,7 @@ DECODE_FLOAT(f16, RS_TYPE_F16, 2)
             for (int i = 0; i < MR; i++) {                                                                   \
                 const block_##type *b = (const block_##type *)rows[i] + k;                                   \
                 prefetch_ahead(rows[i], k * (int64_t)sizeof(block_##type), rb);                              \
-                acc[i] = vf_fma(vf_dot_##type(b->qs, xq + k * RS_QK), vf_set1(half_to_float(b->d) * xd[k]),  \
-                                acc[i]);                                                                     \
+                acc[i] = vf_fma(dot_##type(b, xq + k * RS_QK), block_scale(b->d, xd[k]), acc[i]);             \
             }                                                                                                \
         }                                                                                                    \
         for (int i = 0; i < n_valid; i++)                                                                    \
@@ -297,7 +305,7 @@ static void prefill_quant(int q4, const uint8_t *w, int64_t rb, int64_t n_rows, 
 {
     enum { QC = KC / RS_QK };  /* blocks per chunk */
     block_q8_0 buf[MR][QC];
-    alignas(64) vf acc[TMAX][MR];
+    alignas(64) vf acc[TMAX + NTQ][MR];  /* a short last token group runs past nt */
     const int64_t nb = n_in / RS_QK;
     int64_t tile = TILE_BYTES / (n_in * (int64_t)sizeof(int16_t) + nb * (int64_t)sizeof(float));
     tile = tile < 1 ? 1 : tile > TMAX ? TMAX : tile;
@@ -306,7 +314,7 @@ static void prefill_quant(int q4, const uint8_t *w, int64_t rb, int64_t n_rows, 
         for (int64_t r = 0; r < n_rows; r += MR) {
             const uint8_t *rows[MR];
             const int n_valid = pick_rows(w, rb, r, n_rows, rows);
-            for (int64_t t = 0; t < nt; t++)
+            for (int64_t t = 0; t < nt + NTQ; t++)
                 for (int i = 0; i < MR; i++)
                     acc[t][i] = vf_zero();
             for (int64_t k0 = 0; k0 < nb; k0 += QC) {
@@ -320,13 +328,39 @@ static void prefill_quant(int q4, const uint8_t *w, int64_t rb, int64_t n_rows, 
                         cb[i] = (const block_q8_0 *)rows[i] + k0;
                     }
                 }
-                for (int64_t t = 0; t < nt; t++) {
-                    const int16_t *xq = x->q + (t0 + t) * n_in + k0 * RS_QK;
-                    const float *xd = x->d + (t0 + t) * nb + k0;
-                    for (int64_t k = 0; k < nk; k++)
-                        for (int i = 0; i < MR; i++)
-                            acc[t][i] = vf_fma(vf_dot_q8_0(cb[i][k].qs, xq + k * RS_QK),
-                                               vf_set1(half_to_float(cb[i][k].d) * xd[k]), acc[t][i]);
+                /* MRQ rows x NTQ tokens in registers: each widened weight block serves NTQ tokens and each
+                 * activation block MRQ rows. Past nt, the last token is repeated and its results never stored. */
+                for (int64_t t = 0; t < nt; t += NTQ) {
+                    const int16_t *xq[NTQ];
+                    const float *xd[NTQ];
+                    for (int j = 0; j < NTQ; j++) {
+                        const int64_t tt = t0 + min64(t + j, nt - 1);
+                        xq[j] = x->q + tt * n_in + k0 * RS_QK;
+                        xd[j] = x->d + tt * nb + k0;
+                    }
+                    for (int i0 = 0; i0 < MR; i0 += MRQ) {
+                        vf a[MRQ][NTQ];
+                        for (int i = 0; i < MRQ; i++)
+                            for (int j = 0; j < NTQ; j++)
+                                a[i][j] = acc[t + j][i0 + i];
+                        for (int64_t k = 0; k < nk; k++) {
+                            vi wv[MRQ];
+                            vf dw[MRQ];
+                            for (int i = 0; i < MRQ; i++) {
+                                wv[i] = vi_load_i8(cb[i0 + i][k].qs);
+                                dw[i] = vf_half_set1(cb[i0 + i][k].d);
+                            }
+                            for (int j = 0; j < NTQ; j++) {
+                                const vi xv = vi_load_i16(xq[j] + k * RS_QK);
+                                const vf xs = vf_set1(xd[j][k]);
+                                for (int i = 0; i < MRQ; i++)  /* = decode's fma(dot, block_scale, acc) */
+                                    a[i][j] = vf_fma(vf_madd_i16(wv[i], xv), vf_mul(dw[i], xs), a[i][j]);
+                            }
+                        }
+                        for (int i = 0; i < MRQ; i++)
+                            for (int j = 0; j < NTQ; j++)
+                                acc[t + j][i0 + i] = a[i][j];
+                    }
                 }
             }
             for (int64_t t = 0; t < nt; t++)
