@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import native
+from .blas import single_threaded_blas
 from .companion import Companion, companion_path
 from .config import Config
 from .constants import LINEARS
@@ -135,12 +136,13 @@ class Model:
         n = len(tokens)
         out = np.empty((n, self.config.n_vocab), np.float32) if logits_all else None
         sparse, batch = step_mode(n, self.sparse_enabled, self.sparse_prefill, self.n_batch)
-        for start in range(0, n, batch):
-            chunk = tokens[start:start + batch]
-            last = start + len(chunk) == n
-            logits = self._step(chunk, logits_all=logits_all or not last, sparse=sparse)
-            if logits_all:
-                out[start:start + len(chunk)] = logits
+        with single_threaded_blas():  # numpy's BLAS threads would spin on the cores our pool needs (blas.py)
+            for start in range(0, n, batch):
+                chunk = tokens[start:start + batch]
+                last = start + len(chunk) == n
+                logits = self._step(chunk, logits_all=logits_all or not last, sparse=sparse)
+                if logits_all:
+                    out[start:start + len(chunk)] = logits
         return out if logits_all else logits[-1]
 
     def _step(self, tokens: np.ndarray, logits_all: bool, sparse: bool) -> np.ndarray:
