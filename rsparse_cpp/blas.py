@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import contextlib
 import sys
+import threading
 
 # The exported setters and getters of the OpenBLAS builds numpy ships (scipy-openblas, 64-bit ints or not) and of
 # a system OpenBLAS.
@@ -48,21 +49,30 @@ def _lookup():
     return None
 
 
+_lock = threading.Lock()
+_depth = 0      # forward passes inside the block now, across threads
+_saved = 1      # the thread count the first of them found
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Within the block numpy's OpenBLAS (if that is its BLAS) runs on one thread; the count is restored after."""
-    global _api
-    if _api is False:
-        _api = _lookup() if sys.platform.startswith("linux") else None
-    if _api is None:
-        yield
-        return
-    setter, getter = _api
-    before = getter()
-    if before > 1:
-        setter(1)
+    """Within the block numpy's OpenBLAS (if that is its BLAS) runs on one thread. Blocks may overlap across
+    threads (two models decoding at once): the first to enter saves the count, the last to leave restores it."""
+    global _api, _depth, _saved
+    with _lock:
+        if _api is False:
+            _api = _lookup() if sys.platform.startswith("linux") else None
+        if _api is not None:
+            if _depth == 0:
+                _saved = _api[1]()
+                if _saved > 1:
+                    _api[0](1)
+            _depth += 1
     try:
         yield
     finally:
-        if before > 1:
-            setter(before)
+        with _lock:
+            if _api is not None:
+                _depth -= 1
+                if _depth == 0 and _saved > 1:
+                    _api[0](_saved)

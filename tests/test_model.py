@@ -93,6 +93,13 @@ def test_single_threaded_blas_sets_and_restores():
     with blas.single_threaded_blas():
         assert getter() == 1
     assert getter() == 2
+    outer, inner = blas.single_threaded_blas(), blas.single_threaded_blas()  # overlapping, as from two threads
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)
+    assert getter() == 1  # the other block still runs
+    inner.__exit__(None, None, None)
+    assert getter() == 2
 
 
 def test_forward_runs_with_single_threaded_blas(tiny_llama_dir, tmp_path, monkeypatch):
