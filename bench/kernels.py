@@ -1,19 +1,17 @@
 """Kernel benchmark: dense vs R-Sparse matrix-vector time per layer shape, weight type and SIMD path.
 
 For SmolLM2-135M and Llama-7B layer shapes and each weight type it prints, per SIMD path: the dense decode time
-(rs_matmul on the standard (n_out, n_in) layout) with its achieved GB/s against this machine's memory read bandwidth,
-measured in the same run right before and after each row and path (numpy dot over 1 GiB, one process per pool
-thread, all at once; the larger of the two); then the sparse time
-(rs_sparse_matvec, rank 0, rho = 1: keep |x_j| > tau, tau from a quantile of |x|) at kept fractions 90% .. 10%, as a
-ratio to dense. Then prefill (n_tok tokens through one layer) per path against the scalar path, and the issue's
-targets on Llama-7B shapes.
+(rs_matmul on the standard (n_out, n_in) layout) with its achieved GB/s against this machine's memory read
+bandwidth, measured in the same run right before and after each row and path (numpy dot over 1 GiB, one process per
+pool thread, all at once; the larger of the two); then the sparse time (rs_sparse_matvec, rank 0, rho = 1: keep
+|x_j| > tau, tau from a quantile of |x|) at kept fractions 90% .. 10%, as a ratio to dense. Then prefill (n_tok
+tokens through one layer) per path against the scalar path, and the issue's targets on Llama-7B shapes.
 
-Every weight matrix is cycled through enough copies (>= --stream-mb in all) that it comes from memory, not from
-the last-level cache, as in a real decode step; consecutive calls never read the same copy. Each call is timed
-alone. In a round, dense and every kept
-fraction take turns call by call, 200 calls each; a time is the median call of the best round, a ratio the median
-over rounds of sparse / dense within a round, so both sides of a ratio see the same machine load (the machine is
-shared, and on a VM the memory bandwidth itself changes from one second to the next).
+Every weight matrix is cycled through enough copies (>= --stream-mb in all) that it comes from memory, not from the
+last-level cache, as in a real decode step; consecutive calls never read the same copy. Each call is timed alone. In
+a round, dense and every kept fraction take turns call by call, 200 calls each; a time is the median call of the
+best round, a ratio the median over rounds of sparse / dense within a round, so both sides of a ratio see the same
+machine load (the machine is shared, and on a VM the memory bandwidth itself changes from one second to the next).
 Kernels are called through the raw cffi functions, so the Python argument checks do not count.
 
     python bench/kernels.py                      # everything, 2 threads

@@ -54,7 +54,8 @@ static inline vi vi_load_i8(const int8_t *q) { return _mm512_cvtepi8_epi16(_mm25
 static inline vi vi_load_q4(const uint8_t *q)
 {
     const __m128i b = _mm_loadu_si128((const __m128i *)q), m = _mm_set1_epi8(0x0F), e = _mm_set1_epi8(8);
-    const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), e), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e);
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), e);
+    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e);
     return _mm512_cvtepi8_epi16(_mm256_set_m128i(hi, lo));
 }
 

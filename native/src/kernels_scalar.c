@@ -1,8 +1,9 @@
 /* kernels_scalar.c -- the reference kernels: plain C that every SIMD path must agree with.
  *
  * Each float dense kernel walks its row in chunks: dequantize a chunk to float once, then dot it with the same chunk
- * of every token; the quantized ones take integer block dot products with the int16 activations (kernels.h). The dot keeps 8 partial sums, which both bounds the float rounding error and lets the compiler
- * vectorize the loop without -ffast-math (it may not reorder one running sum). The sparse kernels dequantize a
+ * of every token; the quantized ones take integer block dot products with the int16 activations (kernels.h). The
+ * dot keeps 8 partial sums, which both bounds the float rounding error and lets the compiler vectorize the loop
+ * without -ffast-math (it may not reorder one running sum). The sparse kernels dequantize a
  * chunk of a kept row and add it, scaled by its activation, to y. */
 #include "kernels.h"
 #include "quant.h"

@@ -160,8 +160,14 @@ DECODE_FLOAT(f16, RS_TYPE_F16, 2)
 
 /* One block's products with int16 activations, and its scale d_w * d_x: decode and prefill build both from these
  * same operations, so each (row, token) gets the same bits either way. */
-static inline vf dot_q8_0(const block_q8_0 *b, const int16_t *x) { return vf_madd_i16(vi_load_i8(b->qs), vi_load_i16(x)); }
-static inline vf dot_q4_0(const block_q4_0 *b, const int16_t *x) { return vf_madd_i16(vi_load_q4(b->qs), vi_load_i16(x)); }
+static inline vf dot_q8_0(const block_q8_0 *b, const int16_t *x)
+{
+    return vf_madd_i16(vi_load_i8(b->qs), vi_load_i16(x));
+}
+static inline vf dot_q4_0(const block_q4_0 *b, const int16_t *x)
+{
+    return vf_madd_i16(vi_load_q4(b->qs), vi_load_i16(x));
+}
 static inline vf block_scale(uint16_t d, float xd) { return vf_mul(vf_half_set1(d), vf_set1(xd)); }
 
 /* ---- dense, quantized weights: MR rows against one token's int16 activations ---------------------------------- */
@@ -284,7 +290,7 @@ MM(f16, chunk_f16)
 
 /* Quantized prefill: tiles of tokens whose activations stay in cache. A group of MR rows is read from memory once per
  * tile, KC elements at a time; Q4_0 chunks are first unpacked to Q8_0 blocks (same integers, so the same products,
- * lane for lane: vf_dot_q4_0 and vf_dot_q8_0 assign elements to lanes alike), so the nibbles are not unpacked again
+ * lane for lane: vi_load_q4 and vi_load_i8 put each element in the same place), so the nibbles are not unpacked again
  * for every token. Each (row, token) then runs decode's arithmetic in decode's order, carried across chunks in acc. */
 static void unpack_q4_0(const block_q4_0 *b, int64_t n, block_q8_0 *out)
 {

@@ -27,8 +27,8 @@ struct matmul_job {
     const uint8_t *w;   /* (n_out, row_bytes) */
     int64_t row_bytes;
     int64_t n_out, n_in, n_tok;
-    const float *xf;    /* (n_tok, n_in): the caller's activations */
-    rs_act x;           /* what the kernel reads: xf itself, or xf rounded to int16 blocks (kernels.h) */
+    rs_act x;           /* what the kernel reads: x.f, the caller's (n_tok, n_in) activations, or those rounded to
+                         * int16 blocks, x.q and x.d (kernels.h) */
     int16_t *xq;        /* (n_tok, n_in) and (n_tok, n_in / 32): the rounded ones, in the pool's arena */
     float *xd;
     float *y;           /* (n_tok, n_out) */
@@ -41,7 +41,7 @@ static void quantize_slice(void *ctx, int ith, int nth)
     int64_t t0, t1;
     rs_slice(j->n_tok, 1, ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++)
-        rs_quantize_act(j->xf + t * j->n_in, j->n_in, j->xq + t * j->n_in, j->xd + t * (j->n_in / RS_QK));
+        rs_quantize_act(j->x.f + t * j->n_in, j->n_in, j->xq + t * j->n_in, j->xd + t * (j->n_in / RS_QK));
 }
 
 /* Slice ith of nth gets a contiguous range of output rows. */
@@ -69,7 +69,7 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
     if (!rs_aligned(x, _Alignof(float)) || !rs_aligned(y, _Alignof(float)))
         return RS_ERR_ALIGN;
     struct matmul_job job = {.mm = rs_mm_for(rs_kernels_now(), type), .w = w, .row_bytes = rb, .n_out = n_out,
-                             .n_in = n_in, .n_tok = n_tok, .xf = x, .x = {.f = x}, .y = y};
+                             .n_in = n_in, .n_tok = n_tok, .x = {.f = x}, .y = y};
     if (type != RS_TYPE_Q8_0 && type != RS_TYPE_Q4_0) {
         rs_pool_run(pool, matmul_slice, &job);
         return RS_OK;

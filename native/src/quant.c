@@ -52,7 +52,7 @@ void rs_quantize_act(const float *x, int64_t n, int16_t *q, float *d)
         }
         /* In double: 32767 / amax overflows float when amax is subnormal. |x * inv| <= 32767 (plus rounding, which
          * stays below 32767.5), so the result fits int16. Adding and subtracting 1.5 * 2^52 rounds to nearest even
-         * in plain arithmetic, which the compiler vectorizes (lrint would be a call per element). */
+         * in plain arithmetic, with no libm call per element (lrint is one). */
         const double inv = 32767.0 / amax, round = 0x1.8p52;
         d[k] = (float)(amax / 32767.0);
         for (int i = 0; i < RS_QK; i++)

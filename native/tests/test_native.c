@@ -230,7 +230,8 @@ static void test_matmul_case(rs_pool *pool, int type, int64_t n_out, int64_t n_i
                 act += fabs(wi) * half_step[t * n_in + i];
             }
             const double got = y[t * n_out + r];
-            CHECK(fabs(got - want) <= 1e-5 * mag + act + 1e-30, "type %d %lldx%lld n_tok %lld threads %d y[%lld][%lld] = %.9g, "
+            CHECK(fabs(got - want) <= 1e-5 * mag + act + 1e-30,
+                  "type %d %lldx%lld n_tok %lld threads %d y[%lld][%lld] = %.9g, "
                   "want %.9g", type, (long long)n_out, (long long)n_in, (long long)n_tok, rs_pool_n_threads(pool),
                   (long long)t, (long long)r, got, want);
         }
