@@ -7,6 +7,11 @@ pool thread, all at once; the larger of the two); then the sparse time (rs_spars
 |x_j| > tau, tau from a quantile of |x|) at kept fractions 90% .. 10%, as a ratio to dense. Then prefill (n_tok
 tokens through one layer) per path against the scalar path, and the issue's targets on Llama-7B shapes.
 
+Beside each row, the sparse kernel's own speed with its rows in cache ("cached", GB/s of kept rows: the first
+channels of the layer, a few MiB of them kept, read over and over) and what that speed allows at best at 50% kept
+("floor": the time to read the layer's kept half at the cached speed, over the dense time). Where the floor is above
+a target, the kernel's arithmetic, not its memory access, is what misses it.
+
 Every weight matrix is cycled through enough copies (>= --stream-mb in all) that it comes from memory, not from the
 last-level cache, as in a real decode step; consecutive calls never read the same copy. Each call is timed alone. In
 a round, dense and every kept fraction take turns call by call, 200 calls each; a time is the median call of the
@@ -135,6 +140,8 @@ def bench_layer(pool, n_out: int, n_in: int, wtype: GGMLType, paths: list[str], 
                 return lib.rs_sparse_matvec(pool._ptr, int(wtype), p, n_out, n_in, ffi.NULL, tau, 0, ffi.NULL,
                                             ffi.NULL, 0, px, py, n_kept, ps, scratch.nbytes)
             calls[f] = (call, pt)
+        cached_gbs = cached_speed(pool, wtype, pt[0], sparse[0].nbytes // n_in, n_out, n_in, px, py, ps,
+                                  scratch.nbytes, x, args.reps)
         before = memory_bandwidth(args.threads)
         med = round_medians(calls, args.reps)
         bw = max(before, memory_bandwidth(args.threads))  # beside this path's measurement: it moves by 2x
@@ -142,12 +149,38 @@ def bench_layer(pool, n_out: int, n_in: int, wtype: GGMLType, paths: list[str], 
         # Each ratio: the median over rounds of (sparse / dense) within a round, both timed minutes apart at most.
         ratios = {f: float(np.median(np.array(med[f]) / np.array(med["dense"]))) for f in taus}
         kept = {}
+        floor = kept_bytes = None
         for f in taus:
             calls[f][0](pt[0])
             kept[f] = n_kept[0] / n_in
+            if f == 0.5:
+                kept_bytes = n_kept[0] * (sparse[0].nbytes // n_in)
+        if kept_bytes is not None:
+            floor = kept_bytes / (cached_gbs * 1e9) / t_dense
         rows.append(dict(path=path, dense_s=t_dense, gbs=dense[0].nbytes / t_dense / 1e9, ratios=ratios, kept=kept,
-                         bw=bw))
+                         bw=bw, cached_gbs=cached_gbs, floor=floor))
     return rows
+
+
+def cached_speed(pool, wtype, p, rb, n_out, n_in, px, py, ps, scratch_bytes, x, reps) -> float:
+    """GB/s of kept rows the sparse kernel reads when they are already in cache: the kernel's arithmetic speed.
+    The layer's first channels, half of them kept, read over and over; measured at two sizes (about 2 and 6 MiB
+    kept, in cache on any CPU with an L3) and taken as the difference, so the fixed cost of a call (waking the
+    pool, clearing and adding up the per-thread sums over all n_out outputs) drops out."""
+    lib, ffi = native._load(), native.ffi
+    n_kept = ffi.new("int64_t *")
+    points = []
+    for kept_bytes in (2 << 20, 6 << 20):
+        n_sub = max(2, min(n_in, 2 * kept_bytes // rb))
+        tau = float(np.quantile(np.abs(x[:n_sub]), 0.5))
+
+        def call(w, n_sub=n_sub, tau=tau):
+            return lib.rs_sparse_matvec(pool._ptr, int(wtype), w, n_out, n_sub, ffi.NULL, tau, 0, ffi.NULL, ffi.NULL,
+                                        0, px, py, n_kept, ps, scratch_bytes)
+        t = best_time(call, [p], reps, min_calls=50)
+        points.append((n_kept[0] * rb, t))
+    (b0, t0), (b1, t1) = points
+    return (b1 - b0) / (t1 - t0) / 1e9 if t1 > t0 and b1 > b0 else b1 / t1 / 1e9
 
 
 def bench_prefill(pool, n_out: int, n_in: int, wtype: GGMLType, n_tok: int, paths: list[str], reps: int, rng):
@@ -162,6 +195,10 @@ def bench_prefill(pool, n_out: int, n_in: int, wtype: GGMLType, n_tok: int, path
         times[path] = best_time(lambda p: lib.rs_matmul(pool._ptr, int(wtype), p, n_out, n_in, px, n_tok, py), [pw],
                                 reps, min_calls=3)
     return times
+
+
+def floor_text(r: dict) -> str:
+    return f"{r['floor']:5.2f}" if r["floor"] is not None else f"{'-':>5s}"
 
 
 def cpu_name() -> str:
@@ -207,7 +244,7 @@ def main() -> None:
           "rounds; ratios: median over rounds of sparse / dense, taking turns call by call\n")
     head = " ".join(f"{int(f * 100):>5d}%" for f in args.fractions)
     print(f"{'model':8s} {'layer':8s} {'n_out x n_in':>12s} {'type':5s} {'path':7s} {'dense us':>9s} {'GB/s':>6s} "
-          f"{'bw':>5s} {'%bw':>4s} | sparse/dense at kept {head}")
+          f"{'bw':>5s} {'%bw':>4s} | sparse/dense at kept {head} | {'cached':>6s} {'floor':>5s}")
     results = []
     with native.Pool(args.threads) as pool:
         for model in args.models.split(","):
@@ -219,7 +256,8 @@ def main() -> None:
                         ratios = " ".join(f"{r['ratios'][f]:6.2f}" for f in args.fractions)
                         print(f"{model:8s} {layer:8s} {n_out:>5d}x{n_in:<6d} {wtype.name:5s} {r['path']:7s} "
                               f"{r['dense_s'] * 1e6:9.1f} {r['gbs']:6.1f} {r['bw'] / 1e9:5.1f} "
-                              f"{r['gbs'] * 1e9 / r['bw'] * 100:4.0f} | {'':22s}{ratios}", flush=True)
+                              f"{r['gbs'] * 1e9 / r['bw'] * 100:4.0f} | {'':22s}{ratios} | {r['cached_gbs']:6.1f} "
+                              f"{floor_text(r)}", flush=True)
 
         if not args.no_prefill:
             n_tok = args.prefill_tokens
@@ -244,7 +282,9 @@ def main() -> None:
                 misses.append(f"{name} dense {r['gbs'] * 1e9 / r['bw']:.0%} of bandwidth")
             for f in (0.5, 0.3):
                 if f in r["ratios"] and r["ratios"][f] > TARGETS[f]:
-                    misses.append(f"{name} {f:.0%} kept: {r['ratios'][f]:.2f}x dense")
+                    why = (f" (floor {r['floor']:.2f}x: the kernel reads cached rows at {r['cached_gbs']:.0f} GB/s)"
+                           if f == 0.5 and r["floor"] is not None and r["floor"] > TARGETS[f] else "")
+                    misses.append(f"{name} {f:.0%} kept: {r['ratios'][f]:.2f}x dense{why}")
         print(f"  {path:7s} {'all met' if not misses else 'MISSED: ' + '; '.join(misses)}")
 
 

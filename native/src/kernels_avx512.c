@@ -51,12 +51,14 @@ typedef __m512i vi;
 
 static inline vi vi_load_i8(const int8_t *q) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)q)); }
 
+/* The 16 bytes in both halves, zero-extended, shifted by 0 (elements 0-15, low nibbles) or 4 (16-31, high nibbles),
+ * masked and centred: four instructions a block instead of seven. */
 static inline vi vi_load_q4(const uint8_t *q)
 {
-    const __m128i b = _mm_loadu_si128((const __m128i *)q), m = _mm_set1_epi8(0x0F), e = _mm_set1_epi8(8);
-    const __m128i lo = _mm_sub_epi8(_mm_and_si128(b, m), e);
-    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e);
-    return _mm512_cvtepi8_epi16(_mm256_set_m128i(hi, lo));
+    const __m512i w = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q)));
+    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    return _mm512_sub_epi16(_mm512_and_si512(_mm512_srlv_epi16(w, shift), _mm512_set1_epi16(0x0F)),
+                            _mm512_set1_epi16(8));
 }
 
 static inline vi vi_load_i16(const int16_t *x) { return _mm512_loadu_si512(x); }
