@@ -4,7 +4,10 @@ Weights are quantized and dequantized with gguf-py (llama.cpp's own Python code)
 with the kernels; products are then taken in float64. F32 and F16 weights multiply float32 activations, so they agree
 with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound used throughout. The dense Q8_0 and
 Q4_0 kernels round the activations to int16 per block of 32 (native/src/kernels.h); their bound adds |W| @ (half a
-step per activation), a step being the block's largest |x| / 32767.
+step per activation), a step being the block's largest |x| / 32767. The sparse Q8_0 and Q4_0 kernels of some paths
+(AVX2) round each group of kept rows' coefficients x_j * d_j to int16 per block of outputs; their bound adds, per
+output, half a step of the largest kept coefficient of its block times sum |q| over the kept rows
+(coefficient_steps).
 """
 from __future__ import annotations
 
@@ -47,6 +50,26 @@ def half_steps(x: np.ndarray) -> np.ndarray:
     x64 = np.abs(x.astype(np.float64))
     amax = x64.reshape(*x64.shape[:-1], -1, 32).max(axis=-1)
     return np.repeat(0.5001 * amax / 32767.0, 32, axis=-1)
+
+
+def block_scales(stored_w: np.ndarray, wtype: GGMLType, n_cols: int) -> np.ndarray:
+    """Each block's scale d (float64, (rows, n_cols / 32)) of Q8_0 or Q4_0 weights as stored (binary16 first in
+    every block of 34 or 18 bytes)."""
+    nbytes = {GGMLType.Q8_0: 34, GGMLType.Q4_0: 18}[wtype]
+    raw = np.ascontiguousarray(stored_w).view(np.uint8).reshape(-1, n_cols // 32, nbytes)
+    return raw[..., :2].copy().view(np.float16)[..., 0].astype(np.float64)
+
+
+def coefficient_steps(w64: np.ndarray, d: np.ndarray, x: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The bound the sparse quantized kernels' int16 coefficients add, per output: W (n_out, n_in) float64, d
+    (n_in, n_out / 32) the input-major blocks' scales, x the activations, kept the mask. For output o in block b:
+    0.5 * max_j |x_j d_jb| / 32767 * sum_j |q_jo| over kept j, with |q_jo| = |W_oj| / |d_jb|."""
+    if not kept.any():
+        return np.zeros(w64.shape[0])
+    dk = np.abs(d[kept])                                  # (n_kept, n_blocks); Q4_0's d may be negative
+    step = 0.5001 * (np.abs(x.astype(np.float64)[kept])[:, None] * dk).max(axis=0) / 32767.0
+    q = np.abs(w64[:, kept]) / np.repeat(np.where(dk > 0, dk, np.inf), 32, axis=1).T
+    return np.repeat(step, 32) * q.sum(axis=1)
 
 
 def matmul_reference(w64: np.ndarray, x: np.ndarray, int16_act: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,8 @@ try:
 except native.NativeError as e:  # pragma: no cover - only without a built library
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
-from native_ref import INT16_ACT, REL, SMOLLM2, assert_within, matmul_reference, random_weights  # noqa: E402
+from native_ref import (INT16_ACT, REL, SMOLLM2, assert_within, block_scales, coefficient_steps,  # noqa: E402
+                        matmul_reference, random_weights)
 
 PATHS = native.simd_paths()
 FRACTIONS = (0.0, 0.1, 0.5, 0.9, 1.0)
@@ -62,6 +63,11 @@ def layer(wtype: GGMLType, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarra
     return wt, np.ascontiguousarray(ref.T)
 
 
+def scales(wtype: GGMLType, wt: np.ndarray, n_out: int):
+    """The input-major blocks' scales of quantized weights (their kernels' coefficients are int16), else None."""
+    return block_scales(wt, wtype, n_out) if wtype in INT16_ACT else None
+
+
 def factors(n_out: int, n_in: int, rank: int, dtype, seed: int):
     if rank == 0:
         return None, None
@@ -81,8 +87,9 @@ def tau_keeping(score: np.ndarray, n_keep: int) -> float:
     return float((np.float64(s[-n_keep - 1]) + np.float64(s[-n_keep])) / 2)
 
 
-def reference(W64, colnorm, tau, U, VS, x):
-    """(y, bound, n_kept): y in float64, the rounding bound 1e-5 * sum of |terms|, and the kept count."""
+def reference(W64, colnorm, tau, U, VS, x, d=None):
+    """(y, bound, n_kept): y in float64, the rounding bound 1e-5 * sum of |terms| (plus, given the block scales d of
+    quantized weights, the int16 coefficients' rounding: native_ref.coefficient_steps), and the kept count."""
     score = np.abs(x) * colnorm if colnorm is not None else np.abs(x)  # float32, as the kernel computes it
     m = score > np.float32(tau)
     x64 = x.astype(np.float64)
@@ -93,7 +100,10 @@ def reference(W64, colnorm, tau, U, VS, x):
         U64, VS64 = U.astype(np.float64), VS.astype(np.float64)
         y = y + U64 @ (VS64 @ xd)
         mag = mag + np.abs(U64) @ (np.abs(VS64) @ np.abs(xd))
-    return y, REL * mag + 1e-30, int(m.sum())
+    bound = REL * mag + 1e-30
+    if d is not None:
+        bound = bound + coefficient_steps(W64, d, x, m)
+    return y, bound, int(m.sum())
 
 
 # ---- the sparse matvec on every path -----------------------------------------------------------------------------
@@ -112,7 +122,7 @@ def test_sparse_matches_float64(pools, path, wtype, shape, factor):
     for frac in FRACTIONS:
         n_keep = round(frac * n_in)
         tau = tau_keeping(score, n_keep)
-        want, bound, want_kept = reference(W64, colnorm, tau, U, VS, x)
+        want, bound, want_kept = reference(W64, colnorm, tau, U, VS, x, scales(wtype, wt, n_out))
         assert want_kept == n_keep
         first = None
         for n_threads in range(1, 5):
@@ -122,11 +132,12 @@ def test_sparse_matches_float64(pools, path, wtype, shape, factor):
             assert y is out and kept == n_keep
             assert_within(y, want, bound, f"{path} kept {frac:.0%} threads {n_threads}")
             # With several threads the kept rows are split among them (sparse.c, split_rows), so the summation
-            # order, and the last bits, depend on the thread count; every count is within the float64 bound above.
+            # order and the last bits (and, with int16 coefficients, which rows share a scale) depend on the thread
+            # count; every count is within the float64 bound above, so within twice that of each other.
             if first is None:
                 first = y.copy()
             else:
-                np.testing.assert_allclose(y, first, rtol=1e-5, atol=1e-5 * float(np.abs(first).max() + 1))
+                assert_within(y, first.astype(np.float64), 2 * bound, f"{path} threads {n_threads} against 1")
 
 
 @pytest.mark.parametrize("wtype", [GGMLType.F16, GGMLType.Q8_0])
@@ -138,7 +149,7 @@ def test_sparse_llama7b_layer(pools, path, wtype):
     x = rng.standard_normal(n_in).astype(np.float32)
     U, VS = factors(n_out, n_in, 32, np.float16, seed=8)
     tau = tau_keeping(np.abs(x), n_in // 2)
-    want, bound, want_kept = reference(W64, None, tau, U, VS, x)
+    want, bound, want_kept = reference(W64, None, tau, U, VS, x, scales(wtype, wt, n_out))
     y, kept = native.rsparse_matvec(pools[2], wtype, wt, n_out, n_in, None, tau, U, VS, x)
     assert kept == want_kept == n_in // 2
     assert_within(y, want, bound, path)
@@ -150,7 +161,9 @@ def test_sparse_all_kept_is_dense_matvec(pools, path):
     x = np.random.default_rng(3).standard_normal(576).astype(np.float32)
     y, kept = native.rsparse_matvec(pools[3], GGMLType.Q8_0, wt, 192, 576, None, -1.0, None, None, x)
     assert kept == 576 and y.shape == (192,) and y.dtype == np.float32
-    assert_within(y, *matmul_reference(W64, x), path)
+    want, bound = matmul_reference(W64, x)
+    bound = bound + coefficient_steps(W64, block_scales(wt, GGMLType.Q8_0, 192), x, np.ones(576, bool))
+    assert_within(y, want, bound, path)
 
 
 def test_sparse_nothing_kept_is_lowrank_only(pools, path):

@@ -87,4 +87,10 @@ static int cpu_ok(void)
 }
 
 #define CPU_OK cpu_ok
+/* Sparse Q8_0 and Q4_0: this path's own kernels (axpy_int16_avx2.h), with int16 activations. */
+#define AXPY_Q8_0_FN axpy_int16_q8_0
+#define AXPY_Q4_0_FN axpy_int16_q4_0
+static void axpy_int16_q8_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
+static void axpy_int16_q4_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
 #include "kernels_simd.h"
+#include "axpy_int16_avx2.h"

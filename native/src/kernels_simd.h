@@ -479,8 +479,15 @@ AXPY_FLOAT(f16, RS_TYPE_F16, 2)
             }                                                                                                \
         }                                                                                                    \
     }
+/* A path may bring its own quantized sparse kernels (AXPY_Q8_0_FN, AXPY_Q4_0_FN defined before this header). */
+#ifndef AXPY_Q8_0_FN
 AXPY_QUANT(q8_0)
+#define AXPY_Q8_0_FN axpy_q8_0
+#endif
+#ifndef AXPY_Q4_0_FN
 AXPY_QUANT(q4_0)
+#define AXPY_Q4_0_FN axpy_q4_0
+#endif
 
 #define RS_CAT_(a, b) a##b
 #define RS_CAT(a, b) RS_CAT_(a, b)
@@ -496,8 +503,8 @@ const rs_kernels RS_CAT(rs_kernels_, PATH) = {
     .mm_q8_0 = mm_q8_0,
     .axpy_f32 = axpy_f32,
     .axpy_f16 = axpy_f16,
-    .axpy_q4_0 = axpy_q4_0,
-    .axpy_q8_0 = axpy_q8_0,
+    .axpy_q4_0 = AXPY_Q4_0_FN,
+    .axpy_q8_0 = AXPY_Q8_0_FN,
 };
 
 #endif /* RS_KERNELS_SIMD_H */
