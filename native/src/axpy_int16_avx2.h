@@ -10,14 +10,18 @@
  * interleaved as int16 pairs and one vpmaddwd gives, per output, c_a q_a + c_b q_b exactly in int32; the group's
  * sums take one conversion and one FMA by S per 8 outputs. Q4_0's "- 8" becomes - 8 * sum(c_i), once per block.
  * Rounding moves each output by at most (S / 2) * sum |q_i| over the group's rows (tests/native_ref.py).
- * Measured one thread from L2 (4096 outputs, 128 rows): Q8_0 30 -> 35 GB/s, Q4_0 11 -> 15 GB/s.
+ * Measured on Zen 5, rows in cache, 4096 outputs: one thread, Q8_0 30 -> 35 GB/s and Q4_0 11 -> 15 GB/s (C
+ * microbenchmarks); rs_sparse_matvec with 2 threads at 50% kept, Q8_0 56 -> 68 and Q4_0 21 -> 26-29 GB/s.
  *
- * The coefficients of CHUNK blocks are made in a loop of their own before the rows are read: made beside the
- * multiply-adds, their long dependent chain (max, divide, round) held the loop back to the float kernel's speed. */
+ * The coefficients of COEF_BLOCKS blocks are made in a loop of their own before those blocks' rows are read: made
+ * beside the multiply-adds, their long dependent chain (max, divide, round) held the loop to the float kernel's
+ * speed. */
 #ifndef RS_AXPY_INT16_AVX2_H
 #define RS_AXPY_INT16_AVX2_H
 
-#define CHUNK 16  /* blocks whose coefficients are made at a time: 16 x (16 + 8) bytes, in L1 */
+#ifndef COEF_BLOCKS
+#define COEF_BLOCKS 16  /* blocks whose coefficients are made at a time: 16 x (16 + 8) bytes, in L1 */
+#endif
 
 _Static_assert(GROUP == 8, "the coefficient step packs exactly 8 rows into one vector");
 
@@ -111,9 +115,9 @@ static inline void add_block(const __m256i *acc, float s, float *y)
                                   int64_t n_kept, int64_t o0, int64_t n, float *y)                          \
     {                                                                                                        \
         const int64_t bsize = (int64_t)sizeof(block_##type), n_blocks = n / RS_QK;                         \
-        int16_t cq[CHUNK][GROUP];                                                                            \
-        float s[CHUNK];                                                                                      \
-        int32_t sum[CHUNK];                                                                                  \
+        int16_t cq[COEF_BLOCKS][GROUP];                                                                            \
+        float s[COEF_BLOCKS];                                                                                      \
+        int32_t sum[COEF_BLOCKS];                                                                                  \
         for (int64_t k = 0; k < n_kept; k += GROUP) {                                                        \
             const uint8_t *rows[GROUP], *next[GROUP];                                                        \
             float xs[GROUP];                                                                                 \
@@ -127,8 +131,8 @@ static inline void add_block(const __m256i *acc, float s, float *y)
                     next[i] += o0 / RS_QK * bsize;                                                           \
             }                                                                                                \
             const __m256 xv = _mm256_loadu_ps(xs);                                                           \
-            for (int64_t b0 = 0; b0 < n_blocks; b0 += CHUNK) {                                               \
-                const int nb = (int)min64(CHUNK, n_blocks - b0);                                             \
+            for (int64_t b0 = 0; b0 < n_blocks; b0 += COEF_BLOCKS) {                                               \
+                const int nb = (int)min64(COEF_BLOCKS, n_blocks - b0);                                             \
                 for (int j = 0; j < nb; j++)                                                                 \
                     group_coefficients(xv, group_scales(rows, (b0 + j) * bsize), cq[j], &s[j], &sum[j]);     \
                 for (int j = 0; j < nb; j++) {                                                               \
