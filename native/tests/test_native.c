@@ -362,7 +362,8 @@ static void test_sparse_case(rs_pool *pool, int wtype, int ftype, int64_t n_out,
             want += uo * z[r];
             mag += fabs(uo) * zmag[r];
         }
-        CHECK(fabs(y[o] - want) <= 1e-5 * mag + step * q_sum + 1e-30, "path %s type %d ftype %d %lldx%lld rank %lld kept %lld "
+        CHECK(fabs(y[o] - want) <= 1e-5 * mag + step * q_sum + 1e-30,
+              "path %s type %d ftype %d %lldx%lld rank %lld kept %lld "
               "threads %d: y[%lld] = %.9g, want %.9g", rs_simd_path(), wtype, ftype, (long long)n_out,
               (long long)n_in, (long long)rank, (long long)n_keep, rs_pool_n_threads(pool), (long long)o, y[o], want);
     }
