@@ -204,9 +204,10 @@ def test_quantized_companion_matches_reference(tmp_path, outtype):
         info = f.tensors[name]
         with torch.no_grad():
             param.copy_(torch.from_numpy(dequantize(f.tensor(name), info.type, info.shape).astype(np.float32)))
-    # The AVX2 sparse Q8_0 and Q4_0 kernels round the kept rows' coefficients to int16 (axpy_int16_avx2.h), which
-    # moves the logits by ~1e-5 relative more (measured: median 2.3e-5 -> 3.6e-5 against the reference): near-ties
-    # then end the exact comparison sooner (after 9 and 6 of 24 positions, against all 24 with float coefficients).
+    # The sparse Q8_0 and Q4_0 kernels of AVX2 (and AVX-512's for Q4_0) round the kept rows' coefficients to int16
+    # (native/src/axpy_int16.h), which moves the logits by ~1e-5 relative more (measured on AVX2: median 2.3e-5 ->
+    # 3.6e-5 against the reference): near-ties then end the exact comparison sooner (after 9 and 6 of 24 positions,
+    # against all 24 with float coefficients).
     assert_matches_reference(model, ref, torch.arange(3, 27)[None], min_prefix=8 if outtype == "f16" else 4)
 
 

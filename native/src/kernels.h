@@ -38,7 +38,8 @@ typedef void (*rs_mm_fn)(const void *w, int64_t rb, int64_t n_rows, const rs_act
  *   idx: (n_kept,) row numbers; xk: (n_kept,) their activations
  *   y:   y[o] += sum_k xk[k] * wt[idx[k]][o0 + o] for o in [0, n)
  * o0 is a multiple of 32 (a block boundary for quantized types); so is n, unless o0 + n ends the row. The AVX2
- * path's Q8_0 and Q4_0 kernels round each group of rows' x_j * d_j to int16 per block (axpy_int16_avx2.h). */
+ * path's Q8_0 and Q4_0 kernels, and AVX-512's Q4_0 one, round each group of rows' x_j * d_j to int16 per block
+ * (axpy_int16.h). */
 typedef void (*rs_axpy_fn)(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
                            int64_t o0, int64_t n, float *y);
 

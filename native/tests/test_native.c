@@ -258,7 +258,7 @@ static double block_scale(int type, const uint8_t *row, int64_t b)
 }
 
 /* Sparse Q8_0 and Q4_0 may round each group of kept rows' coefficients x_j * d_j to int16 per block of outputs (the
- * AVX2 kernels, axpy_int16_avx2.h): each off by at most half a step, a step being at most the block's largest kept
+ * x86 kernels of axpy_int16.h): each off by at most half a step, a step being at most the block's largest kept
  * |x_j d_j| / 32767. Output o's bound adds that half step times sum |q_jo| over the kept rows. */
 static double coefficient_step(int type, const uint8_t *wt, int64_t rb, const float *x, const unsigned char *m,
                                int64_t n_in, int64_t b)

@@ -1,0 +1,84 @@
+/* axpy_int16.h -- the x86 paths' sparse Q8_0 and Q4_0 kernels, with int16 coefficients: the loop, shared by AVX2
+ * (axpy_int16_avx2.h: Q8_0 and Q4_0) and AVX-512 (axpy_int16_avx512.h: Q4_0). They include it, define for their
+ * vector width the primitives below, and then instantiate AXPY_INT16(q8_0, 0, Q8_ROWS) and/or
+ * AXPY_INT16(q4_0, 8, Q4_ROWS):
+ *   iacc                        one block's int32 sums (32 outputs, lanes in the path's own order)
+ *   acc_init(acc, v)            every sum set to v
+ *   group_coefficients(rows, xs, rowp, off, cq, s, sum)
+ *                               the block at byte off of the group's rows: cq[i] = round(xs[i] * d_i / S) in int16,
+ *                               S (NaN if a coefficient is not finite), and sum(cq)
+ *   pair_q8_0(a, b, pair, acc), pair_q4_0(...)
+ *                               rows a and b of a block, their coefficients packed in pair (a's in the low half),
+ *                               summed into acc with vpmaddwd
+ *   add_block(acc, s, y)        y[0..32) += s * acc, in output order
+ *   Q8_ROWS, Q4_ROWS            kept rows per group (8 or 16)
+ * and scales8 below, which both use.
+ * Why: axpy_int16_avx2.h. Rounding moves each output by at most (S / 2) * sum |q_i| over the group's rows
+ * (tests/native_ref.py, coefficient_steps).
+ *
+ * The coefficients of COEF_BLOCKS blocks are made in a loop of their own before those blocks' rows are read: made
+ * beside the multiply-adds, their long dependent chain (max, divide, round) held the loop to the float kernel's
+ * speed. */
+#ifndef RS_AXPY_INT16_H
+#define RS_AXPY_INT16_H
+
+#ifndef COEF_BLOCKS
+#define COEF_BLOCKS 16  /* blocks whose coefficients are made at a time: 16 x (32 + 8) bytes, in L1 */
+#endif
+
+/* The block scales d (binary16, at the start of each block) of 8 rows as one vector of 8 halves. */
+static inline __m128i scales8(const uint8_t *const *rows, int64_t off)
+{
+    __m128i h[8];
+    for (int i = 0; i < 8; i++)
+        h[i] = _mm_loadu_si32(rows[i] + off);  /* d and the block's next two bytes: never past the block */
+    const __m128i a = _mm_unpacklo_epi32(_mm_unpacklo_epi16(h[0], h[1]), _mm_unpacklo_epi16(h[2], h[3]));
+    const __m128i b = _mm_unpacklo_epi32(_mm_unpacklo_epi16(h[4], h[5]), _mm_unpacklo_epi16(h[6], h[7]));
+    return _mm_unpacklo_epi64(a, b);
+}
+
+/* y[0..n) += sum_k xk[k] * wt[idx[k]][o0 ..), as kernels_simd.h's axpy_*, ROWS kept rows at a time;
+ * `offset` is 8 for Q4_0, 0 for Q8_0. Rows `AHEAD` groups on are prefetched as the kernel goes. */
+#define AXPY_INT16(type, offset, ROWS)                                                                       \
+    static void axpy_int16_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk,            \
+                                  int64_t n_kept, int64_t o0, int64_t n, float *y)                          \
+    {                                                                                                        \
+        const int64_t bsize = (int64_t)sizeof(block_##type), n_blocks = n / RS_QK;                         \
+        int16_t cq[COEF_BLOCKS][ROWS];                                                                       \
+        float s[COEF_BLOCKS];                                                                                \
+        int32_t sum[COEF_BLOCKS];                                                                            \
+        for (int64_t k = 0; k < n_kept; k += ROWS) {                                                         \
+            const uint8_t *rows[ROWS], *next[ROWS];                                                          \
+            float xs[ROWS];                                                                                  \
+            const int n_rows = (int)min64(ROWS, n_kept - k);                                                 \
+            for (int i = 0; i < ROWS; i++) {                                                                 \
+                /* a short last group repeats its first row with activation 0 */                            \
+                rows[i] = (const uint8_t *)wt + (int64_t)idx[i < n_rows ? k + i : k] * rb + o0 / RS_QK * bsize; \
+                xs[i] = i < n_rows ? xk[k + i] : 0.0f;                                                       \
+                next[i] = ahead_row(wt, rb, idx, k + AHEAD * ROWS + i, n_kept);                              \
+                if (next[i])                                                                                 \
+                    next[i] += o0 / RS_QK * bsize;                                                           \
+            }                                                                                                \
+            for (int64_t b0 = 0; b0 < n_blocks; b0 += COEF_BLOCKS) {                                         \
+                const int nb = (int)min64(COEF_BLOCKS, n_blocks - b0);                                       \
+                for (int j = 0; j < nb; j++)                                                                 \
+                    group_coefficients(ROWS, xs, rows, (b0 + j) * bsize, cq[j], &s[j], &sum[j]);              \
+                for (int j = 0; j < nb; j++) {                                                               \
+                    const int64_t off = (b0 + j) * bsize;                                                    \
+                    for (int i = 0; i < ROWS; i++)                                                           \
+                        if (next[i])                                                                         \
+                            SPARSE_PF(next[i] + off);                                                        \
+                    iacc acc;                                                                                \
+                    acc_init(&acc, -(offset) * sum[j]);                                                      \
+                    for (int p = 0; p < (ROWS) / 2; p++) {                                                   \
+                        int32_t pair;                                                                        \
+                        memcpy(&pair, &cq[j][2 * p], sizeof pair);                                           \
+                        pair_##type((const block_##type *)(rows[2 * p] + off),                               \
+                                    (const block_##type *)(rows[2 * p + 1] + off), pair, &acc);              \
+                    }                                                                                        \
+                    add_block(&acc, s[j], y + (b0 + j) * RS_QK);                                             \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+#endif /* RS_AXPY_INT16_H */
