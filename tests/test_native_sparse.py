@@ -292,3 +292,26 @@ def test_sparse_raw_c_calls_return_error_status(pools):
     assert call(rank=2) == lib.RS_ERR_NULL  # factors missing
     assert call(w=pw + 1) == lib.RS_ERR_ALIGN
     assert lib.rs_sparse_scratch_bytes(0, 0) == -1 and lib.rs_sparse_scratch_bytes(4, -1) == -1
+
+
+@pytest.mark.parametrize("wtype", [GGMLType.Q8_0, GGMLType.Q4_0])
+def test_quantized_sparse_edge_activations(pools, path, wtype):
+    """The quantized sparse kernels (int16 coefficients on x86: native/src/axpy_int16.h) with every channel kept:
+    subnormal and huge activations stay within the bound, and an inf one makes every output non-finite (NaN from
+    the int16 kernels, inf or NaN from the float ones), on every thread count."""
+    n_out, n_in = 96, 40
+    wt, W64 = layer(wtype, n_out, n_in)
+    d = scales(wtype, wt, n_out)
+    x = np.random.default_rng(11).uniform(-2, 2, n_in).astype(np.float32)
+    for case in (x * np.float32(1e-41 / 2), x * np.float32(1e30), np.where(np.arange(n_in) < 20, x * 1e-38, x)):
+        case = case.astype(np.float32)
+        want, bound, kept = reference(W64, None, -1.0, None, None, case, d)
+        for n_threads in (1, 2, 3):
+            y, n_kept = native.rsparse_matvec(pools[n_threads], wtype, wt, n_out, n_in, None, -1.0, None, None, case)
+            assert n_kept == kept == n_in and np.isfinite(y).all()
+            assert_within(y, want, bound, f"{path} threads {n_threads}")
+    bad = x.copy()
+    bad[7] = np.inf
+    for n_threads in (1, 2):
+        y, _ = native.rsparse_matvec(pools[n_threads], wtype, wt, n_out, n_in, None, -1.0, None, None, bad)
+        assert not np.isfinite(y).any()
