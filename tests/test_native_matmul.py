@@ -284,7 +284,7 @@ def test_row_bytes_and_simd_path():
             native.row_bytes(wtype, n)
     with pytest.raises(ValueError, match="n"):
         native.row_bytes(GGMLType.F32, 0)
-    assert native.simd_path() in ("scalar", "avx2", "avx512", "neon")
+    assert native.simd_path() in ("scalar", "avx2", "avxvnni", "avx512", "neon")
 
 
 # ---- the raw C functions: bad sizes give a status, never a crash --------------------------------------------

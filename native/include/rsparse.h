@@ -114,8 +114,8 @@ RS_API int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_
 
 /* ---- SIMD paths ---------------------------------------------------------------------------------------------- */
 
-/* Name of the SIMD path in use ("scalar", "avx2", "avx512", "neon"): the fastest this CPU runs, or the one
- * RSPARSE_SIMD names at start-up if this CPU runs it, or the last one rs_simd_select chose. */
+/* Name of the SIMD path in use ("scalar", "avx2", "avxvnni", "avx512", "neon"): the fastest this CPU runs, or the
+ * one RSPARSE_SIMD names at start-up if this CPU runs it, or the last one rs_simd_select chose. */
 RS_API const char *rs_simd_path(void);
 
 /* The paths this build and CPU can run, fastest first, comma-separated (e.g. "avx512,avx2,scalar"). */

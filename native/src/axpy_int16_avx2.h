@@ -85,10 +85,10 @@ static inline void pair_q8_0(const block_q8_0 *a, const block_q8_0 *b, int32_t p
     const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->qs));
     const __m256i a1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a->qs + 16)));
     const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b->qs + 16)));
-    acc->a[0] = _mm256_add_epi32(acc->a[0], _mm256_madd_epi16(_mm256_unpacklo_epi16(a0, b0), cp));
-    acc->a[1] = _mm256_add_epi32(acc->a[1], _mm256_madd_epi16(_mm256_unpackhi_epi16(a0, b0), cp));
-    acc->a[2] = _mm256_add_epi32(acc->a[2], _mm256_madd_epi16(_mm256_unpacklo_epi16(a1, b1), cp));
-    acc->a[3] = _mm256_add_epi32(acc->a[3], _mm256_madd_epi16(_mm256_unpackhi_epi16(a1, b1), cp));
+    acc->a[0] = madd_add(acc->a[0], _mm256_unpacklo_epi16(a0, b0), cp);
+    acc->a[1] = madd_add(acc->a[1], _mm256_unpackhi_epi16(a0, b0), cp);
+    acc->a[2] = madd_add(acc->a[2], _mm256_unpacklo_epi16(a1, b1), cp);
+    acc->a[3] = madd_add(acc->a[3], _mm256_unpackhi_epi16(a1, b1), cp);
 }
 
 /* The same for Q4_0, nibbles 0..15 as they are (the caller takes off 8 * sum(cq)). */
@@ -100,10 +100,10 @@ static inline void pair_q4_0(const block_q4_0 *a, const block_q4_0 *b, int32_t p
     const __m256i wb = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)b->qs));
     const __m256i la = _mm256_and_si256(wa, m), lb = _mm256_and_si256(wb, m);
     const __m256i ha = _mm256_srli_epi16(wa, 4), hb = _mm256_srli_epi16(wb, 4);
-    acc->a[0] = _mm256_add_epi32(acc->a[0], _mm256_madd_epi16(_mm256_unpacklo_epi16(la, lb), cp));
-    acc->a[1] = _mm256_add_epi32(acc->a[1], _mm256_madd_epi16(_mm256_unpackhi_epi16(la, lb), cp));
-    acc->a[2] = _mm256_add_epi32(acc->a[2], _mm256_madd_epi16(_mm256_unpacklo_epi16(ha, hb), cp));
-    acc->a[3] = _mm256_add_epi32(acc->a[3], _mm256_madd_epi16(_mm256_unpackhi_epi16(ha, hb), cp));
+    acc->a[0] = madd_add(acc->a[0], _mm256_unpacklo_epi16(la, lb), cp);
+    acc->a[1] = madd_add(acc->a[1], _mm256_unpackhi_epi16(la, lb), cp);
+    acc->a[2] = madd_add(acc->a[2], _mm256_unpacklo_epi16(ha, hb), cp);
+    acc->a[3] = madd_add(acc->a[3], _mm256_unpackhi_epi16(ha, hb), cp);
 }
 
 /* y[0..32) += S * acc, the lanes put back in output order. */

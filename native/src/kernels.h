@@ -58,6 +58,7 @@ typedef struct rs_kernels {
 
 extern const rs_kernels rs_kernels_scalar;
 extern const rs_kernels rs_kernels_avx2;    /* defined only when built with RS_HAVE_AVX2 */
+extern const rs_kernels rs_kernels_avxvnni; /* ... RS_HAVE_AVXVNNI */
 extern const rs_kernels rs_kernels_avx512;  /* ... RS_HAVE_AVX512 */
 extern const rs_kernels rs_kernels_neon;    /* ... RS_HAVE_NEON */
 

@@ -1,10 +1,16 @@
 /* kernels_avx2.c -- the AVX2 + FMA + F16C path (x86-64 since Haswell / Zen 1). Compiled with -mavx2 -mfma -mf16c
- * and nothing else: only dispatch.c decides, from cpu_ok at run time, whether these instructions are used. */
+ * and nothing else: only dispatch.c decides, from cpu_ok at run time, whether these instructions are used.
+ * kernels_avxvnni.c compiles it again with RS_AVXVNNI (and -mavxvnni): the same kernels, each int16 multiply-add
+ * and the sum it feeds fused into one vpdpwssd. */
 #include <immintrin.h>
 
 #include "kernels.h"
 
+#ifdef RS_AVXVNNI
+#define PATH avxvnni
+#else
 #define PATH avx2
+#endif
 #define VL 8
 #define MR 4
 #define NT 2  /* 4 x 2 accumulators + 4 weight vectors + 1 activation: 13 of the 16 ymm registers */
@@ -68,10 +74,20 @@ static inline vi vi_load_i16(const int16_t *x)
     return (vi){_mm256_loadu_si256((const __m256i *)x), _mm256_loadu_si256((const __m256i *)(x + 16))};
 }
 
+/* acc + the pairwise products of a and b, in int32 (exact either way). */
+static inline __m256i madd_add(__m256i acc, __m256i a, __m256i b)
+{
+#ifdef RS_AVXVNNI
+    return _mm256_dpwssd_avx_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
 /* Pairwise multiply-add in int32: lane l sums 4 products (exact in float too: below 2^24). */
 static inline vf vf_madd_i16(vi w, vi x)
 {
-    return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_madd_epi16(w.a, x.a), _mm256_madd_epi16(w.b, x.b)));
+    return _mm256_cvtepi32_ps(madd_add(_mm256_madd_epi16(w.a, x.a), w.b, x.b));
 }
 
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
@@ -83,7 +99,11 @@ static inline void prefetch_l2(const void *p) { _mm_prefetch((const char *)p, _M
 static int cpu_ok(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")
+#ifdef RS_AVXVNNI
+           && __builtin_cpu_supports("avxvnni")
+#endif
+        ;
 }
 
 #define CPU_OK cpu_ok

@@ -1,0 +1,5 @@
+/* kernels_avxvnni.c -- the AVX2 path again for CPUs with AVX-VNNI (Intel since Alder Lake, AMD since Zen 5): the
+ * same kernels, with each int16 multiply-add fused with the sum it feeds (vpdpwssd). Compiled with -mavx2 -mfma
+ * -mf16c -mavxvnni; dispatch.c prefers it to AVX2 where cpu_ok says the CPU has AVX-VNNI. */
+#define RS_AVXVNNI 1
+#include "kernels_avx2.c"
