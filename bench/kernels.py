@@ -146,7 +146,7 @@ def bench_layer(pool, n_out: int, n_in: int, wtype: GGMLType, paths: list[str], 
         # The bandwidth is measured right before and right after (on a VM it moves by 2x within minutes); when the
         # two differ by more than 15% the machine changed phase during the row, so its %bw means little: the row
         # is measured again, up to 3 times in all, and marked '~' if it never held still.
-        for attempt in range(3):
+        for _ in range(3):
             before = memory_bandwidth(args.threads)
             med = round_medians(calls, args.reps)
             after = memory_bandwidth(args.threads)
@@ -266,8 +266,7 @@ def main() -> None:
                         print(f"{model:8s} {layer:8s} {n_out:>5d}x{n_in:<6d} {wtype.name:5s} {r['path']:7s} "
                               f"{r['dense_s'] * 1e6:9.1f} {r['gbs']:6.1f} {r['bw'] / 1e9:5.1f} "
                               f"{r['gbs'] * 1e9 / r['bw'] * 100:4.0f}{'~' if r['bw_moved'] else ' '}| {'':22s}{ratios} | "
-                              f"{r['cached_gbs']:6.1f} "
-                              f"{floor_text(r)}", flush=True)
+                              f"{r['cached_gbs']:6.1f} {floor_text(r)}", flush=True)
 
         if not args.no_prefill:
             n_tok = args.prefill_tokens

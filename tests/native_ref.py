@@ -6,9 +6,8 @@ with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound
 Q4_0 kernels round the activations to int16 per block of 32 (native/src/kernels.h); their bound adds |W| @ (half a
 step per activation), a step being the block's largest |x| / 32767. The sparse Q8_0 and Q4_0 kernels of some paths
 (AVX2; AVX-512 for Q4_0: native/src/axpy_int16.h) round each group of kept rows' coefficients x_j * d_j to int16
-per block of outputs; their bound adds, per
-output, half a step of the largest kept coefficient of its block times sum |q| over the kept rows
-(coefficient_steps).
+per block of outputs; their bound adds, per output, half a step of the largest kept coefficient of its block times
+sum |q| over the kept rows (coefficient_steps).
 """
 from __future__ import annotations
 

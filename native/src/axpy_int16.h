@@ -50,24 +50,14 @@ static inline __m128i scales8(const uint8_t *const *rows, int64_t off)
         for (int64_t k = 0; k < n_kept; k += ROWS) {                                                         \
             const uint8_t *rows[ROWS], *next[ROWS];                                                          \
             float xs[ROWS];                                                                                  \
-            const int n_rows = (int)min64(ROWS, n_kept - k);                                                 \
-            for (int i = 0; i < ROWS; i++) {                                                                 \
-                /* a short last group repeats its first row with activation 0 */                            \
-                rows[i] = (const uint8_t *)wt + (int64_t)idx[i < n_rows ? k + i : k] * rb + o0 / RS_QK * bsize; \
-                xs[i] = i < n_rows ? xk[k + i] : 0.0f;                                                       \
-                next[i] = ahead_row(wt, rb, idx, k + AHEAD * ROWS + i, n_kept);                              \
-                if (next[i])                                                                                 \
-                    next[i] += o0 / RS_QK * bsize;                                                           \
-            }                                                                                                \
+            group_rows(wt, rb, idx, xk, n_kept, k, ROWS, o0 / RS_QK * bsize, rows, next, xs);                \
             for (int64_t b0 = 0; b0 < n_blocks; b0 += COEF_BLOCKS) {                                         \
                 const int nb = (int)min64(COEF_BLOCKS, n_blocks - b0);                                       \
                 for (int j = 0; j < nb; j++)                                                                 \
                     group_coefficients(ROWS, xs, rows, (b0 + j) * bsize, cq[j], &s[j], &sum[j]);              \
                 for (int j = 0; j < nb; j++) {                                                               \
                     const int64_t off = (b0 + j) * bsize;                                                    \
-                    for (int i = 0; i < ROWS; i++)                                                           \
-                        if (next[i])                                                                         \
-                            SPARSE_PF(next[i] + off);                                                        \
+                    prefetch_rows(next, ROWS, off);                                                          \
                     iacc acc;                                                                                \
                     acc_init(&acc, -(offset) * sum[j]);                                                      \
                     for (int p = 0; p < (ROWS) / 2; p++) {                                                   \

@@ -10,7 +10,8 @@
  * integer weights with the activations rounded to int16 per block of 32 (rs_quantize_act, done once per call by
  * matmul.c): a block's 32 products are exact integer multiply-adds, then one float multiply-add by the two scales,
  * and the result is within the activations' rounding (half a step, 1.5e-5 of the block's largest) of the exact
- * product of the dequantized weights. The sparse kernels keep float activations: each kept row has one. */
+ * product of the dequantized weights. The sparse kernels give each kept row one float activation; the x86 Q8_0 and
+ * Q4_0 ones then round each group of rows' activation-times-scale to int16 per block (axpy_int16.h, below). */
 #ifndef RS_KERNELS_H
 #define RS_KERNELS_H
 

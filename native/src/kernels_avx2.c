@@ -33,18 +33,6 @@ static inline float vf_hsum(vf v)
 
 static inline vf vf_load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-static inline vf vf_load_i8(const int8_t *p)
-{
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
-
-static inline vf vf_load_q4(const uint8_t *p, int hi)
-{
-    __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-    q = hi ? _mm256_srli_epi32(q, 4) : _mm256_and_si256(q, _mm256_set1_epi32(0xF));
-    return _mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(8)));
-}
-
 /* A block of 32 int16 values, in two registers: int8 weights widened, or activations. */
 typedef struct {
     __m256i a, b;

@@ -36,13 +36,6 @@ static inline vf vf_load_i8(const int8_t *p)
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 
-static inline vf vf_load_q4(const uint8_t *p, int hi)
-{
-    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-    q = hi ? _mm512_srli_epi32(q, 4) : _mm512_and_si512(q, _mm512_set1_epi32(0xF));
-    return _mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(8)));
-}
-
 /* A block of 32 int16 values in one register: int8 weights widened, or activations (AVX512BW). */
 typedef __m512i vi;
 

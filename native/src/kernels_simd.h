@@ -7,8 +7,9 @@
  *   vf_zero() vf_load(p) vf_store(p, v) vf_set1(s) vf_fma(a, b, c) (= a * b + c)
  *   vf_hsum(v)              sum of the lanes, in a fixed order
  *   vf_load_f16(p)          VL binary16 -> float (exact)
- *   vf_load_i8(p)           VL int8 -> float
- *   vf_load_q4(p, hi)       VL nibbles of bytes p[0..VL) (low ones, or high ones if hi) minus 8 -> float
+ *   vf_load_i8(p)           VL int8 -> float             } only for the generic sparse Q8_0 / Q4_0 kernels: a path
+ *   vf_load_q4(p, hi)       VL nibbles of bytes p[0..VL) } with its own (AXPY_Q8_0_FN, AXPY_Q4_0_FN) needs none
+ *                           (low ones, or high ones if hi) minus 8 -> float
  *   vi                      a block of 32 int16 values (in one register or several)
  *   vi_load_i8(qs)          a Q8_0 block's 32 int8 weights, widened
  *   vi_load_q4(qs)          a Q4_0 block's 16 bytes as 32 weights (element i in the low nibble of byte i, i + 16 in
@@ -87,14 +88,6 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 /* ---- weights, VL at a time: element e (a multiple of VL) of a row -------------------------------------------- */
 static inline vf w_f32(const uint8_t *row, int64_t e) { return vf_load((const float *)row + e); }
 static inline vf w_f16(const uint8_t *row, int64_t e) { return vf_load_f16((const uint16_t *)row + e); }
-
-/* Quantized (the sparse kernels): group g (VL elements) of a block, unscaled; the caller folds the block's d into
- * the activation. */
-static inline vf q_q8_0(const block_q8_0 *b, int g) { return vf_load_i8(b->qs + g * VL); }
-static inline vf q_q4_0(const block_q4_0 *b, int g)
-{
-    return vf_load_q4(b->qs + (g * VL) % (RS_QK / 2), g * VL >= RS_QK / 2);
-}
 
 /* Scalar element e of an F32 or F16 row: the leftover elements past the last whole vector. */
 static inline float w_elem(int type, const uint8_t *row, int64_t e)
@@ -394,15 +387,25 @@ MM_QUANT(q8_0, 0)
 MM_QUANT(q4_0, 1)
 
 /* ---- sparse: y[0..n) += sum_k xk[k] * wt[idx[k]][o0 ..) -------------------------------------------------------- */
-/* The rows of group g (GROUP kept rows from k = g * GROUP), or NULL past the end: what to prefetch. */
-static inline const uint8_t *ahead_row(const void *wt, int64_t rb, const int32_t *idx, int64_t k, int64_t n_kept)
+/* The group of n kept rows from k, each from byte off on (a short last group repeats its first row with activation
+ * 0: weights are finite), their activations xs, and the rows AHEAD groups on (NULL past the end), what to prefetch.
+ * Returns how many rows are real. */
+static inline int group_rows(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
+                             int64_t k, int n, int64_t off, const uint8_t **rows, const uint8_t **next, float *xs)
 {
-    return k < n_kept ? (const uint8_t *)wt + (int64_t)idx[k] * rb : NULL;
+    const int n_rows = (int)min64(n, n_kept - k);
+    for (int i = 0; i < n; i++) {
+        const int64_t kk = i < n_rows ? k + i : k, ka = k + (int64_t)AHEAD * n + i;
+        rows[i] = (const uint8_t *)wt + (int64_t)idx[kk] * rb + off;
+        xs[i] = i < n_rows ? xk[kk] : 0.0f;
+        next[i] = ka < n_kept ? (const uint8_t *)wt + (int64_t)idx[ka] * rb + off : NULL;
+    }
+    return n_rows;
 }
 
-static inline void prefetch_rows(const uint8_t *const *next, int64_t byte)
+static inline void prefetch_rows(const uint8_t *const *next, int n, int64_t byte)
 {
-    for (int i = 0; i < GROUP; i++)
+    for (int i = 0; i < n; i++)
         if (next[i])
             SPARSE_PF(next[i] + byte);
 }
@@ -413,24 +416,17 @@ static inline void prefetch_rows(const uint8_t *const *next, int64_t byte)
                             int64_t o0, int64_t n, float *y)                                                 \
     {                                                                                                        \
         const int64_t n32 = n / 32 * 32;                                                                     \
-        int64_t k = 0;                                                                                       \
-        for (; k < n_kept; k += GROUP) {                                                                     \
+        for (int64_t k = 0; k < n_kept; k += GROUP) {                                                        \
             const uint8_t *rows[GROUP], *next[GROUP];                                                        \
+            float xs[GROUP];                                                                                 \
+            const int n_rows = group_rows(wt, rb, idx, xk, n_kept, k, GROUP, o0 * (ebytes), rows, next, xs);   \
             vf s[GROUP];                                                                                     \
-            const int n_rows = (int)min64(GROUP, n_kept - k);                                                \
-            for (int i = 0; i < GROUP; i++) {                                                                \
-                /* a short last group repeats its first row with weight 0 (weights are finite) */           \
-                const int64_t kk = i < n_rows ? k + i : k;                                                   \
-                rows[i] = (const uint8_t *)wt + (int64_t)idx[kk] * rb + o0 * (ebytes);                       \
-                s[i] = vf_set1(i < n_rows ? xk[kk] : 0.0f);                                                  \
-                next[i] = ahead_row(wt, rb, idx, k + AHEAD * GROUP + i, n_kept);                             \
-                if (next[i])                                                                                 \
-                    next[i] += o0 * (ebytes);                                                                \
-            }                                                                                                \
+            for (int i = 0; i < GROUP; i++)                                                                  \
+                s[i] = vf_set1(xs[i]);                                                                       \
             for (int64_t o = 0; o < n32; o += 32) {                                                          \
-                prefetch_rows(next, o * (ebytes));                                                           \
+                prefetch_rows(next, GROUP, o * (ebytes));                                                    \
                 if ((ebytes) * 32 > 64)                                                                      \
-                    prefetch_rows(next, o * (ebytes) + 64);                                                  \
+                    prefetch_rows(next, GROUP, o * (ebytes) + 64);                                           \
                 for (int g = 0; g < 32 / VL; g++) {                                                          \
                     vf yv = vf_load(y + o + g * VL);                                                         \
                     for (int i = 0; i < GROUP; i++)                                                          \
@@ -440,7 +436,7 @@ static inline void prefetch_rows(const uint8_t *const *next, int64_t byte)
             }                                                                                                \
             for (int64_t o = n32; o < n; o++)                                                                \
                 for (int i = 0; i < n_rows; i++)                                                             \
-                    y[o] = fmaf(w_elem(TYPE, rows[i], o), xk[k + i], y[o]);                                  \
+                    y[o] = fmaf(w_elem(TYPE, rows[i], o), xs[i], y[o]);                                      \
         }                                                                                                    \
     }
 AXPY_FLOAT(f32, RS_TYPE_F32, 4)
@@ -452,21 +448,19 @@ AXPY_FLOAT(f16, RS_TYPE_F16, 2)
     static void axpy_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,  \
                             int64_t o0, int64_t n, float *y)                                                 \
     {                                                                                                        \
+        const int64_t bsize = (int64_t)sizeof(block_##type);                                               \
         for (int64_t k = 0; k < n_kept; k += GROUP) {                                                        \
+            const uint8_t *bytes[GROUP], *next[GROUP];                                                       \
+            float xs[GROUP];                                                                                 \
+            group_rows(wt, rb, idx, xk, n_kept, k, GROUP, o0 / RS_QK * bsize, bytes, next, xs);              \
             const block_##type *rows[GROUP];                                                                 \
-            const uint8_t *next[GROUP];                                                                      \
             vf s[GROUP];                                                                                     \
-            const int n_rows = (int)min64(GROUP, n_kept - k);                                                \
             for (int i = 0; i < GROUP; i++) {                                                                \
-                const int64_t kk = i < n_rows ? k + i : k;                                                   \
-                rows[i] = (const block_##type *)((const uint8_t *)wt + (int64_t)idx[kk] * rb) + o0 / RS_QK;  \
-                s[i] = vf_set1(i < n_rows ? xk[kk] : 0.0f);                                                  \
-                next[i] = ahead_row(wt, rb, idx, k + AHEAD * GROUP + i, n_kept);                             \
-                if (next[i])                                                                                 \
-                    next[i] += o0 / RS_QK * (int64_t)sizeof(block_##type);                                   \
+                rows[i] = (const block_##type *)bytes[i];                                                    \
+                s[i] = vf_set1(xs[i]);                                                                       \
             }                                                                                                \
             for (int64_t b = 0; b < n / RS_QK; b++) {                                                        \
-                prefetch_rows(next, b * (int64_t)sizeof(block_##type));                                      \
+                prefetch_rows(next, GROUP, b * bsize);                                                       \
                 vf sd[GROUP];                                                                                \
                 for (int i = 0; i < GROUP; i++)                                                              \
                     sd[i] = vf_mul(s[i], vf_half_set1(rows[i][b].d));                                        \
@@ -479,12 +473,19 @@ AXPY_FLOAT(f16, RS_TYPE_F16, 2)
             }                                                                                                \
         }                                                                                                    \
     }
-/* A path may bring its own quantized sparse kernels (AXPY_Q8_0_FN, AXPY_Q4_0_FN defined before this header). */
+/* A path may bring its own quantized sparse kernels (AXPY_Q8_0_FN, AXPY_Q4_0_FN defined before this header). The
+ * generic ones read group g (VL elements) of a block, unscaled, through q_<type>: the caller folds the block's d
+ * into the activation. */
 #ifndef AXPY_Q8_0_FN
+static inline vf q_q8_0(const block_q8_0 *b, int g) { return vf_load_i8(b->qs + g * VL); }
 AXPY_QUANT(q8_0)
 #define AXPY_Q8_0_FN axpy_q8_0
 #endif
 #ifndef AXPY_Q4_0_FN
+static inline vf q_q4_0(const block_q4_0 *b, int g)
+{
+    return vf_load_q4(b->qs + (g * VL) % (RS_QK / 2), g * VL >= RS_QK / 2);
+}
 AXPY_QUANT(q4_0)
 #define AXPY_Q4_0_FN axpy_q4_0
 #endif
