@@ -4,9 +4,10 @@
  * AXPY_INT16(q4_0, 8, Q4_ROWS):
  *   iacc                        one block's int32 sums (32 outputs, lanes in the path's own order)
  *   acc_init(acc, v)            every sum set to v
- *   group_coefficients(rows, xs, rowp, off, cq, s, sum)
- *                               the block at byte off of the group's rows: cq[i] = round(xs[i] * d_i / S) in int16,
- *                               S (NaN if a coefficient is not finite), and sum(cq)
+ *   chunk_coefficients(rows, xs, rowp, off, bsize, nb, cq, s, sum)
+ *                               nb blocks from byte off of the group's rows: for block j, cq[j * rows + i] =
+ *                               round(xs[i] * d_i / S_j) in int16, s[j] = S_j (NaN if one of its coefficients is not
+ *                               finite), and sum[j] = sum_i cq (skipped when sum is NULL)
  *   pair_q8_0(a, b, pair, acc), pair_q4_0(...)
  *                               rows a and b of a block, their coefficients packed in pair (a's in the low half),
  *                               summed into acc with vpmaddwd
@@ -16,15 +17,15 @@
  * Why: axpy_int16_avx2.h. Rounding moves each output by at most (S / 2) * sum |q_i| over the group's rows
  * (tests/native_ref.py, coefficient_steps).
  *
- * The coefficients of COEF_BLOCKS blocks are made in a loop of their own before those blocks' rows are read: made
- * beside the multiply-adds, their long dependent chain (max, divide, round) held the loop to the float kernel's
- * speed. */
+ * The coefficients of a chunk of COEF_BLOCKS blocks (blocks 16c .. 16c + 15 of the row, wherever the thread's
+ * slice starts, so that the tests know which blocks share a scale) are made in a loop of their own before those
+ * blocks' rows are read: made beside the multiply-adds, their long dependent chain (max, divide, round) held the
+ * loop to the float kernel's speed. */
 #ifndef RS_AXPY_INT16_H
 #define RS_AXPY_INT16_H
 
-#ifndef COEF_BLOCKS
-#define COEF_BLOCKS 16  /* blocks whose coefficients are made at a time: 16 x (32 + 8) bytes, in L1 */
-#endif
+#define COEF_BLOCKS 16  /* blocks whose coefficients are made at a time: 16 x (32 + 8) bytes, in L1; the tests'
+                         * bound (native_ref.COEF_BLOCKS, test_native.c) knows this number */
 
 /* The block scales d (binary16, at the start of each block) of 8 rows as one vector of 8 halves. */
 static inline __m128i scales8(const uint8_t *const *rows, int64_t off)
@@ -51,15 +52,14 @@ static inline __m128i scales8(const uint8_t *const *rows, int64_t off)
             const uint8_t *rows[ROWS], *next[ROWS];                                                          \
             float xs[ROWS];                                                                                  \
             group_rows(wt, rb, idx, xk, n_kept, k, ROWS, o0 / RS_QK * bsize, rows, next, xs);                \
-            for (int64_t b0 = 0; b0 < n_blocks; b0 += COEF_BLOCKS) {                                         \
-                const int nb = (int)min64(COEF_BLOCKS, n_blocks - b0);                                       \
-                for (int j = 0; j < nb; j++)                                                                 \
-                    group_coefficients(ROWS, xs, rows, (b0 + j) * bsize, cq[j], &s[j], &sum[j]);              \
+            for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {                                             \
+                nb = min64(COEF_BLOCKS - (o0 / RS_QK + b0) % COEF_BLOCKS, n_blocks - b0);                    \
+                chunk_coefficients(ROWS, xs, rows, b0 * bsize, bsize, (int)nb, cq[0], s, (offset) ? sum : NULL);  \
                 for (int j = 0; j < nb; j++) {                                                               \
                     const int64_t off = (b0 + j) * bsize;                                                    \
                     prefetch_rows(next, ROWS, off);                                                          \
                     iacc acc;                                                                                \
-                    acc_init(&acc, -(offset) * sum[j]);                                                      \
+                    acc_init(&acc, (offset) ? -(offset) * sum[j] : 0);                                       \
                     for (int p = 0; p < (ROWS) / 2; p++) {                                                   \
                         int32_t pair;                                                                        \
                         memcpy(&pair, &cq[j][2 * p], sizeof pair);                                           \

@@ -61,18 +61,22 @@
 #define GROUP 8              /* sparse: kept rows added per pass over y (8 measured ~10% faster than 4 on Zen) */
 #endif
 #ifndef AHEAD
-#define AHEAD 2              /* sparse: prefetch this many groups ahead, into L2 */
+#define AHEAD 2              /* sparse: prefetch this many groups ahead */
 #endif
 #ifndef SPARSE_PF
-#define SPARSE_PF prefetch_l2
+#define SPARSE_PF prefetch   /* sparse hint target: L1 (L2 hints left Q8_0 at 50% kept 10% slower, see below) */
 #endif
 /* Sparse tuning, measured on a 2-vCPU Zen 5 VM (Llama-7B shapes, 2 threads, 50% and 30% kept), none beyond the
- * noise unless said: GROUP 4/8/16; AHEAD 1/2/4; L1 instead of L2 hints; 8 independent FMA chains per step (64 or
- * 128 outputs) instead of the 32-output step; two partial sums per vector; an in-lane byte shuffle for int8 -> float
- * (AVX2). Slower: hints only at the head of each row (1.2x the time for F16, 1.45x for Q8_0: the hardware
- * prefetcher does not cover short row pieces, the hints must), and hints a fixed distance ahead in the rows being
- * read, running on into the next group (1.5x for Q8_0). From L2, one thread runs 58-73 GB/s (F16), 25 (Q8_0,
- * AVX2) or 40 (Q8_0, AVX-512): from memory the kernels wait on scattered 2-11 KiB row pieces, not on arithmetic. */
+ * noise unless said: GROUP 4/8/16; AHEAD 1/2/4; 8 independent FMA chains per step (64 or 128 outputs) instead of
+ * the 32-output step; two partial sums per vector; an in-lane byte shuffle for int8 -> float (AVX2). Faster: L1
+ * hints instead of L2 ones (prefetcht0 for prefetcht1), for Q8_0 and Q4_0 from memory: at 50% kept, 4096 x 11008
+ * Q8_0 0.587 -> 0.516 of the dense time (AVX2; AVX-512 0.567 -> 0.512), 4096 x 4096 0.561 -> 0.495, 30% kept 0.364
+ * -> 0.318; F16 unchanged (C harness, 4 alternating runs each, slow-bandwidth phase). Kept rows that are isolated
+ * cost the most (every other row kept: 0.61 against 0.51 for runs of 8), so the L2 hints let some prefetcher run
+ * on past the ends of kept rows. Slower: hints only at the head of each row (1.2x the time for F16, 1.45x for
+ * Q8_0: the hardware prefetcher does not cover short row pieces, the hints must), hints a fixed distance ahead in
+ * the rows being read, running on into the next group (1.5x for Q8_0), and a chunk's hints issued all at once
+ * (one per cache line) rather than one per row and block. */
 #ifndef PF_DIST
 #define PF_DIST 2048         /* dense decode: bytes ahead of each row's read position (Q8_0 out of cache: 17 ->
                               * 40 GB/s on Zen 5 with 2 threads; quantized rows defeat the hardware prefetcher) */
@@ -388,7 +392,8 @@ MM_QUANT(q4_0, 1)
 
 /* ---- sparse: y[0..n) += sum_k xk[k] * wt[idx[k]][o0 ..) -------------------------------------------------------- */
 /* The group of n kept rows from k, each from byte off on (a short last group repeats its first row with activation
- * 0: weights are finite), their activations xs, and the rows AHEAD groups on (NULL past the end), what to prefetch.
+ * 0: weights are finite), their activations xs, and the rows AHEAD groups on, what to prefetch (past the end of the
+ * list, the group's own rows: a hint for a line already in cache costs less than a test before every hint).
  * Returns how many rows are real. */
 static inline int group_rows(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
                              int64_t k, int n, int64_t off, const uint8_t **rows, const uint8_t **next, float *xs)
@@ -398,7 +403,7 @@ static inline int group_rows(const void *wt, int64_t rb, const int32_t *idx, con
         const int64_t kk = i < n_rows ? k + i : k, ka = k + (int64_t)AHEAD * n + i;
         rows[i] = (const uint8_t *)wt + (int64_t)idx[kk] * rb + off;
         xs[i] = i < n_rows ? xk[kk] : 0.0f;
-        next[i] = ka < n_kept ? (const uint8_t *)wt + (int64_t)idx[ka] * rb + off : NULL;
+        next[i] = ka < n_kept ? (const uint8_t *)wt + (int64_t)idx[ka] * rb + off : rows[i];
     }
     return n_rows;
 }
@@ -406,8 +411,7 @@ static inline int group_rows(const void *wt, int64_t rb, const int32_t *idx, con
 static inline void prefetch_rows(const uint8_t *const *next, int n, int64_t byte)
 {
     for (int i = 0; i < n; i++)
-        if (next[i])
-            SPARSE_PF(next[i] + byte);
+        SPARSE_PF(next[i] + byte);
 }
 
 /* F32 and F16: 32 outputs per step (64 or 128 bytes of each row), then the leftover outputs one by one. */

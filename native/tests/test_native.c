@@ -257,16 +257,18 @@ static double block_scale(int type, const uint8_t *row, int64_t b)
     return fabs(half_value(read_u16(row + b * (type == RS_TYPE_Q8_0 ? 34 : 18))));
 }
 
-/* Sparse Q8_0 and Q4_0 may round each group of kept rows' coefficients x_j * d_j to int16 per block of outputs (the
- * x86 kernels of axpy_int16.h): each off by at most half a step, a step being at most the block's largest kept
- * |x_j d_j| / 32767. Output o's bound adds that half step times sum |q_jo| over the kept rows. */
-static double coefficient_step(int type, const uint8_t *wt, int64_t rb, const float *x, const unsigned char *m,
-                               int64_t n_in, int64_t b)
+/* Sparse Q8_0 and Q4_0 may round each group of kept rows' coefficients x_j * d_j to int16 (the x86 kernels of
+ * axpy_int16.h), on one scale per chunk of COEF_BLOCKS = 16 blocks of outputs (blocks 16c .. 16c + 15 of the row):
+ * each off by at most half a step, a step being at most the chunk's largest kept |x_j d_j| / 32767. Output o's
+ * bound adds that half step times sum |q_jo| over the kept rows. */
+static double coefficient_step(int type, const uint8_t *wt, int64_t rb, int64_t n_blocks, const float *x,
+                               const unsigned char *m, int64_t n_in, int64_t b)
 {
     double amax = 0.0;
-    for (int64_t j = 0; j < n_in; j++)
-        if (m[j])
-            amax = fmax(amax, fabs((double)x[j]) * block_scale(type, wt + j * rb, b));
+    for (int64_t c = b / 16 * 16; c < b / 16 * 16 + 16 && c < n_blocks; c++)
+        for (int64_t j = 0; j < n_in; j++)
+            if (m[j])
+                amax = fmax(amax, fabs((double)x[j]) * block_scale(type, wt + j * rb, c));
     return 0.5001 * amax / 32767.0;
 }
 
@@ -349,7 +351,7 @@ static void test_sparse_case(rs_pool *pool, int wtype, int ftype, int64_t n_out,
     for (int64_t o = 0; o < n_out; o++) {
         double want = 0.0, mag = 0.0, q_sum = 0.0;
         if (o % 32 == 0)
-            step = coefficient_step(wtype, wt, rb, x, m, n_in, o / 32);
+            step = coefficient_step(wtype, wt, rb, n_out / 32, x, m, n_in, o / 32);
         for (int64_t j = 0; j < n_in; j++)
             if (m[j]) {
                 const double w = ref_element(wtype, wt + j * rb, o), d = block_scale(wtype, wt + j * rb, o / 32);
