@@ -58,7 +58,7 @@
 #define TILE_BYTES (1 << 20) /* prefill: bytes of activations per token tile: fits L2 on most laptops, L3 on all */
 #define TMAX 64              /* prefill: most tokens per tile (bounds the accumulator buffer) */
 #ifndef GROUP
-#define GROUP 8              /* sparse: kept rows added per pass over y (8 measured ~10% faster than 4 on Zen) */
+#define GROUP 8              /* sparse: kept rows added per pass over y (4 and 16: see below) */
 #endif
 #ifndef AHEAD
 #define AHEAD 2              /* sparse: prefetch this many groups ahead */
@@ -67,7 +67,7 @@
 #define SPARSE_PF prefetch   /* sparse hint target: L1 (L2 hints left Q8_0 at 50% kept 10% slower, see below) */
 #endif
 /* Sparse tuning, measured on a 2-vCPU Zen 5 VM (Llama-7B shapes, 2 threads, 50% and 30% kept), none beyond the
- * noise unless said: GROUP 4/8/16; AHEAD 1/2/4; 8 independent FMA chains per step (64 or 128 outputs) instead of
+ * noise unless said: AHEAD 1/2/4; 8 independent FMA chains per step (64 or 128 outputs) instead of
  * the 32-output step; two partial sums per vector; an in-lane byte shuffle for int8 -> float (AVX2). Faster: L1
  * hints instead of L2 ones (prefetcht0 for prefetcht1), for Q8_0 and Q4_0 from memory: at 50% kept, 4096 x 11008
  * Q8_0 0.587 -> 0.516 of the dense time (AVX2; AVX-512 0.567 -> 0.512), 4096 x 4096 0.561 -> 0.495, 30% kept 0.364
@@ -76,7 +76,10 @@
  * on past the ends of kept rows. Slower: hints only at the head of each row (1.2x the time for F16, 1.45x for
  * Q8_0: the hardware prefetcher does not cover short row pieces, the hints must), hints a fixed distance ahead in
  * the rows being read, running on into the next group (1.5x for Q8_0), and a chunk's hints issued all at once
- * (one per cache line) rather than one per row and block. */
+ * (one per cache line) rather than one per row and block, and GROUP 16 (F16 at 50% kept in the fast-bandwidth
+ * phase: 0.76 against 0.67 of the dense time). Mixed: GROUP 4 (F16 0.50 against 0.54 of dense at 50%
+ * kept in the slow-bandwidth phase, but no better in the fast one, and the AVX-512 float Q8_0 kernel 4-20% slower);
+ * docs/SPEED.md has the numbers. */
 #ifndef PF_DIST
 #define PF_DIST 2048         /* dense decode: bytes ahead of each row's read position (Q8_0 out of cache: 17 ->
                               * 40 GB/s on Zen 5 with 2 threads; quantized rows defeat the hardware prefetcher) */
