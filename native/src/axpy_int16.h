@@ -4,10 +4,13 @@
  * AXPY_INT16(q4_0, 8, Q4_ROWS):
  *   iacc                        one block's int32 sums (32 outputs, lanes in the path's own order)
  *   acc_init(acc, v)            every sum set to v
+ *   group_coefficients(rows, xs, rowp, off, cq, s, sum)
+ *                               one block's coefficients (declared below)
  *   chunk_coefficients(rows, xs, rowp, off, bsize, nb, cq, s, sum)
  *                               nb blocks from byte off of the group's rows: for block j, cq[j * rows + i] =
  *                               round(xs[i] * d_i / S_j) in int16, s[j] = S_j (NaN if one of its coefficients is not
- *                               finite), and sum[j] = sum_i cq (skipped when sum is NULL)
+ *                               finite), and sum[j] = sum_i cq (skipped when sum is NULL); a path may make it
+ *                               each_block_coefficients below
  *   pair_q8_0(a, b, pair, acc), pair_q4_0(...)
  *                               rows a and b of a block, their coefficients packed in pair (a's in the low half),
  *                               summed into acc with vpmaddwd
@@ -26,6 +29,20 @@
 
 #define COEF_BLOCKS 16  /* blocks whose coefficients are made at a time: 16 x (32 + 8) bytes, in L1; the tests'
                          * bound (native_ref.COEF_BLOCKS, test_native.c) knows this number */
+
+/* One block's coefficients for the group's rows: cq[i] = round(xs[i] * d_i / S) in int16, S (NaN if a coefficient
+ * is not finite) and sum(cq); each path defines it after including this file. */
+static inline void group_coefficients(int n_rows, const float *xs, const uint8_t *const *rows, int64_t off,
+                                      int16_t *cq, float *s, int32_t *sum);
+
+/* chunk_coefficients' results, block by block: each block on its own scale. */
+static inline void each_block_coefficients(int n_rows, const float *xs, const uint8_t *const *rows, int64_t off,
+                                           int64_t bsize, int nb, int16_t *cq, float *s, int32_t *sum)
+{
+    int32_t unused;
+    for (int j = 0; j < nb; j++)
+        group_coefficients(n_rows, xs, rows, off + j * bsize, cq + j * n_rows, &s[j], sum ? &sum[j] : &unused);
+}
 
 /* The block scales d (binary16, at the start of each block) of 8 rows as one vector of 8 halves. */
 static inline __m128i scales8(const uint8_t *const *rows, int64_t off)

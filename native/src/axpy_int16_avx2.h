@@ -89,9 +89,7 @@ static inline void chunk_coefficients(int n_rows, const float *xs, const uint8_t
         }
     amax_bits = hmax_epi32(amax_bits);
     if (_mm256_cvtsi256_si32(amax_bits) >= 0x7F800000) {
-        int32_t unused;
-        for (int j = 0; j < nb; j++)
-            group_coefficients(n_rows, xs, rows, off + j * bsize, cq + j * n_rows, &s[j], sum ? &sum[j] : &unused);
+        each_block_coefficients(n_rows, xs, rows, off, bsize, nb, cq, s, sum);
         return;
     }
     const __m256 amax = _mm256_max_ps(_mm256_castsi256_ps(amax_bits), _mm256_set1_ps(1e-30f));

@@ -31,13 +31,7 @@ static inline void group_coefficients(int n_rows, const float *xs, const uint8_t
 }
 
 /* Block by block (axpy_int16.h's loop asks for a chunk at a time). */
-static inline void chunk_coefficients(int n_rows, const float *xs, const uint8_t *const *rows, int64_t off,
-                                      int64_t bsize, int nb, int16_t *cq, float *s, int32_t *sum)
-{
-    int32_t unused;
-    for (int j = 0; j < nb; j++)
-        group_coefficients(n_rows, xs, rows, off + j * bsize, cq + j * n_rows, &s[j], sum ? &sum[j] : &unused);
-}
+#define chunk_coefficients each_block_coefficients
 
 /* One block's sums: a[0] holds outputs 8l .. 8l + 3 in 128-bit lane l, a[1] outputs 8l + 4 .. 8l + 7. */
 typedef struct {

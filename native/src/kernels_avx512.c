@@ -63,7 +63,6 @@ static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vf_half_set1(uint16_t h) { return _mm512_cvtph_ps(_mm256_set1_epi16((short)h)); }
 static inline void prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
-static inline void prefetch_l2(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T1); }
 
 static int cpu_ok(void)
 {

@@ -96,7 +96,6 @@ static inline float half_to_float(uint16_t h)
 static inline vf vf_mul(vf a, vf b) { return vmulq_f32(a, b); }
 static inline vf vf_half_set1(uint16_t h) { return vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))); }
 static inline void prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
-static inline void prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
 
 #define CPU_OK NULL  /* every AArch64 CPU has NEON */
 

@@ -21,7 +21,6 @@
  *   vf_half_set1(h)         the same in every lane
  *   vf_mul(a, b)            a * b
  *   prefetch(p)             a read hint for the cache line holding p, into L1
- *   prefetch_l2(p)          the same, into L2 only (for lines needed later than the next few microseconds)
  *   PATH                    the path's name token (avx2, ...): the file defines `const rs_kernels rs_kernels_##PATH`
  *   CPU_OK                  its cpu_ok function, or NULL when every CPU of the architecture runs it
  * Loads never read past the VL elements asked for, so a kernel never touches memory beyond its rows.
@@ -78,7 +77,7 @@
  * the rows being read, running on into the next group (1.5x for Q8_0), and a chunk's hints issued all at once
  * (one per cache line) rather than one per row and block, and GROUP 16 (F16 at 50% kept in the fast-bandwidth
  * phase: 0.76 against 0.67 of the dense time). Mixed: GROUP 4 (F16 0.50 against 0.54 of dense at 50%
- * kept in the slow-bandwidth phase, but no better in the fast one, and the AVX-512 float Q8_0 kernel 4-20% slower);
+ * kept in the slow-bandwidth phase, but no better in the fast one, and the AVX-512 float Q8_0 kernel 4-22% slower);
  * docs/SPEED.md has the numbers. */
 #ifndef PF_DIST
 #define PF_DIST 2048         /* dense decode: bytes ahead of each row's read position (Q8_0 out of cache: 17 ->
