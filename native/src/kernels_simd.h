@@ -77,8 +77,11 @@
  * the rows being read, running on into the next group (1.5x for Q8_0), and a chunk's hints issued all at once
  * (one per cache line) rather than one per row and block, and GROUP 16 (F16 at 50% kept in the fast-bandwidth
  * phase: 0.76 against 0.67 of the dense time). Mixed: GROUP 4 (F16 0.50 against 0.54 of dense at 50%
- * kept in the slow-bandwidth phase, but no better in the fast one, and the AVX-512 float Q8_0 kernel 4-22% slower);
- * docs/SPEED.md has the numbers. */
+ * kept in the slow-bandwidth phase, but no better in the fast one, and the AVX-512 float Q8_0 kernel 4-22% slower).
+ * Not kept either: L2 hints for a group further on beside the L1 ones (AVX2 Q8_0 0.71 -> 0.79-0.84 of dense in the
+ * fast phase: its arithmetic is the limit, and hints are instructions), and each group starting 1 KiB further into
+ * its rows than the last (F16 rows of 8 KiB: better on 4 KiB pages, no better on AVX2 and worse on AVX-512 with the
+ * huge pages that decode's file mappings get). docs/SPEED.md has the numbers. */
 #ifndef PF_DIST
 #define PF_DIST 2048         /* dense decode: bytes ahead of each row's read position (Q8_0 out of cache: 17 ->
                               * 40 GB/s on Zen 5 with 2 threads; quantized rows defeat the hardware prefetcher) */
