@@ -121,32 +121,25 @@ static inline void acc_init(iacc *acc, int32_t v)
         acc->a[t] = _mm256_set1_epi32(v);
 }
 
-static inline void pair_q8_0(const block_q8_0 *a, const block_q8_0 *b, int32_t pair, iacc *acc)
+/* Two rows' 32 weights as int16 (kernels_avx2.c's vi), interleaved in pairs and multiplied by their coefficients. */
+static inline void add_pair(vi wa, vi wb, int32_t pair, iacc *acc)
 {
     const __m256i cp = _mm256_set1_epi32(pair);
-    const __m256i a0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a->qs));
-    const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->qs));
-    const __m256i a1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a->qs + 16)));
-    const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b->qs + 16)));
-    acc->a[0] = madd_add(acc->a[0], _mm256_unpacklo_epi16(a0, b0), cp);
-    acc->a[1] = madd_add(acc->a[1], _mm256_unpackhi_epi16(a0, b0), cp);
-    acc->a[2] = madd_add(acc->a[2], _mm256_unpacklo_epi16(a1, b1), cp);
-    acc->a[3] = madd_add(acc->a[3], _mm256_unpackhi_epi16(a1, b1), cp);
+    acc->a[0] = madd_add(acc->a[0], _mm256_unpacklo_epi16(wa.a, wb.a), cp);
+    acc->a[1] = madd_add(acc->a[1], _mm256_unpackhi_epi16(wa.a, wb.a), cp);
+    acc->a[2] = madd_add(acc->a[2], _mm256_unpacklo_epi16(wa.b, wb.b), cp);
+    acc->a[3] = madd_add(acc->a[3], _mm256_unpackhi_epi16(wa.b, wb.b), cp);
 }
 
-/* The same for Q4_0, nibbles 0..15 as they are (the caller takes off 8 * sum(cq)). */
+static inline void pair_q8_0(const block_q8_0 *a, const block_q8_0 *b, int32_t pair, iacc *acc)
+{
+    add_pair(vi_load_i8(a->qs), vi_load_i8(b->qs), pair, acc);
+}
+
+/* Q4_0's nibbles 0..15 as they are: the caller takes off 8 * sum(cq). */
 static inline void pair_q4_0(const block_q4_0 *a, const block_q4_0 *b, int32_t pair, iacc *acc)
 {
-    const __m256i cp = _mm256_set1_epi32(pair);
-    const __m256i m = _mm256_set1_epi16(0x0F);
-    const __m256i wa = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)a->qs));
-    const __m256i wb = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)b->qs));
-    const __m256i la = _mm256_and_si256(wa, m), lb = _mm256_and_si256(wb, m);
-    const __m256i ha = _mm256_srli_epi16(wa, 4), hb = _mm256_srli_epi16(wb, 4);
-    acc->a[0] = madd_add(acc->a[0], _mm256_unpacklo_epi16(la, lb), cp);
-    acc->a[1] = madd_add(acc->a[1], _mm256_unpackhi_epi16(la, lb), cp);
-    acc->a[2] = madd_add(acc->a[2], _mm256_unpacklo_epi16(ha, hb), cp);
-    acc->a[3] = madd_add(acc->a[3], _mm256_unpackhi_epi16(ha, hb), cp);
+    add_pair(vi_nibbles_q4(a->qs), vi_nibbles_q4(b->qs), pair, acc);
 }
 
 /* y[0..32) += S * acc, the lanes put back in output order. */

@@ -48,17 +48,10 @@ static inline void add_pair(__m512i wa, __m512i wb, int32_t pair, iacc *acc)
     acc->a[1] = _mm512_add_epi32(acc->a[1], _mm512_madd_epi16(_mm512_unpackhi_epi16(wa, wb), cp));
 }
 
-/* A Q4_0 block's 16 bytes in both halves, shifted by 0 (elements 0-15) or 4 (16-31) and masked: nibbles 0..15. */
-static inline __m512i nibbles(const block_q4_0 *q)
-{
-    const __m512i w = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q->qs)));
-    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    return _mm512_and_si512(_mm512_srlv_epi16(w, shift), _mm512_set1_epi16(0x0F));
-}
-
+/* Q4_0's nibbles 0..15 as they are (kernels_avx512.c): the caller takes off 8 * sum(cq). */
 static inline void pair_q4_0(const block_q4_0 *a, const block_q4_0 *b, int32_t pair, iacc *acc)
 {
-    add_pair(nibbles(a), nibbles(b), pair, acc);
+    add_pair(vi_nibbles_q4(a->qs), vi_nibbles_q4(b->qs), pair, acc);
 }
 
 static inline void add_block(const iacc *acc, float s, float *y)

@@ -44,15 +44,17 @@ typedef __m512i vi;
 
 static inline vi vi_load_i8(const int8_t *q) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)q)); }
 
-/* The 16 bytes in both halves, zero-extended, shifted by 0 (elements 0-15, low nibbles) or 4 (16-31, high nibbles),
- * masked and centred: four instructions a block instead of seven. */
-static inline vi vi_load_q4(const uint8_t *q)
+/* A Q4_0 block's 32 nibbles, 0..15: the 16 bytes in both halves, zero-extended, shifted by 0 (elements 0-15, low
+ * nibbles) or 4 (16-31, high nibbles) and masked. The sparse kernel (axpy_int16_avx512.h) takes them as they are. */
+static inline vi vi_nibbles_q4(const uint8_t *q)
 {
     const __m512i w = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q)));
     const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    return _mm512_sub_epi16(_mm512_and_si512(_mm512_srlv_epi16(w, shift), _mm512_set1_epi16(0x0F)),
-                            _mm512_set1_epi16(8));
+    return _mm512_and_si512(_mm512_srlv_epi16(w, shift), _mm512_set1_epi16(0x0F));
 }
+
+/* The nibbles centred: four instructions a block instead of seven. */
+static inline vi vi_load_q4(const uint8_t *q) { return _mm512_sub_epi16(vi_nibbles_q4(q), _mm512_set1_epi16(8)); }
 
 static inline vi vi_load_i16(const int16_t *x) { return _mm512_loadu_si512(x); }
 
