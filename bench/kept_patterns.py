@@ -20,7 +20,7 @@ slow-bandwidth ones (three for AVX2 with L2 hints, two for the others):
 In the one fast-phase run per build, random rows took 0.513 (L2) and 0.476 (L1) on AVX-512; AVX2 with L1 hints took
 0.663 there, its arithmetic being the limit (docs/SPEED.md).
 
-Same method as kernels.py (its helpers): weights cycled through copies so they come from memory, dense and each
+Same method as bench_kernels.py (its helpers): weights cycled through copies so they come from memory, dense and each
 pattern taking turns call by call, ratios the median over rounds of sparse / dense within a round. The dense GB/s
 column tells the bandwidth phase of this VM (about 35-45 GB/s in the slow one, 60-70 in the fast one). To compare two
 builds of the library, run this once per build with RSPARSE_LIB pointing at each, taking turns.
@@ -34,7 +34,7 @@ import argparse
 
 import numpy as np
 
-from kernels import copies, round_medians, stored  # bench/kernels.py, beside this file
+from bench_kernels import copies, round_medians, stored  # beside this file
 from rsparse_cpp import native
 from rsparse_cpp.constants import GGMLType
 

@@ -52,7 +52,7 @@
 #include "kernels.h"
 #include "quant.h"
 
-/* Tuning knobs (each may be overridden with -D for an experiment; bench/kernels.py measures the effect). */
+/* Tuning knobs (each may be overridden with -D for an experiment; bench/bench_kernels.py measures the effect). */
 #define KC 512               /* prefill: elements of a row dequantized at a time (MR x KC floats in L1) */
 #define TILE_BYTES (1 << 20) /* prefill: bytes of activations per token tile: fits L2 on most laptops, L3 on all */
 #define TMAX 64              /* prefill: most tokens per tile (bounds the accumulator buffer) */

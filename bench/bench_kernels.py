@@ -20,8 +20,8 @@ best round, a ratio the median over rounds of sparse / dense within a round, so 
 machine load (the machine is shared, and on a VM the memory bandwidth itself changes from one second to the next).
 Kernels are called through the raw cffi functions, so the Python argument checks do not count.
 
-    python bench/kernels.py                      # everything, 2 threads
-    python bench/kernels.py --models llama7b --types F16,Q8_0 --paths avx2
+    python bench/bench_kernels.py                      # everything, 2 threads
+    python bench/bench_kernels.py --models llama7b --types F16,Q8_0 --paths avx2
 """
 from __future__ import annotations
 
