@@ -2,14 +2,16 @@
 companion's sparsity, all on the same base GGUF (so the same weight type).
 
 Each configuration runs in its own subprocess (peak RSS is its own), round-robin over --repeats rounds so drift on
-a noisy machine hits all of them alike; the table keeps each one's best round. Every runtime goes through its own
+a noisy machine hits all of them alike; the table gives each one's median round. The memory read bandwidth is
+measured before every round (numpy, one process per thread: bench_kernels.memory_bandwidth) and printed beside
+the table: on a VM it moves by 2x within minutes, so only ratios from one run mean anything. Every runtime goes through its own
 generate loop with greedy sampling, so Python overhead is counted on both sides. Prefill is dense everywhere.
 
 Companions are found beside each base: <stem>.s30.rsparse.gguf, <stem>.s50.rsparse.gguf, ... (the number is the
 model-level sparsity in percent) and <stem>.rsparse.gguf; or name them with --companion.
 
     python bench/decode.py -m smol-q8_0.gguf -m smol-q4_0.gguf          # 256-token prompt, 128 generated
-    python bench/decode.py -m tiled-1b-q8_0.gguf --repeats 2 --no-llamacpp
+    python bench/decode.py -m tiled-1b-q8_0.gguf --repeats 5 --no-llamacpp
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -106,7 +109,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--gen-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="rounds; each configuration's median is reported")
     p.add_argument("--no-llamacpp", action="store_true", help="skip llama-cpp-python")
     p.add_argument("--worker", choices=["ours", "llamacpp"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -116,12 +119,13 @@ def main() -> int:
                                 args.gen_tokens)))
         return 0
 
+    from bench_kernels import memory_bandwidth  # beside this file
     from rsparse_cpp import native
 
     print(f"# machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
           f"threads={args.threads} simd={native.simd_path()} load={os.getloadavg()[0]:.2f}")
     print(f"# prompt {args.prompt_tokens} tokens (dense prefill), {args.gen_tokens} generated, greedy, "
-          f"best of {args.repeats} rounds")
+          f"median of {args.repeats} rounds")
     print("# read = fraction of decoder-block linear weights read per decoded token (kept rows + low-rank factors);"
           " kept = mean fraction of input channels kept")
     print(f"| {'model':<28} | {'runtime':<22} | {'decode tok/s':>12} | {'vs our dense':>12} | {'vs llama.cpp':>12} | "
@@ -134,18 +138,20 @@ def main() -> int:
             comps = companions_beside(model)
         configs = ([] if args.no_llamacpp else [("llama-cpp-python", "llamacpp", None)]) + \
             [("ours dense", "ours", None)] + [(f"ours {label}", "ours", path) for label, path in comps]
-        best: dict[str, dict] = {}
+        rounds: dict[str, list[dict]] = {}
+        bandwidth = []
         for _ in range(args.repeats):
+            bandwidth.append(memory_bandwidth(args.threads) / 1e9)
             for name, kind, comp in configs:
-                r = run_worker(kind, comp, args, model)
-                b = best.setdefault(name, r)
-                for k in ("prefill_tps", "decode_tps"):
-                    b[k] = max(b[k], r[k])
-                b["peak_rss_mb"] = min(b["peak_rss_mb"], r["peak_rss_mb"])
-        ours = best["ours dense"]["decode_tps"]
-        llama = best.get("llama-cpp-python", {}).get("decode_tps")
+                rounds.setdefault(name, []).append(run_worker(kind, comp, args, model))
+        med = {name: {k: statistics.median(r[k] for r in rs) if isinstance(rs[0][k], float) else rs[0][k]
+                       for k in rs[0]} for name, rs in rounds.items()}
+        print(f"# {os.path.basename(model)}: memory read bandwidth before each round "
+              f"{', '.join(f'{b:.1f}' for b in bandwidth)} GB/s ({args.threads} processes, numpy)")
+        ours = med["ours dense"]["decode_tps"]
+        llama = med.get("llama-cpp-python", {}).get("decode_tps")
         for name, _, _ in configs:
-            r = best[name]
+            r = med[name]
             vs_llama = f"{r['decode_tps'] / llama:.2f}" if llama else "-"
             read = f"{r['read_fraction']:.3f}" if "read_fraction" in r else "1"
             kept = f"{r['kept_channels']:.3f}" if "kept_channels" in r else "1"

@@ -1,11 +1,10 @@
-"""The Llama forward pass, written as the math: RMSNorm, RoPE, GQA attention over a KV cache, SwiGLU MLP.
+"""The Llama forward pass (RMSNorm, RoPE, GQA attention over a KV cache, SwiGLU MLP), bound once to the native
+library's rs_forward: a decode step or a prompt chunk is one native call (native/src/forward.c reads as the math).
 
-Every matrix product runs in the native library; the glue is numpy. `RunState` owns every buffer the forward pass
-touches, allocated once for up to `n_batch` tokens, so a decode step allocates no arrays (numpy calls use `out=`).
-
-Prefill (several tokens) runs every linear as a dense batched product over the base weights. A single-token decode
-step runs each linear as one pre-bound native call: with an R-Sparse companion loaded (sparse.py) that is the
-rank-aware sparse kernel over the companion's tensors, otherwise the dense kernel over the base's.
+`RunState` owns every buffer the forward pass touches, allocated once for up to `n_batch` tokens, so a step
+allocates nothing. Prefill (several tokens) runs every linear as one dense product over the base weights; a
+single-token decode step runs each through the rank-aware sparse kernel over the companion's tensors when an R-Sparse
+companion is loaded and enabled (sparse.py), otherwise through the dense kernel over the base's.
 """
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import native
-from .blas import single_threaded_blas
 from .companion import Companion, companion_path
 from .config import Config
 from .constants import LINEARS
@@ -39,22 +37,19 @@ class RunState:
         e, q, kv, hd = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim, cfg.head_dim
         f32 = np.float32
         self.x = np.zeros((n_batch, e), f32)  # residual stream
-        self.xb = np.zeros((n_batch, e), f32)  # normed input of a block / block output
-        self.ss = np.zeros((n_batch, 1), f32)  # per-token RMS
-        self.q = np.zeros((n_batch, q), f32)
+        self.xb = np.zeros((n_batch, e), f32)  # normed input of a block / a linear's output
+        self.q = np.zeros((n_batch, q), f32)  # rotated queries
         self.k = np.zeros((n_batch, kv), f32)
         self.v = np.zeros((n_batch, kv), f32)
         self.attn = np.zeros((n_batch, q), f32)  # attention output, input of attn_output
         self.hb = np.zeros((n_batch, cfg.n_ff), f32)  # gate, then silu(gate) * up
         self.hb2 = np.zeros((n_batch, cfg.n_ff), f32)  # up
-        self.rope_tmp = np.zeros((2, n_batch, cfg.n_head, cfg.rope_dim // 2), f32)
-        # decode-only attention scratch: scores for one query against every cached key
-        self.att = np.zeros((cfg.n_head_kv, cfg.n_rep, n_ctx), f32)
+        self.att = np.zeros((cfg.n_head, n_ctx), f32)  # attention scores of one query per head
         self.logits = np.zeros((n_batch, cfg.n_vocab), f32)
         # KV cache: (layer, kv head, position, head_dim); one head's keys are contiguous for the q·K product
         self.key_cache = np.zeros((cfg.n_layer, cfg.n_head_kv, n_ctx, hd), f32)
         self.value_cache = np.zeros((cfg.n_layer, cfg.n_head_kv, n_ctx, hd), f32)
-        self.rows = np.zeros(n_batch, np.int64)  # token ids for the embedding lookup
+        self.tokens = np.zeros(n_batch, np.int64)  # the step's token ids
         # RoPE tables: llama.cpp permuted Q/K rows so that RoPE rotates adjacent pairs (2i, 2i+1)
         inv_freq = cfg.rope_theta ** (-np.arange(0, cfg.rope_dim, 2, dtype=np.float64) / cfg.rope_dim)
         if weights.rope_freqs is not None:  # llama3-style scaling stores per-frequency divisors
@@ -105,22 +100,27 @@ class Model:
         return model
 
     def _bind_decode(self, companion: Companion | None) -> None:
-        """Bind the single-token step's native calls to the run state's batch-1 buffers, once."""
+        """Bind rs_forward to the weights, the companion's sparse forms and the run state's buffers, once."""
         s, w, cfg = self.state, self.weights, self.config
-        io = {"attn_q": (s.xb[0], s.q[0]), "attn_k": (s.xb[0], s.k[0]), "attn_v": (s.xb[0], s.v[0]),
-              "attn_output": (s.attn[0], s.xb[0]), "ffn_gate": (s.xb[0], s.hb[0]), "ffn_up": (s.xb[0], s.hb2[0]),
-              "ffn_down": (s.hb[0], s.xb[0])}
-        self._dense_calls = [{name: native.bind_matmul(self.pool, lin.type, lin.data, lin.n_out, lin.n_in, *io[name])
-                              for name in LINEARS for lin in (getattr(lw, name),)} for lw in w.layers]
-        self._embd_call = native.bind_get_rows(w.token_embd.type, w.token_embd.data, cfg.n_vocab, cfg.n_embd,
-                                               s.rows[:1], s.x[0])
-        self._output_call = native.bind_matmul(self.pool, w.output.type, w.output.data, w.output.n_out,
-                                               w.output.n_in, s.xb[0], s.logits[0])
-        scale = 1.0 / np.sqrt(cfg.head_dim)
-        self._attention_calls = [native.bind_attention(self.pool, s.q[0], s.key_cache[li], s.value_cache[li], scale,
-                                                       s.attn[0], s.att.reshape(-1)) for li in range(cfg.n_layer)]
-        self.sparse = None if companion is None else SparseDecode(companion, self.pool, io)
+        self.sparse = None if companion is None else SparseDecode(companion)
         self.sparse_enabled = self.sparse is not None
+
+        def dense(lin: Linear) -> tuple:
+            return lin.type, lin.data, lin.n_out, lin.n_in
+
+        blocks = [{"attn_norm": lw.attn_norm, "ffn_norm": lw.ffn_norm, "k_cache": s.key_cache[li],
+                   "v_cache": s.value_cache[li], "dense": [dense(getattr(lw, name)) for name in LINEARS],
+                   "sparse": [self.sparse.linear_args(li, name) if self.sparse else None for name in LINEARS]}
+                  for li, lw in enumerate(w.layers)]
+        dims = dict(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_ff=cfg.n_ff, n_head=cfg.n_head,
+                    n_head_kv=cfg.n_head_kv, head_dim=cfg.head_dim, rope_dim=cfg.rope_dim, n_vocab=cfg.n_vocab,
+                    n_ctx=self.n_ctx, rms_eps=cfg.rms_eps)
+        state = dict(x=s.x, xb=s.xb, q=s.q, attn=s.attn, k=s.k, v=s.v, hb=s.hb, hb2=s.hb2, att=s.att,
+                     logits=s.logits, tokens=s.tokens)
+        if self.sparse:
+            state.update(scratch=self.sparse.scratch, n_kept=self.sparse.n_kept)
+        self._forward = native.bind_forward(self.pool, dims, blocks, dense(w.token_embd), w.output_norm,
+                                            dense(w.output), s.cos, s.sin, state)
 
     def reset(self) -> None:
         self.n_past = 0
@@ -136,130 +136,27 @@ class Model:
         n = len(tokens)
         out = np.empty((n, self.config.n_vocab), np.float32) if logits_all else None
         sparse, batch = step_mode(n, self.sparse_enabled, self.sparse_prefill, self.n_batch)
-        with single_threaded_blas():  # numpy's BLAS threads would spin on the cores our pool needs (blas.py)
-            for start in range(0, n, batch):
-                chunk = tokens[start:start + batch]
-                last = start + len(chunk) == n
-                logits = self._step(chunk, logits_all=logits_all or not last, sparse=sparse)
-                if logits_all:
-                    out[start:start + len(chunk)] = logits
+        for start in range(0, n, batch):
+            chunk = tokens[start:start + batch]
+            last = start + len(chunk) == n
+            logits = self._step(chunk, logits_all=logits_all or not last, sparse=sparse)
+            if logits_all:
+                out[start:start + len(chunk)] = logits
         return out if logits_all else logits[-1]
 
     def _step(self, tokens: np.ndarray, logits_all: bool, sparse: bool) -> np.ndarray:
-        cfg, s, w, n, pos = self.config, self.state, self.weights, len(tokens), self.n_past
-        x = s.x[:n]
-        s.rows[:n] = tokens
-        if n == 1:
-            self._embd_call()
-            # one native call per linear, bound once: sparse over the companion, or dense over the base
-            calls = self.sparse.calls if sparse else self._dense_calls
-        else:
-            native.get_rows(w.token_embd.type, w.token_embd.data, cfg.n_vocab, cfg.n_embd, s.rows[:n], out=x)
-            calls = None
-        lin = self._matmul if calls is None else (lambda li, name, x, buf: calls[li][name]() or buf[:1])
-        with np.errstate(over="ignore"):  # exp(-g) may overflow to inf in SiLU; the result is still exact (-0)
-            for li, lw in enumerate(w.layers):
-                xb = self._rmsnorm(x, lw.attn_norm, n)
-                q, k, v = lin(li, "attn_q", xb, s.q), lin(li, "attn_k", xb, s.k), lin(li, "attn_v", xb, s.v)
-                self._rope(q, pos, n, cfg.n_head)
-                self._rope(k, pos, n, cfg.n_head_kv)
-                s.key_cache[li, :, pos:pos + n] = k.reshape(n, cfg.n_head_kv, cfg.head_dim).transpose(1, 0, 2)
-                s.value_cache[li, :, pos:pos + n] = v.reshape(n, cfg.n_head_kv, cfg.head_dim).transpose(1, 0, 2)
-                attn = self._attention(li, q, pos, n)
-                x += lin(li, "attn_output", attn, s.xb)
-
-                xb = self._rmsnorm(x, lw.ffn_norm, n)
-                gate, up = lin(li, "ffn_gate", xb, s.hb), lin(li, "ffn_up", xb, s.hb2)
-                self._swiglu(gate, up)
-                x += lin(li, "ffn_down", gate, s.xb)
+        """One native forward call over a chunk: the logits of every token (logits_all) or of the last one."""
+        n, pos = len(tokens), self.n_past
+        self.state.tokens[:n] = tokens
+        self._forward(n, pos, sparse, logits_all)
         self.n_past += n
         if sparse:
             self.sparse.end_token()
-
-        rows = x if logits_all else x[n - 1:n]
-        xb = self._rmsnorm(rows, w.output_norm, len(rows))
-        if n == 1:
-            self._output_call()
-            logits = s.logits[:1]
-        else:
-            logits = self._dense(w.output, xb, s.logits)
+        logits = self.state.logits[:n if logits_all else 1]
         if not np.isfinite(logits.sum()):  # one reduction, no temporary array
             raise NumericalError(f"NaN or inf in the logits at position {pos + n - 1}; the weights or the "
                                  f"activations overflowed")
         return logits
-
-    # ---- the pieces, each in place on RunState buffers ----------------------------------------------------
-    def _matmul(self, li: int, name: str, x: np.ndarray, buf: np.ndarray) -> np.ndarray:
-        return self._dense(getattr(self.weights.layers[li], name), x, buf)
-
-    def _dense(self, lin: Linear, x: np.ndarray, buf: np.ndarray) -> np.ndarray:
-        out = buf[:len(x)]
-        native.matmul(self.pool, lin.type, lin.data, lin.n_out, lin.n_in, x, out=out)
-        return out
-
-    def _rmsnorm(self, x: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
-        s = self.state
-        out, ss = s.xb[:n], s.ss[:n]
-        if n == 1:  # decode: one dot product instead of a reduction over a temporary (3 numpy calls, not 6)
-            v = x[0]
-            np.multiply(v, np.float32(1.0 / np.sqrt(float(np.dot(v, v)) / v.size + self.config.rms_eps)), out=out[0])
-            out *= weight
-            return out
-        np.multiply(x, x, out=out)
-        np.mean(out, axis=1, keepdims=True, out=ss)
-        ss += self.config.rms_eps
-        np.sqrt(ss, out=ss)
-        np.divide(x, ss, out=out)
-        out *= weight
-        return out
-
-    def _rope(self, t: np.ndarray, pos: int, n: int, n_heads: int) -> None:
-        """Rotate adjacent pairs (t[2i], t[2i+1]) of the first rope_dim dims of every head by angle pos*freq_i."""
-        cfg, s = self.config, self.state
-        half = cfg.rope_dim // 2
-        pairs = t.reshape(n, n_heads, cfg.head_dim // 2, 2)[:, :, :half]
-        x0, x1 = pairs[..., 0], pairs[..., 1]
-        cos, sin = s.cos[pos:pos + n, None, :], s.sin[pos:pos + n, None, :]
-        t0, t1 = s.rope_tmp[0, :n, :n_heads], s.rope_tmp[1, :n, :n_heads]
-        np.multiply(x0, cos, out=t0)
-        np.multiply(x1, sin, out=t1)
-        t0 -= t1  # new x0 = x0 cos - x1 sin
-        np.multiply(x0, sin, out=t1)
-        x1 *= cos
-        x1 += t1  # new x1 = x0 sin + x1 cos
-        x0[...] = t0
-
-    def _attention(self, li: int, q: np.ndarray, pos: int, n: int) -> np.ndarray:
-        cfg, s = self.config, self.state
-        T = pos + n
-        keys, values = s.key_cache[li, :, :T], s.value_cache[li, :, :T]  # (n_kv, T, hd)
-        scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
-        out = s.attn[:n]
-        if n == 1:  # decode: one native call over the cache (the prefill code below is the same math)
-            self._attention_calls[li](T)
-            return out
-        # prefill: (n_kv, n_rep*n, hd) queries against T keys with a causal mask
-        qh = q.reshape(n, cfg.n_head_kv, cfg.n_rep, cfg.head_dim).transpose(1, 2, 0, 3)
-        qh = qh.reshape(cfg.n_head_kv, cfg.n_rep * n, cfg.head_dim)
-        att = np.matmul(qh, keys.transpose(0, 2, 1)) * scale
-        att = att.reshape(cfg.n_head_kv, cfg.n_rep, n, T)
-        causal = np.arange(T)[None, :] > (pos + np.arange(n))[:, None]  # (n, T): key after query
-        att[:, :, causal] = -np.inf
-        att -= att.max(axis=3, keepdims=True)
-        np.exp(att, out=att)
-        att /= att.sum(axis=3, keepdims=True)
-        o = np.matmul(att.reshape(cfg.n_head_kv, cfg.n_rep * n, T), values)  # (n_kv, n_rep*n, hd)
-        out[...] = o.reshape(cfg.n_head_kv, cfg.n_rep, n, cfg.head_dim).transpose(2, 0, 1, 3).reshape(n, -1)
-        return out
-
-    @staticmethod
-    def _swiglu(gate: np.ndarray, up: np.ndarray) -> None:
-        """gate <- silu(gate) * up = gate * up / (1 + exp(-gate)), using `up` as scratch."""
-        up *= gate
-        np.negative(gate, out=gate)
-        np.exp(gate, out=gate)
-        gate += 1
-        np.divide(up, gate, out=gate)
 
 
 def check_tokens(tokens, n_past: int, n_ctx: int, n_vocab: int) -> np.ndarray:

@@ -68,6 +68,54 @@ int rs_simd_select(const char *name);
 int rs_attention_decode(rs_pool *pool, const float *q, const float *k_cache, const float *v_cache,
                         int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ctx, int64_t n_pos,
                         float scale, float *out, float *scratch, int64_t scratch_floats);
+
+typedef struct rs_linear {
+    int type;
+    const void *w;
+    int64_t n_out, n_in;
+    const void *wt;
+    int wtype;
+    const float *colnorm;
+    float tau;
+    int ftype;
+    const void *u, *vs;
+    int64_t rank;
+} rs_linear;
+
+enum { RS_ATTN_Q, RS_ATTN_K, RS_ATTN_V, RS_ATTN_OUTPUT, RS_FFN_GATE, RS_FFN_UP, RS_FFN_DOWN, RS_N_LINEARS };
+
+typedef struct rs_block {
+    const float *attn_norm, *ffn_norm;
+    rs_linear lin[7];
+    float *k_cache, *v_cache;
+} rs_block;
+
+typedef struct rs_model {
+    int64_t n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, rope_dim, n_vocab, n_ctx;
+    float rms_eps;
+    const rs_block *blocks;
+    rs_linear token_embd;
+    const float *output_norm;
+    rs_linear output;
+    const float *rope_cos, *rope_sin;
+} rs_model;
+
+typedef struct rs_state {
+    int64_t n_batch;
+    float *x;
+    float *xb;
+    float *q, *attn;
+    float *k, *v;
+    float *hb, *hb2;
+    float *att;
+    float *logits;
+    void *scratch;
+    int64_t scratch_bytes;
+    int64_t *n_kept;
+} rs_state;
+
+int rs_forward(rs_pool *pool, const rs_model *m, const rs_state *s, const int64_t *tokens, int64_t n,
+               int64_t pos, int sparse, int logits_all);
 """
 
 ffi = FFI()
@@ -383,9 +431,9 @@ def simd_path() -> str:
 
 # ---- bound calls: the decode loop's fast path ---------------------------------------------------------------
 class Bound:
-    """One native call with every argument checked once and frozen: the decode loop calls `bound()` per token
-    with no argument checks, conversions or allocations (about a microsecond of Python), reading and writing the
-    same buffers each time. It keeps its arrays (and the pool) alive; calling it after the pool closed raises."""
+    """One native call with every argument checked once and frozen: `bound()` runs it with no argument checks,
+    conversions or allocations (about a microsecond of Python), reading and writing the same buffers each time. It
+    keeps its arrays (and the pool) alive; calling it after the pool closed raises."""
 
     __slots__ = ("_fn", "_args", "_pool", "_name", "_keep")
 
@@ -398,63 +446,6 @@ class Bound:
         status = self._fn(*self._args)
         if status:
             _check(status, self._name)
-
-
-def bind_matmul(pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.ndarray,
-                out: np.ndarray) -> Bound:
-    """matmul(pool, wtype, w, n_out, n_in, x, out) as a Bound call (x (n_in,) or (1, n_in), out to match)."""
-    lib = _load()
-    _pool(pool)
-    wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
-    _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
-    _array("x", x, _F32)
-    if x.size != n_in:
-        raise ValueError(f"x must hold one token of {n_in} values, got shape {x.shape}")
-    _array("out", out, _F32, writable=True)
-    if out.size != n_out or np.may_share_memory(out, x):
-        raise ValueError(f"out must hold {n_out} values and not overlap x, got shape {out.shape}")
-    args = (pool._ptr, wtype, ffi.from_buffer(w), n_out, n_in, ffi.from_buffer("float[]", x), 1,
-            ffi.from_buffer("float[]", out, require_writable=True))
-    return Bound("rs_matmul", lib.rs_matmul, args, pool, (w, x, out))
-
-
-def bind_get_rows(wtype: int, w: np.ndarray, n_rows_total: int, n_in: int, row: np.ndarray,
-                  out: np.ndarray) -> Bound:
-    """get_rows for one row index held in `row` ((1,) int64, set by the caller before each call)."""
-    lib = _load()
-    wtype, n_rows_total, n_in = _wtype(wtype), _int("n_rows_total", n_rows_total), _int("n_in", n_in)
-    _weights(w, wtype, n_rows_total, _row_bytes(lib, wtype, n_in))
-    _array("row", row, _I64)
-    _array("out", out, _F32, writable=True)
-    if row.size != 1 or out.size != n_in:
-        raise ValueError(f"row must hold 1 index and out {n_in} values, got {row.shape} and {out.shape}")
-    args = (wtype, ffi.from_buffer(w), n_rows_total, n_in, ffi.from_buffer("int64_t[]", row), 1,
-            ffi.from_buffer("float[]", out, require_writable=True))
-    return Bound("rs_get_rows", lib.rs_get_rows, args, None, (w, row, out))
-
-
-def bind_rsparse_matvec(pool: Pool, wtype: int, wt: np.ndarray, n_out: int, n_in: int, colnorm: np.ndarray | None,
-                        tau: float, U: np.ndarray | None, VS: np.ndarray | None, x: np.ndarray, out: np.ndarray,
-                        scratch: np.ndarray, n_kept: np.ndarray, slot: int) -> Bound:
-    """rsparse_matvec as a Bound call: the same checks, done once. x (n_in,) and out (n_out,) are fixed buffers
-    (views of a run state), `scratch` is shared by every bound linear (calls run one at a time), and each call
-    writes its kept-channel count to n_kept[slot] (an int64 array of counters owned by the caller)."""
-    lib = _load()
-    # one checked call validates every argument exactly as rsparse_matvec does, and runs the kernel once
-    x, out = x.reshape(-1), out.reshape(-1)
-    rsparse_matvec(pool, wtype, wt, n_out, n_in, colnorm, tau, U, VS, x, out=out, scratch=scratch)
-    _array("n_kept", n_kept, _I64, writable=True)
-    if n_kept.ndim != 1 or not 0 <= slot < n_kept.shape[0]:
-        raise ValueError(f"slot {slot} is outside n_kept of shape {n_kept.shape}")
-    rank, ftype, pu, pvs = 0, int(GGMLType.F32), ffi.NULL, ffi.NULL
-    if U is not None:
-        rank, ftype, pu, pvs = U.shape[1], _FACTOR_TYPES[U.dtype], ffi.from_buffer(U), ffi.from_buffer(VS)
-    args = (pool._ptr, int(wtype), ffi.from_buffer(wt), n_out, n_in,
-            ffi.NULL if colnorm is None else ffi.from_buffer("float[]", colnorm), float(tau), ftype, pu, pvs, rank,
-            ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out, require_writable=True),
-            ffi.from_buffer("int64_t[]", n_kept, require_writable=True) + slot,
-            ffi.from_buffer(scratch, require_writable=True), scratch.nbytes)
-    return Bound("rs_sparse_matvec", lib.rs_sparse_matvec, args, pool, (wt, colnorm, U, VS, x, out, scratch, n_kept))
 
 
 class BoundAttention(Bound):
@@ -504,3 +495,156 @@ def bind_attention(pool: Pool, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
             ffi.from_buffer("float[]", scratch, require_writable=True), scratch.size)
     return BoundAttention("rs_attention_decode", lib.rs_attention_decode, args, pool,
                           (q, k_cache, v_cache, out, scratch))
+
+
+# ---- the forward pass: one call per decode step or prompt chunk ---------------------------------------------------
+class BoundForward:
+    """rs_forward bound to one model's weights and one run state's buffers, every argument checked once here.
+    `bound(n, pos, sparse, logits_all)` runs the n token ids already written to `tokens[:n]` (the int64 buffer given
+    to bind_forward); the logits land in the `logits` buffer. About a microsecond of Python per call."""
+
+    __slots__ = ("_fn", "_pool", "_model", "_state", "_tokens", "_n_batch", "_n_ctx", "_has_sparse", "_keep")
+
+    def __init__(self, fn, pool, model, state, tokens, n_batch, n_ctx, has_sparse, keep):
+        self._fn, self._pool, self._model, self._state, self._tokens = fn, pool, model, state, tokens
+        self._n_batch, self._n_ctx, self._has_sparse, self._keep = n_batch, n_ctx, has_sparse, keep
+
+    def __call__(self, n: int, pos: int, sparse: bool, logits_all: bool) -> None:
+        if self._pool._ptr is None:
+            raise ValueError("rs_forward: pool is closed")
+        if not 1 <= n <= self._n_batch or not 0 <= pos <= self._n_ctx - n:
+            raise ValueError(f"rs_forward: {n} tokens at position {pos} do not fit (n_batch {self._n_batch}, "
+                             f"n_ctx {self._n_ctx})")
+        if sparse and (n != 1 or not self._has_sparse):
+            raise ValueError("rs_forward: sparse steps take one token and need every linear's R-Sparse form")
+        status = self._fn(self._pool._ptr, self._model, self._state, self._tokens, n, pos, int(sparse),
+                          int(logits_all))
+        if status:
+            _check(status, "rs_forward")
+
+
+def _linear_struct(lib, pool: Pool, dst, dense: tuple, sparse: tuple | None, keep: list) -> None:
+    """Fill an rs_linear: dense = (wtype, w, n_out, n_in) in rs_matmul's layout; sparse = (wtype, wt, colnorm, tau,
+    U, VS) in rs_sparse_matvec's (checked by one real call, as bind_rsparse_matvec does), or None."""
+    wtype, w, n_out, n_in = dense
+    wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
+    _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
+    dst.type, dst.w, dst.n_out, dst.n_in = wtype, ffi.from_buffer(w), n_out, n_in
+    keep.append(w)
+    dst.wt = ffi.NULL
+    if sparse is None:
+        return
+    swtype, wt, colnorm, tau, U, VS = sparse
+    rsparse_matvec(pool, swtype, wt, n_out, n_in, colnorm, tau, U, VS, np.zeros(n_in, np.float32))
+    dst.wtype, dst.wt, dst.tau = int(swtype), ffi.from_buffer(wt), float(tau)
+    dst.colnorm = ffi.NULL if colnorm is None else ffi.from_buffer("float[]", colnorm)
+    dst.rank, dst.ftype, dst.u, dst.vs = 0, int(GGMLType.F32), ffi.NULL, ffi.NULL
+    if U is not None:
+        dst.rank, dst.ftype, dst.u, dst.vs = U.shape[1], _FACTOR_TYPES[U.dtype], ffi.from_buffer(U), ffi.from_buffer(VS)
+    keep += [wt, colnorm, U, VS]
+
+
+def bind_forward(pool: Pool, dims: dict, blocks: list[dict], token_embd: tuple, output_norm: np.ndarray,
+                 output: tuple, rope_cos: np.ndarray, rope_sin: np.ndarray, state: dict) -> BoundForward:
+    """rs_forward (native/include/rsparse.h) as a bound call.
+
+    dims:   n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, rope_dim, n_vocab, n_ctx (ints), rms_eps (float)
+    blocks: per block {"attn_norm", "ffn_norm": (n_embd,) f32, "k_cache", "v_cache": (n_head_kv, n_ctx, head_dim)
+            f32, "dense": 7 tuples (wtype, w, n_out, n_in), "sparse": 7 tuples (wtype, wt, colnorm, tau, U, VS) or
+            None}, linears in rs_block order (q, k, v, o, gate, up, down)
+    token_embd, output: (wtype, w, n_vocab, n_embd);  rope_cos, rope_sin: (n_ctx, rope_dim / 2) f32
+    state:  x, xb (n_batch, n_embd); q, attn (n_batch, q_dim); k, v (n_batch, kv_dim); hb, hb2 (n_batch, n_ff);
+            att (>= n_head * n_ctx floats); logits (n_batch, n_vocab); tokens (n_batch,) int64; and, when every
+            block has its sparse form, scratch (>= the widest linear's sparse_scratch_bytes) and n_kept
+            (n_layer * 7,) int64. All C-contiguous and writable."""
+    lib = _load()
+    _pool(pool)
+    ints = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "rope_dim", "n_vocab", "n_ctx")
+    d = {k: _int(k, dims[k], 0 if k == "rope_dim" else 1) for k in ints}
+    eps = float(dims["rms_eps"])
+    if not eps >= 0.0:
+        raise ValueError(f"rms_eps must be >= 0, got {eps}")
+    if d["n_head"] % d["n_head_kv"] or d["head_dim"] % 2 or d["rope_dim"] % 2 or d["rope_dim"] > d["head_dim"]:
+        raise ValueError(f"inconsistent head sizes: {d}")
+    if len(blocks) != d["n_layer"]:
+        raise ValueError(f"{len(blocks)} blocks for n_layer = {d['n_layer']}")
+    e, ff, ctx = d["n_embd"], d["n_ff"], d["n_ctx"]
+    qd, kv = d["n_head"] * d["head_dim"], d["n_head_kv"] * d["head_dim"]
+    keep: list = []
+
+    def vec(name, a, shape):
+        _array(name, a, _F32)
+        if a.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+        keep.append(a)
+        return ffi.from_buffer("float[]", a)
+
+    def buf(name, a, shape):
+        _array(name, a, _F32, writable=True)
+        if a.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+        keep.append(a)
+        return ffi.from_buffer("float[]", a, require_writable=True)
+
+    has_sparse = all(s is not None for b in blocks for s in b["sparse"])
+    shapes = [(qd, e), (kv, e), (kv, e), (e, qd), (ff, e), (ff, e), (e, ff)]
+    cblocks = ffi.new("rs_block[]", d["n_layer"])
+    for i, b in enumerate(blocks):
+        cb = cblocks[i]
+        cb.attn_norm, cb.ffn_norm = vec("attn_norm", b["attn_norm"], (e,)), vec("ffn_norm", b["ffn_norm"], (e,))
+        cb.k_cache = buf("k_cache", b["k_cache"], (d["n_head_kv"], ctx, d["head_dim"]))
+        cb.v_cache = buf("v_cache", b["v_cache"], (d["n_head_kv"], ctx, d["head_dim"]))
+        for j, (dense, sparse) in enumerate(zip(b["dense"], b["sparse"], strict=True)):
+            if tuple(dense[2:4]) != shapes[j]:
+                raise ValueError(f"block {i} linear {j}: shape {tuple(dense[2:4])}, expected {shapes[j]}")
+            _linear_struct(lib, pool, cb.lin[j], dense, sparse if has_sparse else None, keep)
+    cm = ffi.new("rs_model *")
+    for k in ints:
+        setattr(cm, k, d[k])
+    cm.rms_eps, cm.blocks = eps, cblocks
+    for name, lin in (("token_embd", token_embd), ("output", output)):
+        if tuple(lin[2:4]) != (d["n_vocab"], e):
+            raise ValueError(f"{name}: shape {tuple(lin[2:4])}, expected {(d['n_vocab'], e)}")
+        _linear_struct(lib, pool, getattr(cm, name), lin, None, keep)
+    cm.output_norm = vec("output_norm", output_norm, (e,))
+    half = d["rope_dim"] // 2
+    cm.rope_cos, cm.rope_sin = vec("rope_cos", rope_cos, (ctx, half)), vec("rope_sin", rope_sin, (ctx, half))
+
+    tokens = state["tokens"]
+    _array("tokens", tokens, _I64, writable=True)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be (n_batch,), got {tokens.shape}")
+    nb = tokens.shape[0]
+    cs = ffi.new("rs_state *")
+    cs.n_batch = nb
+    for name, width in (("x", e), ("xb", e), ("q", qd), ("attn", qd), ("k", kv), ("v", kv), ("hb", ff),
+                        ("hb2", ff), ("logits", d["n_vocab"])):
+        setattr(cs, name, buf(name, state[name], (nb, width)))
+    att = state["att"]
+    _array("att", att, _F32, writable=True)
+    if att.size < d["n_head"] * ctx:
+        raise ValueError(f"att must hold n_head * n_ctx = {d['n_head'] * ctx} floats, got {att.size}")
+    cs.att = ffi.from_buffer("float[]", att, require_writable=True)
+    keep.append(att)
+    cs.scratch, cs.scratch_bytes, cs.n_kept = ffi.NULL, 0, ffi.NULL
+    if has_sparse:
+        scratch, n_kept = state["scratch"], state["n_kept"]
+        need = max(sparse_scratch_bytes(b["dense"][j][3], 0 if b["sparse"][j][4] is None else b["sparse"][j][4].shape[1])
+                   for b in blocks for j in range(7))
+        _array("scratch", scratch, writable=True)
+        if scratch.nbytes < need or scratch.ctypes.data % 4:
+            raise ValueError(f"scratch must hold {need} bytes at a 4-byte aligned address, got {scratch.nbytes}")
+        _array("n_kept", n_kept, _I64, writable=True)
+        if n_kept.shape != (d["n_layer"] * 7,):
+            raise ValueError(f"n_kept must have shape ({d['n_layer'] * 7},), got {n_kept.shape}")
+        cs.scratch, cs.scratch_bytes = ffi.from_buffer(scratch, require_writable=True), scratch.nbytes
+        cs.n_kept = ffi.from_buffer("int64_t[]", n_kept, require_writable=True)
+        keep += [scratch, n_kept]
+    arrays = [state[k] for k in ("x", "xb", "q", "attn", "k", "v", "hb", "hb2", "att", "logits")]
+    arrays += [b[c] for b in blocks for c in ("k_cache", "v_cache")]
+    for i, a in enumerate(arrays):
+        if any(np.may_share_memory(a, o) for o in arrays[i + 1:]):
+            raise ValueError("the run state's buffers overlap")
+    ctokens = ffi.from_buffer("int64_t[]", tokens)
+    keep += [tokens, cblocks]
+    return BoundForward(lib.rs_forward, pool, cm, cs, ctokens, nb, ctx, has_sparse, keep)

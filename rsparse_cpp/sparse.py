@@ -4,8 +4,8 @@ For one decoded token each linear y = W x runs as (R-Sparse, Eq. 4)
     score = |x| * colnorm   (|x| where rho == 1)      m = score > tau
     y     = W[:, m] x[m] + U_r (S_r V_r^T ((1 - m) * x))
 reading only the kept channels' rows of the companion's input-channel-major weights, plus the low-rank factors.
-The binding is made once per Model (its run-state buffers never move), so a token costs one native call per linear.
-Each call also reports how many channels it kept; `SparseDecode` sums them into the measured kept fraction.
+rs_forward (model.py) runs them all in one native call per token; each linear reports how many channels it kept,
+and `SparseDecode` sums those counts into the measured kept fraction.
 """
 from __future__ import annotations
 
@@ -51,25 +51,19 @@ class KeptStats:
 
 
 class SparseDecode(KeptStats):
-    """Bound R-Sparse calls for all n_layer x 7 linears, their kept-channel counters and per-token statistics.
+    """The companion's R-Sparse form of all n_layer x 7 linears, as rs_forward takes them, with the kept-channel
+    counters it writes and their per-token statistics, and the one scratch buffer every sparse linear shares (they
+    run one at a time)."""
 
-    `io[name]` gives, for each linear, the (input, output) run-state rows it reads and writes at batch 1."""
-
-    def __init__(self, companion: Companion, pool: native.Pool, io: dict[str, tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, companion: Companion):
         self.companion = companion
-        n_layer = companion.n_layer
-        lins = [companion.linear(b, name) for b in range(n_layer) for name in LINEARS]
+        lins = [companion.linear(b, name) for b in range(companion.n_layer) for name in LINEARS]
         super().__init__(lins)
         need = max(native.sparse_scratch_bytes(c.n_in, c.rank) for c in lins)
-        self._scratch = np.zeros((need + 3) // 4, np.float32)  # one scratch for all: calls run one at a time
-        self.calls: list[dict[str, native.Bound]] = []
-        for b in range(n_layer):
-            layer = {}
-            for i, name in enumerate(LINEARS):
-                c = companion.linear(b, name)
-                x, y = io[name]
-                colnorm = None if c.rho >= 1.0 else c.colnorm  # rho = 1: plain magnitude score |x|
-                layer[name] = native.bind_rsparse_matvec(
-                    pool, c.weight_type, c.weight, c.n_out, c.n_in, colnorm, c.tau, c.u, c.vs, x, y,
-                    self._scratch, self.n_kept, b * len(LINEARS) + i)
-            self.calls.append(layer)
+        self.scratch = np.zeros((need + 3) // 4, np.float32)
+
+    def linear_args(self, bid: int, name: str) -> tuple:
+        """(wtype, wt, colnorm, tau, U, VS) of one linear: rs_sparse_matvec's weights and threshold."""
+        c = self.companion.linear(bid, name)
+        colnorm = None if c.rho >= 1.0 else c.colnorm  # rho = 1: plain magnitude score |x|
+        return c.weight_type, c.weight, colnorm, c.tau, c.u, c.vs

@@ -80,39 +80,6 @@ def test_quantized_close_to_float(tiny_llama_dir, tmp_path):
     assert errs["f16"] <= errs["q8_0"] <= errs["q4_0"] or "odd_sizes" in str(tiny_llama_dir), errs
 
 
-def test_single_threaded_blas_sets_and_restores():
-    """numpy's OpenBLAS is found among the loaded libraries and held to one thread inside the block only."""
-    from rsparse_cpp import blas
-
-    with blas.single_threaded_blas():  # the first use looks the library up
-        pass
-    if blas._api is None:
-        pytest.skip("numpy's BLAS is not an OpenBLAS listed in /proc/self/maps")
-    setter, getter = blas._api
-    setter(2)
-    with blas.single_threaded_blas():
-        assert getter() == 1
-    assert getter() == 2
-    outer, inner = blas.single_threaded_blas(), blas.single_threaded_blas()  # overlapping, as from two threads
-    outer.__enter__()
-    inner.__enter__()
-    outer.__exit__(None, None, None)
-    assert getter() == 1  # the other block still runs
-    inner.__exit__(None, None, None)
-    assert getter() == 2
-
-
-def test_forward_runs_with_single_threaded_blas(tiny_llama_dir, tmp_path, monkeypatch):
-    """Prefill's numpy matmuls must not leave BLAS threads spinning on our pool's cores (rsparse_cpp/blas.py)."""
-    from rsparse_cpp import blas
-
-    calls, threads = [], [4]
-    monkeypatch.setattr(blas, "_api", (lambda n: (calls.append(n), threads.__setitem__(0, n)), lambda: threads[0]))
-    model = Model.load(convert(tiny_llama_dir, tmp_path / "m.gguf", "f32", progress=False), n_ctx=32, n_threads=2)
-    model.forward([1, 2, 3])
-    assert calls == [1, 4] and threads[0] == 4
-
-
 def test_context_overflow_is_an_error(tiny_llama_dir, tmp_path):
     path = convert(tiny_llama_dir, tmp_path / "m.gguf", "f32", progress=False)
     model = Model.load(path, n_ctx=8, n_threads=1)

@@ -338,6 +338,13 @@ def test_cdef_mirrors_header():
         assert getattr(native._load(), name) == int(value), name
     assert int(re.search(r"#define RS_MAX_THREADS (\d+)", header).group(1)) == native._load().RS_MAX_THREADS
 
+    def structs(decls: str) -> dict[str, str]:
+        decls = re.sub(r"/\*.*?\*/", "", decls, flags=re.S)
+        return {name: re.sub(r"\s+", " ", body).strip()
+                for body, name in re.findall(r"typedef struct \w+ \{(.*?)\} (\w+);", decls, re.S)}
+
+    assert structs(header) == structs(native.CDEF)  # the same fields in the same order: the same layout
+
 
 # ---- Pool and loader ----------------------------------------------------------------------------------------
 def test_pool_lifecycle():

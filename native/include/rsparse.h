@@ -137,6 +137,71 @@ RS_API int rs_attention_decode(rs_pool *pool, const float *q, const float *k_cac
                                int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ctx, int64_t n_pos,
                                float scale, float *out, float *scratch, int64_t scratch_floats);
 
+/* ---- the forward pass: one call per decode step or prompt chunk ----------------------------------------------- */
+
+/* One linear y = W x of a decoder block, in both forms the runtime holds. */
+typedef struct rs_linear {
+    int type;               /* dense form: w (n_out, n_in) rows in `type` (rs_matmul's layout) */
+    const void *w;
+    int64_t n_out, n_in;
+    const void *wt;         /* R-Sparse form (rs_sparse_matvec's arguments), or NULL when there is none: */
+    int wtype;              /*   wt (n_in, n_out) input-channel-major in wtype */
+    const float *colnorm;   /*   (n_in,) or NULL: the rho = 1 score |x| */
+    float tau;
+    int ftype;              /*   u (n_out, rank) and vs (rank, n_in) in ftype; rank 0: no low-rank term */
+    const void *u, *vs;
+    int64_t rank;
+} rs_linear;
+
+/* The seven linears of a block, in the order of rs_block.lin and of rs_state.n_kept. */
+enum { RS_ATTN_Q, RS_ATTN_K, RS_ATTN_V, RS_ATTN_OUTPUT, RS_FFN_GATE, RS_FFN_UP, RS_FFN_DOWN, RS_N_LINEARS };
+
+typedef struct rs_block {
+    const float *attn_norm, *ffn_norm;  /* (n_embd,) RMSNorm weights */
+    rs_linear lin[7];                   /* RS_N_LINEARS: q (q_dim, n_embd), k and v (kv_dim, n_embd),
+                                         * o (n_embd, q_dim), gate and up (n_ff, n_embd), down (n_embd, n_ff) */
+    float *k_cache, *v_cache;           /* (n_head_kv, n_ctx, head_dim): this block's KV cache */
+} rs_block;
+
+/* A Llama-family decoder (q_dim = n_head * head_dim, kv_dim = n_head_kv * head_dim). Q/K rows are in llama.cpp's
+ * permutation, so RoPE rotates adjacent pairs (2i, 2i + 1), i < rope_dim / 2, of every head. */
+typedef struct rs_model {
+    int64_t n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, rope_dim, n_vocab, n_ctx;
+    float rms_eps;
+    const rs_block *blocks;             /* (n_layer,) */
+    rs_linear token_embd;               /* (n_vocab, n_embd): rows looked up, dense form only */
+    const float *output_norm;           /* (n_embd,) */
+    rs_linear output;                   /* (n_vocab, n_embd), dense form only */
+    const float *rope_cos, *rope_sin;   /* (n_ctx, rope_dim / 2): cos and sin of position * frequency */
+} rs_model;
+
+/* Every buffer the forward pass touches, owned by the caller (allocated once): token t of a call uses row t. */
+typedef struct rs_state {
+    int64_t n_batch;                    /* most tokens per call */
+    float *x;                           /* (n_batch, n_embd) residual stream */
+    float *xb;                          /* (n_batch, n_embd) normed block input, then a linear's output */
+    float *q, *attn;                    /* (n_batch, q_dim) rotated queries; attention output */
+    float *k, *v;                       /* (n_batch, kv_dim) */
+    float *hb, *hb2;                    /* (n_batch, n_ff) gate, then silu(gate) * up; up */
+    float *att;                         /* (n_head, n_ctx) attention scores */
+    float *logits;                      /* (n_batch, n_vocab) */
+    void *scratch;                      /* sparse decode: rs_sparse_scratch_bytes of the widest sparse linear */
+    int64_t scratch_bytes;
+    int64_t *n_kept;                    /* (n_layer, RS_N_LINEARS): kept channels of the last sparse step; or NULL */
+} rs_state;
+
+/* Runs tokens (n,) at positions pos .. pos + n - 1 through every block (the KV caches get their keys and values),
+ * then the output norm and head: logits of the last token in s->logits row 0, or of every token in rows 0..n-1
+ * when logits_all. Each step reads as the math (forward.c): x = embd[token]; per block, xb = rmsnorm(x) * w;
+ * q, k, v = linears(xb); RoPE(q, k); cache k, v; attn = softmax(q K^T / sqrt(head_dim)) V (causal, GQA);
+ * x += o(attn); xb = rmsnorm(x) * w; x += down(silu(gate(xb)) * up(xb)).
+ * sparse != 0 runs every block linear through rs_sparse_matvec (each must have its R-Sparse form, and n must be 1);
+ * otherwise through rs_matmul: one product of each weight row with all n tokens (prefill).
+ * Checks: n in [1, n_batch], pos + n <= n_ctx, token ids in [0, n_vocab), every linear's shape against the
+ * model's sizes; RS_ERR_INDEX for a bad token id, before anything is written. */
+RS_API int rs_forward(rs_pool *pool, const rs_model *m, const rs_state *s, const int64_t *tokens, int64_t n,
+                      int64_t pos, int sparse, int logits_all);
+
 #ifdef __cplusplus
 }
 #endif
