@@ -523,6 +523,17 @@ class BoundForward:
             _check(status, "rs_forward")
 
 
+def forward_scratch_bytes(linear_bytes: int) -> int:
+    """rs_state.scratch for sparse linears needing at most linear_bytes each: q, k and v run at once, each on its own
+    64-byte aligned third."""
+    return 3 * ((linear_bytes + 63) // 64 * 64)
+
+
+def _rank(U: np.ndarray | None) -> int:
+    """The rank of a low-rank factor U (n_out, rank); 0 for none."""
+    return 0 if U is None else U.shape[1]
+
+
 def _linear_struct(lib, pool: Pool, dst, dense: tuple, sparse: tuple | None, keep: list) -> None:
     """Fill an rs_linear: dense = (wtype, w, n_out, n_in) in rs_matmul's layout; sparse = (wtype, wt, colnorm, tau,
     U, VS) in rs_sparse_matvec's (checked by one real call, as bind_rsparse_matvec does), or None."""
@@ -555,7 +566,7 @@ def bind_forward(pool: Pool, dims: dict, blocks: list[dict], token_embd: tuple, 
     token_embd, output: (wtype, w, n_vocab, n_embd);  rope_cos, rope_sin: (n_ctx, rope_dim / 2) f32
     state:  x, xb (n_batch, n_embd); q, attn (n_batch, q_dim); k, v (n_batch, kv_dim); hb, hb2 (n_batch, n_ff);
             att (>= n_head * n_ctx floats); logits (n_batch, n_vocab); tokens (n_batch,) int64; and, when every
-            block has its sparse form, scratch (>= the widest linear's sparse_scratch_bytes) and n_kept
+            block has its sparse form, scratch (>= forward_scratch_bytes of the widest linear's) and n_kept
             (n_layer * 7,) int64. All C-contiguous and writable."""
     lib = _load()
     _pool(pool)
@@ -629,8 +640,8 @@ def bind_forward(pool: Pool, dims: dict, blocks: list[dict], token_embd: tuple, 
     cs.scratch, cs.scratch_bytes, cs.n_kept = ffi.NULL, 0, ffi.NULL
     if has_sparse:
         scratch, n_kept = state["scratch"], state["n_kept"]
-        need = max(sparse_scratch_bytes(b["dense"][j][3], 0 if b["sparse"][j][4] is None else b["sparse"][j][4].shape[1])
-                   for b in blocks for j in range(7))
+        need = forward_scratch_bytes(max(sparse_scratch_bytes(b["dense"][j][3], _rank(b["sparse"][j][4]))
+                                         for b in blocks for j in range(7)))
         _array("scratch", scratch, writable=True)
         if scratch.nbytes < need or scratch.ctypes.data % 4:
             raise ValueError(f"scratch must hold {need} bytes at a 4-byte aligned address, got {scratch.nbytes}")

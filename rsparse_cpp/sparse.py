@@ -52,15 +52,14 @@ class KeptStats:
 
 class SparseDecode(KeptStats):
     """The companion's R-Sparse form of all n_layer x 7 linears, as rs_forward takes them, with the kept-channel
-    counters it writes and their per-token statistics, and the one scratch buffer every sparse linear shares (they
-    run one at a time)."""
+    counters it writes and their per-token statistics, and the scratch the sparse linears share (three at a time)."""
 
     def __init__(self, companion: Companion):
         self.companion = companion
         lins = [companion.linear(b, name) for b in range(companion.n_layer) for name in LINEARS]
         super().__init__(lins)
-        need = max(native.sparse_scratch_bytes(c.n_in, c.rank) for c in lins)
-        self.scratch = np.zeros((need + 3) // 4, np.float32)
+        need = native.forward_scratch_bytes(max(native.sparse_scratch_bytes(c.n_in, c.rank) for c in lins))
+        self.scratch = np.zeros(need // 4, np.float32)
 
     def linear_args(self, bid: int, name: str) -> tuple:
         """(wtype, wt, colnorm, tau, U, VS) of one linear: rs_sparse_matvec's weights and threshold."""

@@ -185,7 +185,8 @@ typedef struct rs_state {
     float *hb, *hb2;                    /* (n_batch, n_ff) gate, then silu(gate) * up; up */
     float *att;                         /* (n_head, n_ctx) attention scores */
     float *logits;                      /* (n_batch, n_vocab) */
-    void *scratch;                      /* sparse decode: rs_sparse_scratch_bytes of the widest sparse linear */
+    void *scratch;                      /* sparse decode: 3 parts (q, k and v run together), each 64-byte
+                                         * aligned and rs_sparse_scratch_bytes of the widest sparse linear */
     int64_t scratch_bytes;
     int64_t *n_kept;                    /* (n_layer, RS_N_LINEARS): kept channels of the last sparse step; or NULL */
 } rs_state;

@@ -14,6 +14,7 @@
 #include "attention.h"
 #include "check.h"
 #include "pool.h"
+#include "sparse.h"
 
 /* out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, for n tokens of d values (sum of squares in double: d up to 16K). */
 static void rmsnorm(float *out, const float *x, const float *w, int64_t n, int64_t d, float eps)
@@ -73,14 +74,31 @@ static void add(float *x, const float *y, int64_t n)
         x[i] += y[i];
 }
 
-/* y (n, n_out) = linear(x (n, n_in)): the R-Sparse kernel (one token) or the dense product. */
-static int linear(rs_pool *pool, const rs_linear *l, const rs_state *s, int sparse, const float *x, int64_t n,
-                  float *y, int64_t *n_kept)
+/* Linears run as one group at most: q, k and v. */
+#define RS_FORWARD_GROUP 3
+
+/* ys[i] (n, n_out) = linears first[0 .. count) of x (n, n_in), which they all read: the R-Sparse kernel for one
+ * token (as one group, sharing the pool's wake-ups; each linear takes a third of the scratch), or dense products. */
+static int linears(rs_pool *pool, const rs_linear *first, int count, const rs_state *s, int sparse, const float *x,
+                   int64_t n, float *const *ys, int64_t *n_kept)
 {
-    if (!sparse)
-        return rs_matmul(pool, l->type, l->w, l->n_out, l->n_in, x, n, y);
-    return rs_sparse_matvec(pool, l->wtype, l->wt, l->n_out, l->n_in, l->colnorm, l->tau, l->ftype, l->u, l->vs,
-                            l->rank, x, y, n_kept, s->scratch, s->scratch_bytes);
+    if (!sparse) {
+        for (int i = 0; i < count; i++) {
+            const rs_linear *l = &first[i];
+            const int st = rs_matmul(pool, l->type, l->w, l->n_out, l->n_in, x, n, ys[i]);
+            if (st != RS_OK)
+                return st;
+        }
+        return RS_OK;
+    }
+    const int64_t part = s->scratch_bytes / RS_FORWARD_GROUP / 64 * 64;
+    rs_sparse_args a[RS_FORWARD_GROUP];
+    for (int i = 0; i < count; i++) {
+        const rs_linear *l = &first[i];
+        a[i] = (rs_sparse_args){l->wtype, l->wt, l->n_out, l->n_in, l->colnorm, l->tau, l->ftype, l->u, l->vs,
+                                l->rank, x, ys[i], n_kept ? n_kept + i : NULL, (char *)s->scratch + i * part, part};
+    }
+    return rs_sparse_group(pool, a, count);
 }
 
 /* Does the linear have the shape (n_out, n_in), and the form the call needs? */
@@ -143,27 +161,25 @@ int rs_forward(rs_pool *pool, const rs_model *m, const rs_state *s, const int64_
         const rs_block *b = &m->blocks[l];
         const rs_linear *w = b->lin;
         int64_t *kept = s->n_kept ? s->n_kept + l * RS_N_LINEARS : NULL;
-#define LINEAR(i, x, y) TRY(linear(pool, &w[i], s, sparse, (x), n, (y), kept ? kept + (i) : NULL))
+#define LINEARS(i, count, x, ...) \
+    TRY(linears(pool, &w[i], (count), s, sparse, (x), n, (float *const[]){__VA_ARGS__}, kept ? kept + (i) : NULL))
         /* attention */
         rmsnorm(s->xb, s->x, b->attn_norm, n, e, m->rms_eps);
-        LINEAR(RS_ATTN_Q, s->xb, s->q);
-        LINEAR(RS_ATTN_K, s->xb, s->k);
-        LINEAR(RS_ATTN_V, s->xb, s->v);
+        LINEARS(RS_ATTN_Q, 3, s->xb, s->q, s->k, s->v);
         rope(s->q, n, m->n_head, m->head_dim, m->rope_dim, m->rope_cos, m->rope_sin, pos);
         rope(s->k, n, m->n_head_kv, m->head_dim, m->rope_dim, m->rope_cos, m->rope_sin, pos);
         cache_kv(m, b, s->k, s->v, n, pos);
         rs_attention_tokens(pool, s->q, b->k_cache, b->v_cache, n, m->n_head, m->n_head_kv, m->head_dim, m->n_ctx,
                             pos, scale, s->attn, s->att, m->n_ctx);
-        LINEAR(RS_ATTN_OUTPUT, s->attn, s->xb);
+        LINEARS(RS_ATTN_OUTPUT, 1, s->attn, s->xb);
         add(s->x, s->xb, n * e);
         /* SwiGLU MLP */
         rmsnorm(s->xb, s->x, b->ffn_norm, n, e, m->rms_eps);
-        LINEAR(RS_FFN_GATE, s->xb, s->hb);
-        LINEAR(RS_FFN_UP, s->xb, s->hb2);
+        LINEARS(RS_FFN_GATE, 2, s->xb, s->hb, s->hb2);
         swiglu(s->hb, s->hb2, n * ff);
-        LINEAR(RS_FFN_DOWN, s->hb, s->xb);
+        LINEARS(RS_FFN_DOWN, 1, s->hb, s->xb);
         add(s->x, s->xb, n * e);
-#undef LINEAR
+#undef LINEARS
     }
     /* the head: every token's logits, or the last one's (in row 0) */
     const int64_t first = logits_all ? 0 : n - 1, n_out = n - first;
