@@ -1,86 +1,123 @@
-/* attention.c -- rs_attention_decode: one new token's attention over the KV cache, with grouped-query heads.
+/* attention.c -- causal attention over the KV cache with grouped-query heads: rs_attention_decode (one new token)
+ * and rs_attention_tokens (a run of new tokens, for the forward pass).
  *
- * This is the decode step's glue that numpy runs slowest: a dozen small calls per layer, each a few microseconds,
- * and strided views of the cache that it copies. Here it is one call per layer; the pool splits the query heads.
- * Per query head h (KV head g = h / (n_head / n_head_kv)):
- *   s_t = scale * q_h . K[g, t]   for t < n_pos;   p = softmax(s);   out_h = sum_t p_t V[g, t] */
+ * Per query head h (KV head g = h / (n_head / n_head_kv)) and new token i at position pos + i:
+ *   s_t = scale * q_ih . K[g, t]   for t <= pos + i;   p = softmax(s);   out_ih = sum_t p_t V[g, t]
+ * The pool splits the query heads. The products run on the SIMD path's F32 kernel (rs_mm_fn, kernels.h): for one
+ * token, the scores are a matrix-vector product with the cached keys and the output a sum of value rows; for a
+ * prompt, both are small GEMMs (scores of every token against every key, then the probabilities against V
+ * transposed), register-tiled like the linears: as numpy loops the prompt's attention took as long as its linears
+ * on the 1B-shaped model. A prompt's scores are computed for every key and the future ones dropped by the softmax
+ * (the causal half costs a GEMM's arithmetic, not its structure). */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "attention.h"
 #include "check.h"
+#include "kernels.h"
 #include "pool.h"
 
 struct attention_job {
+    rs_mm_fn mm;                /* the F32 kernel of the path in use */
     const float *q, *k, *v;     /* q (n_tok, n_head, hd); k, v (n_head_kv, n_ctx, hd) */
     int64_t n_tok, n_head, n_rep, hd, n_ctx, pos, s_stride;
     float scale;
-    float *out, *scratch;       /* out (n_tok, n_head, hd); scratch (n_head, s_stride >= pos + n_tok) */
+    float *out;                 /* (n_tok, n_head, hd) */
+    float *scratch;             /* one token: (n_head, s_stride >= pos + 1) scores; a prompt: per thread, the
+                                 * buffers of prompt_head, `per_thread` floats apart */
+    int64_t per_thread;
 };
 
-/* Eight independent partial sums: the compiler keeps them in vector registers (a single running sum is a chain of
- * dependent adds that it may not reorder). */
-static inline float dot(const float *a, const float *b, int64_t n)
-{
-    float acc[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++)
-            acc[l] += a[i + l] * b[i + l];
-    float sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++)
-        sum += a[i] * b[i];
-    return sum;
-}
-
-/* One query head against the first n_pos cached positions of its KV head; s: (n_pos,) scores. */
-static void attend(const float *q, const float *k, const float *v, int64_t n_pos, int64_t hd, float scale,
-                   float *s, float *o)
+/* s[0..n) <- softmax(scale * s[0..n)) */
+static void softmax(float *s, int64_t n, float scale)
 {
     float max = -INFINITY;
-    for (int64_t t = 0; t < n_pos; t++) {
-        s[t] = dot(q, k + t * hd, hd) * scale;
+    for (int64_t t = 0; t < n; t++) {
+        s[t] *= scale;
         max = s[t] > max ? s[t] : max;
     }
     float sum = 0.0f;
-    for (int64_t t = 0; t < n_pos; t++) {
+    for (int64_t t = 0; t < n; t++) {
         s[t] = expf(s[t] - max);
         sum += s[t];
     }
     const float inv = 1.0f / sum;
-    for (int64_t i = 0; i < hd; i++)
-        o[i] = 0.0f;
-    for (int64_t t = 0; t < n_pos; t++) {
-        const float p = s[t] * inv;
-        for (int64_t i = 0; i < hd; i++)
-            o[i] += p * v[t * hd + i];
-    }
+    for (int64_t t = 0; t < n; t++)
+        s[t] *= inv;
 }
 
-/* Threads split the query heads; each runs its heads for every token (causal: token i sees pos + i + 1 keys), so a
- * head's row of scratch belongs to one thread. */
+/* One token, one head: scores against the n_pos cached keys, then the weighted sum of the values. */
+static void token_head(const struct attention_job *j, const float *q, const float *k, const float *v,
+                       int64_t n_pos, float *s, float *o)
+{
+    const int64_t hd = j->hd;
+    j->mm(k, hd * (int64_t)sizeof(float), n_pos, &(rs_act){.f = q}, hd, 1, s, 1);
+    softmax(s, n_pos, j->scale);
+    for (int64_t i = 0; i < hd; i++)
+        o[i] = 0.0f;
+    for (int64_t t = 0; t < n_pos; t++)
+        for (int64_t i = 0; i < hd; i++)
+            o[i] += s[t] * v[t * hd + i];
+}
+
+/* A prompt, one head: Q (n, hd) gathered, S (n, T) = Q K^T, row i's softmax over its pos + i + 1 keys (the rest
+ * zeroed), then out = S V through V^T (hd, T). buf holds n * hd + n * T + hd * T floats. */
+static void prompt_head(const struct attention_job *j, int64_t h, const float *k, const float *v, float *buf)
+{
+    const int64_t n = j->n_tok, hd = j->hd, T = j->pos + n, row = j->n_head * hd;
+    float *qh = buf, *s = qh + n * hd, *vt = s + n * T;
+    for (int64_t i = 0; i < n; i++)
+        memcpy(qh + i * hd, j->q + i * row + h * hd, (size_t)hd * sizeof(float));
+    j->mm(k, hd * (int64_t)sizeof(float), T, &(rs_act){.f = qh}, hd, n, s, T);
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t seen = j->pos + i + 1;
+        softmax(s + i * T, seen, j->scale);
+        for (int64_t t = seen; t < T; t++)
+            s[i * T + t] = 0.0f;
+    }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < hd; d++)
+            vt[d * T + t] = v[t * hd + d];
+    j->mm(vt, T * (int64_t)sizeof(float), hd, &(rs_act){.f = s}, T, n, j->out + h * hd, row);
+}
+
 static void attention_heads(void *ctx, int ith, int nth)
 {
     const struct attention_job *j = ctx;
     int64_t h0, h1;
     rs_slice(j->n_head, 1, ith, nth, &h0, &h1);
-    const int64_t hd = j->hd, stride = j->n_head * hd;
+    const int64_t hd = j->hd;
     for (int64_t h = h0; h < h1; h++) {
         const int64_t g = h / j->n_rep;
         const float *k = j->k + g * j->n_ctx * hd, *v = j->v + g * j->n_ctx * hd;
-        for (int64_t i = 0; i < j->n_tok; i++)
-            attend(j->q + i * stride + h * hd, k, v, j->pos + i + 1, hd, j->scale, j->scratch + h * j->s_stride,
-                   j->out + i * stride + h * hd);
+        if (j->n_tok == 1)
+            token_head(j, j->q + h * hd, k, v, j->pos + 1, j->scratch + h * j->s_stride, j->out + h * hd);
+        else
+            prompt_head(j, h, k, v, j->scratch + ith * j->per_thread);
     }
 }
 
-void rs_attention_tokens(rs_pool *pool, const float *q, const float *k_cache, const float *v_cache, int64_t n_tok,
-                         int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ctx, int64_t pos,
-                         float scale, float *out, float *scratch, int64_t scratch_stride)
+int rs_attention_tokens(rs_pool *pool, const float *q, const float *k_cache, const float *v_cache, int64_t n_tok,
+                        int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ctx, int64_t pos,
+                        float scale, float *out, float *scratch, int64_t scratch_stride)
 {
-    struct attention_job job = {q, k_cache, v_cache, n_tok, n_head, n_head / n_head_kv, head_dim, n_ctx, pos,
-                                scratch_stride, scale, out, scratch};
+    struct attention_job job = {rs_mm_for(rs_kernels_now(), RS_TYPE_F32), q, k_cache, v_cache, n_tok, n_head,
+                                n_head / n_head_kv, head_dim, n_ctx, pos, scratch_stride, scale, out, scratch, 0};
+    if (n_tok == 1) {
+        rs_pool_run(pool, attention_heads, &job);
+        return RS_OK;
+    }
+    /* a prompt: per-thread Q, S and V^T in the pool's arena (sizes bounded by the callers' checks of n_ctx) */
+    const int64_t T = pos + n_tok;
+    job.per_thread = (n_tok * head_dim + n_tok * T + head_dim * T + 15) / 16 * 16;
+    const size_t bytes = (size_t)(rs_pool_n_threads(pool) * job.per_thread) * sizeof(float);
+    if (!rs_fits(rs_pool_n_threads(pool), job.per_thread * (int64_t)sizeof(float)) ||
+        !(job.scratch = rs_pool_arena_acquire(pool, bytes)))
+        return RS_ERR_NOMEM;
     rs_pool_run(pool, attention_heads, &job);
+    rs_pool_arena_release(pool);
+    return RS_OK;
 }
 
 int rs_attention_decode(rs_pool *pool, const float *q, const float *k_cache, const float *v_cache, int64_t n_head,
@@ -99,7 +136,6 @@ int rs_attention_decode(rs_pool *pool, const float *q, const float *k_cache, con
         !rs_aligned(scratch, _Alignof(float)))
         return RS_ERR_ALIGN;
     /* score rows n_pos apart: the caller's scratch need only hold n_head * n_pos floats */
-    rs_attention_tokens(pool, q, k_cache, v_cache, 1, n_head, n_head_kv, head_dim, n_ctx, n_pos - 1, scale, out,
-                        scratch, n_pos);
-    return RS_OK;
+    return rs_attention_tokens(pool, q, k_cache, v_cache, 1, n_head, n_head_kv, head_dim, n_ctx, n_pos - 1, scale,
+                               out, scratch, n_pos);
 }

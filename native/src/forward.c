@@ -169,8 +169,8 @@ int rs_forward(rs_pool *pool, const rs_model *m, const rs_state *s, const int64_
         rope(s->q, n, m->n_head, m->head_dim, m->rope_dim, m->rope_cos, m->rope_sin, pos);
         rope(s->k, n, m->n_head_kv, m->head_dim, m->rope_dim, m->rope_cos, m->rope_sin, pos);
         cache_kv(m, b, s->k, s->v, n, pos);
-        rs_attention_tokens(pool, s->q, b->k_cache, b->v_cache, n, m->n_head, m->n_head_kv, m->head_dim, m->n_ctx,
-                            pos, scale, s->attn, s->att, m->n_ctx);
+        TRY(rs_attention_tokens(pool, s->q, b->k_cache, b->v_cache, n, m->n_head, m->n_head_kv, m->head_dim,
+                                m->n_ctx, pos, scale, s->attn, s->att, m->n_ctx));
         LINEARS(RS_ATTN_OUTPUT, 1, s->attn, s->xb);
         add(s->x, s->xb, n * e);
         /* SwiGLU MLP */
