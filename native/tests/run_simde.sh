@@ -8,6 +8,8 @@
 # native/tests/simde_x86.h force-included (SIMDe's aliases, plus what SIMDe 0.7.4 lacks).
 # Installs nothing. Needs: a C compiler, an x86-64 CPU with AVX2, FMA and F16C, and SIMDe's headers
 # (apt-get install -y libsimde-dev). Emulation is slow: the build is -O1.
+# The same objects are also linked into $out/librsparse.so, for the Python tests to load through RSPARSE_LIB with
+# RSPARSE_SIMD naming an emulated path (.ci/run does, for the decode-level tests); $out/emulated_paths lists them.
 # Usage: native/tests/run_simde.sh [build dir, default: a fresh temporary one]
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)  # native/
@@ -46,7 +48,7 @@ for f in "$src"/kernels_*.c; do
     }
 done
 
-common="-std=gnu11 -O1 -Wall -Wextra -Werror -DRS_EMULATED_SIMD -I$here/include -I$src"
+common="-std=gnu11 -O1 -fPIC -Wall -Wextra -Werror -DRS_EMULATED_SIMD -I$here/include -I$src"
 defines=""
 emulated=""
 objs=""
@@ -77,9 +79,12 @@ for s in $sources; do
 done
 # shellcheck disable=SC2086
 "$cc" $common $defines "$here/tests/test_native.c" $objs -o "$out/test_native_simde" -lpthread -lm
+# shellcheck disable=SC2086
+"$cc" -shared $objs -o "$out/librsparse.so" -lpthread -lm
 # Nothing built here may contain a real AVX-512 or VNNI instruction: it would fault on this CPU anyway, but a test
 # that passes must have run SIMDe's code.
-if command -v objdump >/dev/null 2>&1 && objdump -d "$out/test_native_simde" | grep -qE '%zmm|vpdpbusd|vpdpwssd'; then
+if command -v objdump >/dev/null 2>&1 && objdump -d "$out/test_native_simde" "$out/librsparse.so" |
+    grep -qE '%zmm|vpdpbusd|vpdpwssd'; then
     echo "run_simde.sh: the build contains AVX-512 or VNNI instructions" >&2
     exit 1
 fi
@@ -94,4 +99,5 @@ for name in $emulated; do
         exit 1
     }
 done
+echo "$emulated" >"$out/emulated_paths"
 echo "run_simde.sh:$(echo "$emulated" | sed 's/ /, /g; s/^,//') emulated tests passed"
