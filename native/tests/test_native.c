@@ -209,8 +209,9 @@ static void test_matmul_case(rs_pool *pool, int type, int64_t n_out, int64_t n_i
     const int st = rs_matmul(pool, type, w, n_out, n_in, x, n_tok, y);
     CHECK(st == RS_OK, "rs_matmul type %d %lldx%lld n_tok %lld: %s", type, (long long)n_out, (long long)n_in,
           (long long)n_tok, rs_strerror(st));
-    /* Q8_0 and Q4_0 multiply activations rounded to int16 per block of 32: each is off by at most half a step,
-     * step = the block's largest |x| / 32767 (kernels.h); the bound adds |w| times that, with room for rounding. */
+    /* Q8_0 and Q4_0 multiply activations rounded to int8 per block of 32: each is off by at most half a step,
+     * step = the block's largest |x| / 127 (kernels.h); the bound adds |w| times that, with room (1e-4 of a half
+     * step) for the float rounding of the step itself. */
     const int quant = type == RS_TYPE_Q4_0 || type == RS_TYPE_Q8_0;
     double *half_step = malloc((size_t)(n_tok * n_in) * sizeof *half_step);
     for (int64_t e = 0; e < n_tok * n_in; e += quant ? 32 : 1) {
@@ -218,7 +219,7 @@ static void test_matmul_case(rs_pool *pool, int type, int64_t n_out, int64_t n_i
         for (int64_t i = e; i < e + (quant ? 32 : 1); i++)
             amax = fmax(amax, fabs((double)x[i]));
         for (int64_t i = e; i < e + (quant ? 32 : 1); i++)
-            half_step[i] = quant ? 0.5001 * amax / 32767.0 : 0.0;
+            half_step[i] = quant ? 0.5001 * amax / 127.0 : 0.0;
     }
     for (int64_t t = 0; t < n_tok; t++) {
         for (int64_t r = 0; r < n_out; r++) {
