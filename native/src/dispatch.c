@@ -26,6 +26,9 @@ static const rs_kernels *const PATHS[] = {
 #ifdef RS_HAVE_AVX2
     &rs_kernels_avx2,
 #endif
+#ifdef RS_HAVE_NEONDOT
+    &rs_kernels_neondot,
+#endif
 #ifdef RS_HAVE_NEON
     &rs_kernels_neon,
 #endif

@@ -65,6 +65,7 @@ extern const rs_kernels rs_kernels_avxvnni; /* ... RS_HAVE_AVXVNNI */
 extern const rs_kernels rs_kernels_avx512;  /* ... RS_HAVE_AVX512 */
 extern const rs_kernels rs_kernels_avx512vnni; /* ... RS_HAVE_AVX512VNNI */
 extern const rs_kernels rs_kernels_neon;    /* ... RS_HAVE_NEON */
+extern const rs_kernels rs_kernels_neondot; /* ... RS_HAVE_NEONDOT */
 
 /* The kernel table in use (every entry filled); never NULL. Read once per public call, so a call runs on one path
  * even if rs_simd_select changes it meanwhile. */
