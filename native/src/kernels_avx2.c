@@ -48,14 +48,13 @@ static inline vq vq_load_q8(const block_q8_0 *b, int n)
     return _mm256_loadu_si256((const __m256i *)b->qs);
 }
 
-/* The low nibbles in the low half, the high ones in the high half (llama.cpp's order too: element i + 16 is byte
- * i's high nibble), one mask for both. */
+/* The low nibbles in the low half, the high ones in the high half (element i + 16 is byte i's high nibble): the 16
+ * bytes loaded into both halves (a load, no shuffle), the high half shifted by 4, one mask for both. */
 static inline vq vq_load_q4(const block_q4_0 *b, int n)
 {
     (void)n;
-    const __m128i q = _mm_loadu_si128((const __m128i *)b->qs);
-    const __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
-    return _mm256_and_si256(w, _mm256_set1_epi8(0x0F));
+    const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b->qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(w, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
 }
 
 /* The activations, and what lane 0 of the block's int32 sum starts from: minus the offset times the block sum,
