@@ -194,7 +194,7 @@ static inline vf dot_q4_0(const block_q4_0 *b, int n, xa x) { return vf_dot_q4(v
             acc[i] = vf_fma(dot_##type(b, n, xv), vf_mul(WSCALE(b, n), xsc), acc[i]);                        \
         }                                                                                                    \
     }
-#define xa_q8_0 xa_q8
+#define xa_q8_0 xa_q8  /* the activations' step for each weight type, by the type's name */
 #define xa_q4_0 xa_q4
 STEP_QUANT(q8_0)
 STEP_QUANT(q4_0)
