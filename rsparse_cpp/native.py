@@ -425,7 +425,7 @@ def simd_select(name: str | None = None) -> None:
 
 
 def simd_path() -> str:
-    """The kernel path chosen at start-up: "scalar", "avx2", "avxvnni", "avx512" or "neon"."""
+    """The kernel path chosen at start-up: "scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "neon" or "neondot"."""
     return ffi.string(_load().rs_simd_path()).decode()
 
 

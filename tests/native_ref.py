@@ -3,8 +3,8 @@
 Weights are quantized and dequantized with gguf-py (llama.cpp's own Python code), so the reference shares no code
 with the kernels; products are then taken in float64. F32 and F16 weights multiply float32 activations, so they agree
 with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound used throughout. The dense Q8_0 and
-Q4_0 kernels round the activations to int16 per block of 32 (native/src/kernels.h); their bound adds |W| @ (half a
-step per activation), a step being the block's largest |x| / 32767. The sparse Q8_0 and Q4_0 kernels of some paths
+Q4_0 kernels round the activations to int8 per block of 32, as llama.cpp does (native/src/kernels.h); their bound
+adds |W| @ (half a step per activation), a step being the block's largest |x| / 127. The sparse Q8_0 and Q4_0 kernels of some paths
 (AVX2; AVX-512 for Q4_0: native/src/axpy_int16.h) round each group of kept rows' coefficients x_j * d_j to int16,
 on one scale per chunk of 16 blocks of outputs; their bound adds, per output, half a step of the largest kept
 coefficient of its chunk times sum |q| over the kept rows (coefficient_steps).
@@ -19,7 +19,8 @@ from rsparse_cpp.constants import GGMLType
 QUANT = {GGMLType.Q4_0: gguf.GGMLQuantizationType.Q4_0, GGMLType.Q8_0: gguf.GGMLQuantizationType.Q8_0}
 SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (n_out, n_in): q/o, k/v, gate/up, down
 REL = 1e-5  # float32 rounding over a few thousand terms, with room to spare
-INT16_ACT = (GGMLType.Q8_0, GGMLType.Q4_0)  # the dense kernels of these round activations to int16 blocks
+INT8_ACT = (GGMLType.Q8_0, GGMLType.Q4_0)  # the dense kernels of these round activations to int8 blocks
+INT16_ACT = INT8_ACT  # its name before the dense kernels took int8 activations; test_native_sparse.py imports it
 COEF_BLOCKS = 16  # blocks of outputs sharing one coefficient scale in the int16 sparse kernels (axpy_int16.h)
 
 
@@ -46,11 +47,22 @@ def random_weights(wtype: GGMLType, shape: tuple[int, int], seed: int) -> tuple[
 
 
 def half_steps(x: np.ndarray) -> np.ndarray:
-    """Per activation, half the int16 step of its block of 32 (the most rounding moves it), with room for the float
-    rounding of the scale."""
+    """Per activation, half the int8 step of its block of 32 (the most rounding moves it), with room for the float
+    rounding of the scale (1e-4 of a half step: the stored scale is off by 2^-24 of itself, which moves each of up
+    to 127 steps' worth of activation by 127 * 2^-24 < 1e-5 of a step)."""
     x64 = np.abs(x.astype(np.float64))
     amax = x64.reshape(*x64.shape[:-1], -1, 32).max(axis=-1)
-    return np.repeat(0.5001 * amax / 32767.0, 32, axis=-1)
+    return np.repeat(0.5001 * amax / 127.0, 32, axis=-1)
+
+
+def int8_blocks(x: np.ndarray) -> np.ndarray:
+    """x (float32, last axis a multiple of 32) as the dense Q8_0 and Q4_0 kernels see it (native/src/quant.h,
+    rs_quantize_act): each block of 32 rounded to nearest even on the step d = max |x| / 127 (in float64), d then
+    kept in float32; the rounded values q * d, in float32. For references that model the kernels' activations."""
+    b = x.astype(np.float64).reshape(*x.shape[:-1], -1, 32)
+    amax = np.abs(b).max(axis=-1, keepdims=True)
+    q = np.round(b * (127.0 / np.where(amax > 0, amax, 1.0)))  # np.round rounds halves to even
+    return (q * (amax / 127.0).astype(np.float32)).reshape(x.shape).astype(np.float32)
 
 
 def block_scales(stored_w: np.ndarray, wtype: GGMLType, n_cols: int) -> np.ndarray:
@@ -77,12 +89,14 @@ def coefficient_steps(w64: np.ndarray, d: np.ndarray, x: np.ndarray, kept: np.nd
     return np.repeat(step, 32) * q.sum(axis=1)
 
 
-def matmul_reference(w64: np.ndarray, x: np.ndarray, int16_act: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def matmul_reference(w64: np.ndarray, x: np.ndarray, int8_act: bool = False,
+                     int16_act: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(x W^T in float64, its rounding bound) for W (n_out, n_in) in float64 and x (..., n_in) float32;
-    int16_act: the kernel rounds x to int16 blocks (dense Q8_0 and Q4_0)."""
+    int8_act: the kernel rounds x to int8 blocks (dense Q8_0 and Q4_0); int16_act, its old name, means the same
+    (test_native_sparse.py passes it)."""
     x64 = x.astype(np.float64)
     bound = REL * (np.abs(x64) @ np.abs(w64).T) + 1e-30
-    if int16_act:
+    if int8_act or int16_act:
         bound = bound + half_steps(x) @ np.abs(w64).T
     return x64 @ w64.T, bound
 

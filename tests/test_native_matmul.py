@@ -22,7 +22,7 @@ try:
 except native.NativeError as e:  # pragma: no cover - only without a built library
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
-from native_ref import INT16_ACT, SMOLLM2, assert_within, matmul_reference, random_weights  # noqa: E402
+from native_ref import INT8_ACT, SMOLLM2, assert_within, matmul_reference, random_weights  # noqa: E402
 
 HEADER = Path(__file__).resolve().parents[1] / "native" / "include" / "rsparse.h"
 SHAPES = {
@@ -45,7 +45,7 @@ def activations(n_tok: int, n_in: int, seed: int = 0) -> np.ndarray:
 
 
 def assert_close(y: np.ndarray, w64: np.ndarray, x: np.ndarray, wtype: GGMLType) -> None:
-    assert_within(y, *matmul_reference(w64, x, int16_act=wtype in INT16_ACT))
+    assert_within(y, *matmul_reference(w64, x, int8_act=wtype in INT8_ACT))
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +91,16 @@ def test_matmul_prefill_rows_equal_decode(pools):
         np.testing.assert_array_equal(batch[t], native.matmul(pools[1], GGMLType.Q8_0, w, 192, 576, x[t]))
 
 
-@pytest.mark.parametrize("wtype", INT16_ACT)
-def test_int16_activations_edge_blocks(pools, wtype):
-    """Q8_0 and Q4_0 round activations to int16 per block of 32 (native/src/kernels.h). A block holding NaN or inf
+@pytest.mark.parametrize("wtype", INT8_ACT)
+def test_int8_activations_edge_blocks(pools, wtype):
+    """Q8_0 and Q4_0 round activations to int8 per block of 32 (native/src/kernels.h). A block holding NaN or inf
     makes every output NaN, as float arithmetic would make it NaN or inf; all-zero, subnormal and huge blocks stay
     within the bound; decode and prefill still agree bit for bit."""
     n_out, n_in = 33, 160
     w, w64 = weights(wtype, n_out, n_in)
     x = activations(4, n_in, seed=9)
     x[0, 32:64] = 0.0
-    x[1, 64:96] = np.float32(1e-41)    # subnormal: 32767 / amax overflows float32
+    x[1, 64:96] = np.float32(1e-41)    # subnormal: 127 / amax overflows float32
     x[1, 96:128] *= np.float32(1e30)   # huge next to small blocks
     x[2, :32] = np.float32(3e38) * np.sign(x[2, :32])
     y = native.matmul(pools[2], wtype, w, n_out, n_in, x)
@@ -284,7 +284,7 @@ def test_row_bytes_and_simd_path():
             native.row_bytes(wtype, n)
     with pytest.raises(ValueError, match="n"):
         native.row_bytes(GGMLType.F32, 0)
-    assert native.simd_path() in ("scalar", "avx2", "avxvnni", "avx512", "neon")
+    assert native.simd_path() in ("scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "neon", "neondot")
 
 
 # ---- the raw C functions: bad sizes give a status, never a crash --------------------------------------------

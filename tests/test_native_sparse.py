@@ -199,7 +199,7 @@ def test_dense_every_path(pools, path, wtype, shape, n_tok):
 # ---- paths -------------------------------------------------------------------------------------------------------
 def test_paths_and_select():
     assert PATHS[-1] == "scalar" and len(set(PATHS)) == len(PATHS)
-    assert set(PATHS) <= {"scalar", "avx2", "avxvnni", "avx512", "neon"}
+    assert set(PATHS) <= {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "neon", "neondot"}
     for p in PATHS:
         native.simd_select(p)
         assert native.simd_path() == p

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_llama
+from native_ref import int8_blocks
 from rsparse_converter.calibrate import (Calibration, calibration_windows, dense_plan, load_model, load_tokenizer)
 from rsparse_converter.companion import dequantize, write_companion
 from rsparse_converter.convert import convert
@@ -81,7 +82,7 @@ def reference_kept(ref, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return logits, np.stack(counts, axis=1), np.stack(margins, axis=1)
 
 
-def assert_matches_reference(model, ref, ids, first: int = 0, min_prefix: int = 8) -> int:
+def assert_matches_reference(model, ref, ids, first: int = 0, min_prefix: int = 8, slack=None) -> int:
     """Decode `ids` one token at a time (after a dense prefill of ids[:first]) and compare each step's logits with
     the reference's at 1e-4 relative, for as long as both kept the same number of channels in every linear.
 
@@ -89,7 +90,8 @@ def assert_matches_reference(model, ref, ids, first: int = 0, min_prefix: int = 
     implementations, and the difference then spreads to every later position. (Exact ties happen: the first
     block's q/k/v input depends on the token alone, so a token seen in calibration can score exactly tau.) Such a tie ends the comparison; the
     ties must be real ties (a score within 1e-4 relative of tau in the first linear whose count differs), rare (the compared prefix
-    at least `min_prefix` positions), and every compared step exact."""
+    at least `min_prefix` positions), and every compared step exact (slack: a list, filled by the reference's
+    forward, of what each position may add to the 1e-4)."""
     want, want_kept, margin = reference_kept(ref, ids)
     model.reset()
     if first:
@@ -101,7 +103,7 @@ def assert_matches_reference(model, ref, ids, first: int = 0, min_prefix: int = 
         if differ.any():  # the first linear that differs (in execution order) must have met a tie
             assert margin[i][np.argmax(differ)] < 1e-4, f"position {i}: kept counts differ without a tie"
             break
-        assert rel_err(got, want[i]) < 1e-4, f"position {i}"
+        assert rel_err(got, want[i]) < 1e-4 + (slack[0][i] / np.abs(want[i]).max() if slack else 0.0), f"position {i}"
         compared += 1
     assert compared >= min(min_prefix, ids.shape[1] - first), f"a threshold tie after {compared} positions"
     return compared
@@ -204,10 +206,28 @@ def test_quantized_companion_matches_reference(tmp_path, outtype):
         info = f.tensors[name]
         with torch.no_grad():
             param.copy_(torch.from_numpy(dequantize(f.tensor(name), info.type, info.shape).astype(np.float32)))
+    slack = []
+    if outtype != "f16":
+        # The output matrix runs dense, on activations rounded to int8 blocks (kernels.h), and so does the reference's.
+        # An input within the two sides' float differences (1e-4 of its block's largest, 0.0127 of a step) of a
+        # rounding boundary may round the other way in the runtime: each such one may add a whole step times its
+        # column of W to the logits.
+        w_abs = ref.lm_head.weight.detach().double().abs().numpy()
+
+        def round_input(_, args):
+            x = args[0].detach().numpy()
+            b = x.astype(np.float64).reshape(*x.shape[:-1], -1, 32)
+            step = np.abs(b).max(axis=-1, keepdims=True) / 127.0
+            frac = np.abs(b / np.where(step > 0, step, 1.0)) % 1.0
+            near = np.abs(frac - 0.5) < 127.0 * 1e-4
+            slack.append(((near * step).reshape(x.shape) @ w_abs.T).max(axis=-1).reshape(-1))
+            return (torch.from_numpy(int8_blocks(x)),) + args[1:]
+        ref.lm_head.register_forward_pre_hook(round_input)
     # The sparse Q8_0 and Q4_0 kernels of AVX2 (and AVX-512's for Q4_0) round the kept rows' coefficients to int16
     # (native/src/axpy_int16.h), which moves the logits a little further from the reference, so a near-tie may end
     # the exact comparison sooner than with F16 (this tiny model now reaches all 24 positions on AVX2 and AVX-512).
-    assert_matches_reference(model, ref, torch.arange(3, 27)[None], min_prefix=8 if outtype == "f16" else 4)
+    assert_matches_reference(model, ref, torch.arange(3, 27)[None], min_prefix=8 if outtype == "f16" else 4,
+                             slack=slack)
 
 
 def test_cli_companion_dense_and_perplexity(tiny, tmp_path, capsys):

@@ -68,9 +68,10 @@ RS_API int rs_pool_n_threads(const rs_pool *pool);
  *   x: (n_tok, n_in) float32
  *   y: (n_tok, n_out) float32, must not overlap x
  * F32 and F16 weights multiply float activations: results stay within float rounding of the exact product. Q8_0 and
- * Q4_0 weights multiply the activations rounded to int16 per block of 32 (scale: the block's largest |x| / 32767),
- * with exact integer block products: results stay within that rounding (at most 1.6e-5 of the block's largest
- * activation, per activation) plus float rounding of the exact product of the dequantized weights.
+ * Q4_0 weights multiply the activations rounded to int8 per block of 32 (scale: the block's largest |x| / 127, as
+ * llama.cpp rounds them for these types), with exact integer block products: results stay within that rounding (at
+ * most 1/254 of the block's largest activation, per activation) plus float rounding of the exact product of the
+ * dequantized weights. A block of x holding a NaN or an infinity makes every output of its token NaN.
  * n_tok = 1 is decode (a matrix-vector product); n_tok > 1 is prefill, where each weight row is read once for all
  * tokens. Threads split n_out into contiguous slices. */
 RS_API int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,

@@ -14,6 +14,9 @@
 
 /* Fastest first: the first path this CPU can run wins. Scalar, always last, runs everywhere. */
 static const rs_kernels *const PATHS[] = {
+#ifdef RS_HAVE_AVX512VNNI
+    &rs_kernels_avx512vnni,
+#endif
 #ifdef RS_HAVE_AVX512
     &rs_kernels_avx512,
 #endif
@@ -22,6 +25,9 @@ static const rs_kernels *const PATHS[] = {
 #endif
 #ifdef RS_HAVE_AVX2
     &rs_kernels_avx2,
+#endif
+#ifdef RS_HAVE_NEONDOT
+    &rs_kernels_neondot,
 #endif
 #ifdef RS_HAVE_NEON
     &rs_kernels_neon,
@@ -33,7 +39,7 @@ static const rs_kernels *const PATHS[] = {
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static rs_kernels filled[N_PATHS];   /* PATHS[i] with its NULL entries taken from scalar; written once */
 static int runnable[N_PATHS];        /* cpu_ok, asked once */
-static char names[N_PATHS * 16];     /* "avx512,avxvnni,avx2,scalar": the runnable paths, fastest first */
+static char names[N_PATHS * 16];     /* "avx512vnni,avx512,avxvnni,avx2,scalar": the runnable paths, fastest first */
 static _Atomic(const rs_kernels *) current;
 
 #define FILL(field) f->field = p->field ? p->field : rs_kernels_scalar.field

@@ -7,10 +7,10 @@
  * kernels_simd.h, written against a handful of vector primitives that each path file defines.
  *
  * Activations. F32 and F16 weights multiply the float activations. The dense Q8_0 and Q4_0 kernels multiply their
- * integer weights with the activations rounded to int16 per block of 32 (rs_quantize_act, done once per call by
- * matmul.c): a block's 32 products are exact integer multiply-adds, then one float multiply-add by the two scales,
- * and the result is within the activations' rounding (half a step, 1.5e-5 of the block's largest) of the exact
- * product of the dequantized weights. The sparse kernels give each kept row one float activation; the x86 Q8_0 and
+ * integer weights with the activations rounded to int8 per block of 32 (rs_quantize_act, done once per call by
+ * matmul.c, llama.cpp's precision for these types): a block's 32 products are exact integer dot products on bytes,
+ * then one float multiply-add by the two scales, and the result is within the activations' rounding (half a step,
+ * 1/254 of the block's largest) of the exact product of the dequantized weights. The sparse kernels give each kept row one float activation; the x86 Q8_0 and
  * Q4_0 ones then round each group of rows' activation-times-scale to int16 per block (axpy_int16.h, below). */
 #ifndef RS_KERNELS_H
 #define RS_KERNELS_H
@@ -18,11 +18,13 @@
 #include <stdint.h>
 
 /* The activations of a dense call, as the weight type needs them: token t's are f + t * n_in (F32, F16 weights),
- * or q + t * n_in with block scales d + t * (n_in / 32) (Q8_0, Q4_0). */
+ * or q + t * n_in with block scales d + t * (n_in / 32) and block sums s + t * (n_in / 32) (Q8_0, Q4_0:
+ * rs_quantize_act). */
 typedef struct rs_act {
     const float *f;
-    const int16_t *q;
+    const int8_t *q;
     const float *d;
+    const int32_t *s;
 } rs_act;
 
 /* Dense rows against tokens (the standard (n_out, n_in) layout):
@@ -61,7 +63,9 @@ extern const rs_kernels rs_kernels_scalar;
 extern const rs_kernels rs_kernels_avx2;    /* defined only when built with RS_HAVE_AVX2 */
 extern const rs_kernels rs_kernels_avxvnni; /* ... RS_HAVE_AVXVNNI */
 extern const rs_kernels rs_kernels_avx512;  /* ... RS_HAVE_AVX512 */
+extern const rs_kernels rs_kernels_avx512vnni; /* ... RS_HAVE_AVX512VNNI */
 extern const rs_kernels rs_kernels_neon;    /* ... RS_HAVE_NEON */
+extern const rs_kernels rs_kernels_neondot; /* ... RS_HAVE_NEONDOT */
 
 /* The kernel table in use (every entry filled); never NULL. Read once per public call, so a call runs on one path
  * even if rs_simd_select changes it meanwhile. */

@@ -1,10 +1,12 @@
 /* kernels_avx2.c -- the AVX2 + FMA + F16C path (x86-64 since Haswell / Zen 1). Compiled with -mavx2 -mfma -mf16c
  * and nothing else: only dispatch.c decides, from cpu_ok at run time, whether these instructions are used.
- * kernels_avxvnni.c compiles it again with RS_AVXVNNI (and -mavxvnni): the same kernels, each int16 multiply-add
- * and the sum it feeds fused into one vpdpwssd. */
+ * kernels_avxvnni.c compiles it again with RS_AVXVNNI (and -mavxvnni): the same kernels, the dense quantized ones
+ * with vpdpbusd (bytes, multiplied and summed in fours into int32, added to an accumulator) and the sparse ones with
+ * each int16 multiply-add and the sum it feeds fused into one vpdpwssd. */
 #include <immintrin.h>
 
 #include "kernels.h"
+#include "quant.h"
 
 #ifdef RS_AVXVNNI
 #define PATH avxvnni
@@ -33,13 +35,98 @@ static inline float vf_hsum(vf v)
 
 static inline vf vf_load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-/* A block of 32 int16 values, in two registers: int8 weights widened, or activations. */
+/* ---- dense Q8_0 and Q4_0: one block of 32 bytes per step, against int8 activations ------------------------- */
+#define QB 1
+#define MRQ 2  /* quantized prefill tile: 2 rows x 2 tokens, 4 weight + 4 activation + 4 accumulator registers */
+#define NTQ 2
+
+typedef __m256i vq;
+
+static inline vq vq_load_q8(const block_q8_0 *b, int n)
+{
+    (void)n;
+    return _mm256_loadu_si256((const __m256i *)b->qs);
+}
+
+/* The low nibbles in the low half, the high ones in the high half (element i + 16 is byte i's high nibble): the 16
+ * bytes loaded into both halves (a load, no shuffle), the high half shifted by 4, one mask for both. */
+static inline vq vq_load_q4(const block_q4_0 *b, int n)
+{
+    (void)n;
+    const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b->qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(w, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
+}
+
+/* The activations, and what lane 0 of the block's int32 sum starts from: minus the offset times the block sum,
+ * undoing the bias of unsigned weights (sum (w + c) x - c sum x = sum w x). */
+typedef struct {
+    __m256i q, off;
+} xa;
+
+static inline xa xa_with(const int8_t *q, int32_t off)
+{
+    return (xa){_mm256_loadu_si256((const __m256i *)q), _mm256_zextsi128_si256(_mm_cvtsi32_si128(off))};
+}
+
+/* AVX-VNNI takes Q8_0's weights biased by 128 (unsigned 0..255, an xor); AVX2 multiplies them as they are. */
+static inline xa xa_q8(const int8_t *q, const int32_t *s, int n)
+{
+    (void)n;
+#ifdef RS_AVXVNNI
+    return xa_with(q, -128 * s[0]);
+#else
+    (void)s;
+    return xa_with(q, 0);
+#endif
+}
+
+static inline xa xa_q4(const int8_t *q, const int32_t *s, int n)
+{
+    (void)n;
+    return xa_with(q, -8 * s[0]);
+}
+
+/* Without VNNI: vpmaddubsw multiplies unsigned bytes by signed ones and adds pairs with int16 saturation, and
+ * vpmaddwd by ones adds those pairs into int32. Q8_0 uses the sign trick, |w| times x with w's sign: |w| <= 128 and
+ * |x| <= 127 (rs_quantize_act never gives -128), so a pair is at most 2 * 128 * 127 = 32512 and never saturates
+ * (a bias of 128, as with VNNI, could reach 2 * 255 * 127). Nibbles: pairs of at most 2 * 15 * 127. With VNNI,
+ * vpdpbusd adds four products straight into the int32 accumulator, which starts at the offset. */
+static inline vf vf_dot_q8(vq w, xa x)
+{
+#ifdef RS_AVXVNNI
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(x.off, _mm256_xor_si256(w, _mm256_set1_epi8(-128)), x.q));
+#else
+    const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x.q, w));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+static inline vf vf_dot_q4(vq w, xa x)
+{
+#ifdef RS_AVXVNNI
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(x.off, w, x.q));
+#else
+    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x.q), _mm256_set1_epi16(1));
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(p, x.off));
+#endif
+}
+
+static inline vf vf_wscale(uint16_t d0, uint16_t d1)
+{
+    (void)d1;
+    return _mm256_cvtph_ps(_mm_set1_epi16((short)d0));
+}
+static inline vf vf_xscale(const float *xd, int n)
+{
+    (void)n;
+    return _mm256_set1_ps(xd[0]);
+}
+
+/* ---- int16 blocks, for the sparse kernels (axpy_int16_avx2.h) ------------------------------------------------- */
+/* A block of 32 int16 values, in two registers: int8 weights widened. */
 typedef struct {
     __m256i a, b;
 } vi;
-
-#define MRQ 2  /* quantized prefill tile: 2 rows x 2 tokens, 4 weight + 4 activation + 4 accumulator registers */
-#define NTQ 2
 
 static inline vi vi_load_i8(const int8_t *q)
 {
@@ -47,27 +134,12 @@ static inline vi vi_load_i8(const int8_t *q)
                 _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + 16)))};
 }
 
-/* A Q4_0 block's 32 nibbles, 0..15, in vi_load_q4's order: zero-extended in one step (byte i's low nibble is
- * element i, its high nibble element i + 16), then split in int16. The sparse kernels (axpy_int16_avx2.h) take
- * them as they are. */
+/* A Q4_0 block's 32 nibbles, 0..15: zero-extended in one step (byte i's low nibble is element i, its high nibble
+ * element i + 16), then split in int16. */
 static inline vi vi_nibbles_q4(const uint8_t *q)
 {
     const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)q));
     return (vi){_mm256_and_si256(w, _mm256_set1_epi16(0x0F)), _mm256_srli_epi16(w, 4)};
-}
-
-/* The nibbles centred: five instructions a block instead of seven on bytes (dense Q4_0 decode from cache: 33 -> 37
- * GB/s on 2 Zen 5 threads). */
-static inline vi vi_load_q4(const uint8_t *q)
-{
-    const vi n = vi_nibbles_q4(q);
-    const __m256i e = _mm256_set1_epi16(8);
-    return (vi){_mm256_sub_epi16(n.a, e), _mm256_sub_epi16(n.b, e)};
-}
-
-static inline vi vi_load_i16(const int16_t *x)
-{
-    return (vi){_mm256_loadu_si256((const __m256i *)x), _mm256_loadu_si256((const __m256i *)(x + 16))};
 }
 
 /* acc + the pairwise products of a and b, in int32 (exact either way). */
@@ -78,12 +150,6 @@ static inline __m256i madd_add(__m256i acc, __m256i a, __m256i b)
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
 #endif
-}
-
-/* Pairwise multiply-add in int32: lane l sums 4 products (exact in float too: below 2^24). */
-static inline vf vf_madd_i16(vi w, vi x)
-{
-    return _mm256_cvtepi32_ps(madd_add(_mm256_madd_epi16(w.a, x.a), w.b, x.b));
 }
 
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }

@@ -1,11 +1,19 @@
 /* kernels_avx512.c -- the AVX-512 path (AVX512F and AVX512BW, with F16C and FMA: every AVX-512 CPU since Skylake-X
  * and Zen 4). Compiled with -mavx512f -mavx512bw -mfma -mf16c; only used when cpu_ok says the CPU (and the OS, which
- * must save zmm state) supports it. */
+ * must save zmm state) supports it. kernels_avx512vnni.c compiles it again with RS_AVX512VNNI (and -mavx512vnni,
+ * Ice Lake and Zen 4 on): the dense Q8_0 and Q4_0 kernels then take vpdpbusd, which multiplies bytes and adds
+ * them in fours into an int32 accumulator in one instruction. Skylake-X has AVX-512 without VNNI: it runs this
+ * path, with vpmaddubsw. */
 #include <immintrin.h>
 
 #include "kernels.h"
+#include "quant.h"
 
+#ifdef RS_AVX512VNNI
+#define PATH avx512vnni
+#else
 #define PATH avx512
+#endif
 #define VL 16
 #define MR 4
 #define NT 4  /* 4 x 4 accumulators + 4 weight vectors + 1 activation: 21 of the 32 zmm registers */
@@ -36,30 +44,109 @@ static inline vf vf_load_i8(const int8_t *p)
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 
-/* A block of 32 int16 values in one register: int8 weights widened, or activations (AVX512BW). */
-typedef __m512i vi;
-
+/* ---- dense Q8_0 and Q4_0: two blocks of 32 bytes per step, against int8 activations -------------------------- */
+/* Two blocks fill a zmm register: block k's int32 sums in lanes 0-7, block k + 1's in lanes 8-15. */
+#define QB 2
 #define MRQ 4  /* quantized prefill tile: 4 rows x 4 tokens, 16 accumulators */
 #define NTQ 4
 
-static inline vi vi_load_i8(const int8_t *q) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)q)); }
+typedef __m512i vq;
+
+static inline __m512i join256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+
+static inline vq vq_load_q8(const block_q8_0 *b, int n)
+{
+    const __m256i lo = _mm256_loadu_si256((const __m256i *)b[0].qs);
+    return join256(lo, n > 1 ? _mm256_loadu_si256((const __m256i *)b[1].qs) : _mm256_setzero_si256());
+}
+
+/* Each block's 16 bytes in two 128-bit lanes, the second copy shifted right by 4, then one mask: the low nibbles
+ * (elements 0-15), then the high ones (16-31), as vq_load_q8 reads an unpacked block. */
+static inline vq vq_load_q4(const block_q4_0 *b, int n)
+{
+    const __m256i b0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b[0].qs));
+    const __m256i b1 = n > 1 ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b[1].qs))
+                             : _mm256_setzero_si256();
+    const __m512i w = join256(b0, b1);
+    return _mm512_and_si512(_mm512_mask_blend_epi64(0xCC, w, _mm512_srli_epi16(w, 4)), _mm512_set1_epi8(0x0F));
+}
+
+/* The activations, and what lanes 0 and 8 (the first of each block's) of the int32 sums start from: minus the
+ * offset times the block sum, undoing the bias of unsigned weights (sum (w + c) x - c sum x = sum w x). */
+typedef struct {
+    __m512i q, off;
+} xa;
+
+static inline xa xa_with(const int8_t *q, const int32_t *s, int n, int32_t c)
+{
+    const __m512i xq = n > 1 ? _mm512_loadu_si512(q) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)q));
+    const __m128i o0 = _mm_cvtsi32_si128(c * s[0]), o1 = _mm_cvtsi32_si128(n > 1 ? c * s[1] : 0);
+    return (xa){xq, _mm512_inserti32x4(_mm512_zextsi128_si512(o0), o1, 2)};
+}
+
+/* With VNNI, Q8_0's weights are biased by 128 (unsigned 0..255, an xor); without, they are multiplied as they are. */
+static inline xa xa_q8(const int8_t *q, const int32_t *s, int n)
+{
+#ifdef RS_AVX512VNNI
+    return xa_with(q, s, n, -128);
+#else
+    return xa_with(q, s, n, 0);
+#endif
+}
+
+static inline xa xa_q4(const int8_t *q, const int32_t *s, int n) { return xa_with(q, s, n, -8); }
+
+/* Without VNNI, as AVX2 does it (kernels_avx2.c says why no pair saturates), with the sign of w moved onto x by a
+ * masked negation: AVX-512 has no vpsignb. */
+static inline vf vf_dot_q8(vq w, xa x)
+{
+#ifdef RS_AVX512VNNI
+    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(x.off, _mm512_xor_si512(w, _mm512_set1_epi8(-128)), x.q));
+#else
+    const __m512i sx = _mm512_mask_sub_epi8(x.q, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x.q);
+    const __m512i p = _mm512_maddubs_epi16(_mm512_abs_epi8(w), sx);
+    return _mm512_cvtepi32_ps(_mm512_madd_epi16(p, _mm512_set1_epi16(1)));
+#endif
+}
+
+static inline vf vf_dot_q4(vq w, xa x)
+{
+#ifdef RS_AVX512VNNI
+    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(x.off, w, x.q));
+#else
+    const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(w, x.q), _mm512_set1_epi16(1));
+    return _mm512_cvtepi32_ps(_mm512_add_epi32(p, x.off));
+#endif
+}
+
+/* Lanes 0-7 from element 0 of v, lanes 8-15 from element 1. */
+static inline vf spread_pair(__m128 v)
+{
+    return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                                 _mm512_castps128_ps512(v));
+}
+
+static inline vf vf_wscale(uint16_t d0, uint16_t d1)
+{
+    return spread_pair(_mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)d0 | (uint32_t)d1 << 16))));
+}
+
+static inline vf vf_xscale(const float *xd, int n)
+{
+    return spread_pair(n > 1 ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)xd)) : _mm_load_ss(xd));
+}
+
+/* ---- int16 blocks, for the sparse kernel (axpy_int16_avx512.h) ------------------------------------------------ */
+typedef __m512i vi;
 
 /* A Q4_0 block's 32 nibbles, 0..15: the 16 bytes in both halves, zero-extended, shifted by 0 (elements 0-15, low
- * nibbles) or 4 (16-31, high nibbles) and masked. The sparse kernel (axpy_int16_avx512.h) takes them as they are. */
+ * nibbles) or 4 (16-31, high nibbles) and masked. */
 static inline vi vi_nibbles_q4(const uint8_t *q)
 {
     const __m512i w = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q)));
     const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     return _mm512_and_si512(_mm512_srlv_epi16(w, shift), _mm512_set1_epi16(0x0F));
 }
-
-/* The nibbles centred: four instructions a block instead of seven. */
-static inline vi vi_load_q4(const uint8_t *q) { return _mm512_sub_epi16(vi_nibbles_q4(q), _mm512_set1_epi16(8)); }
-
-static inline vi vi_load_i16(const int16_t *x) { return _mm512_loadu_si512(x); }
-
-/* Pairwise multiply-add into 16 int32 lanes of 2 products each, then to float (exact). */
-static inline vf vf_madd_i16(vi w, vi x) { return _mm512_cvtepi32_ps(_mm512_madd_epi16(w, x)); }
 
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
@@ -70,7 +157,11 @@ static int cpu_ok(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+           __builtin_cpu_supports("f16c")
+#ifdef RS_AVX512VNNI
+           && __builtin_cpu_supports("avx512vnni")
+#endif
+        ;
 }
 
 #define CPU_OK cpu_ok

@@ -1,7 +1,7 @@
 /* kernels_scalar.c -- the reference kernels: plain C that every SIMD path must agree with.
  *
  * Each float dense kernel walks its row in chunks: dequantize a chunk to float once, then dot it with the same chunk
- * of every token; the quantized ones take integer block dot products with the int16 activations (kernels.h). The
+ * of every token; the quantized ones take integer block dot products with the int8 activations (kernels.h). The
  * dot keeps 8 partial sums, which both bounds the float rounding error and lets the compiler vectorize the loop
  * without -ffast-math (it may not reorder one running sum). The sparse kernels dequantize a
  * chunk of a kept row and add it, scaled by its activation, to y. */
@@ -62,10 +62,11 @@ static void dot_f16(const void *row, const float *x, int64_t n_in, int64_t n_tok
     }
 }
 
-/* Quantized weights against int16 activations: each block's 32 products summed exactly in int32, then scaled by
- * both block scales; 8 partial sums over blocks, like dot_f32_run. */
+/* Quantized weights against int8 activations: each block's 32 products summed exactly in int32 (every SIMD path
+ * gets the same integer per block, however it splits it into lanes), then scaled by both block scales; 8 partial
+ * sums over blocks, like dot_f32_run. */
 #define DOT_Q(type, QVAL)                                                                                    \
-    static float dot_##type(const block_##type *b, const int16_t *xq, const float *xd, int64_t n_in)          \
+    static float dot_##type(const block_##type *b, const int8_t *xq, const float *xd, int64_t n_in)           \
     {                                                                                                        \
         float s[8] = {0};                                                                                    \
         for (int64_t k = 0; k < n_in / RS_QK; k++) {                                                         \

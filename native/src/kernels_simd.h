@@ -10,12 +10,20 @@
  *   vf_load_i8(p)           VL int8 -> float             } only for the generic sparse Q8_0 / Q4_0 kernels: a path
  *   vf_load_q4(p, hi)       VL nibbles of bytes p[0..VL) } with its own (AXPY_Q8_0_FN, AXPY_Q4_0_FN) needs none
  *                           (low ones, or high ones if hi) minus 8 -> float
- *   vi                      a block of 32 int16 values (in one register or several)
- *   vi_load_i8(qs)          a Q8_0 block's 32 int8 weights, widened
- *   vi_load_q4(qs)          a Q4_0 block's 16 bytes as 32 weights (element i in the low nibble of byte i, i + 16 in
- *                           its high nibble, both minus 8)
- *   vi_load_i16(x)          32 int16 activations
- *   vf_madd_i16(w, x)       the 32 products summed in int32 into VL lanes (the same lanes for any w and x), as floats
+ *   QB                      quantization blocks per integer step: 1, or 2 where one register holds 64 bytes
+ *   vq                      QB blocks' 32 bytes each, in one register (or several)
+ *   vq_load_q8(b, n)        the int8 weights of the n <= QB Q8_0 blocks from b (a missing block's bytes are 0)
+ *   vq_load_q4(b, n)        the nibbles of n Q4_0 blocks as bytes 0..15, in element order (element i is the low
+ *                           nibble of byte i, element i + 16 its high nibble)
+ *   xa                      one token's int8 activations for one step, with what the dots need of the block sums
+ *   xa_q8(q, s, n)          } from n blocks' activations q and block sums s (rs_quantize_act); missing blocks
+ *   xa_q4(q, s, n)          } are 0, and contribute 0 to the dots
+ *   vf_dot_q8(w, x)         int8 weights times x: each block's 32 products summed in int32 (exactly the integer
+ *                           the scalar kernel sums) over the block's VL / QB lanes, the same lanes for any w and x,
+ *                           as floats (exact: every lane is far below 2^24)
+ *   vf_dot_q4(n, x)         the same for nibbles n: the block's sum of (n - 8) x
+ *   vf_wscale(d0, d1)       the binary16 weight scales of a step's blocks, each in its block's lanes (d1: QB 2)
+ *   vf_xscale(xd, n)        the activation scales of n blocks, likewise (a missing block's are 0)
  *   MRQ, NTQ                quantized prefill micro-tile: MRQ rows (dividing MR) x NTQ tokens
  *   half_to_float(h)        one binary16 -> float (exact), in one instruction where the CPU has one
  *   vf_half_set1(h)         the same in every lane
@@ -33,11 +41,15 @@
  * arithmetic -- acc = fma(w[e..e+VL), x[e..e+VL), acc) for e = 0, VL, ... in turn, then the leftover elements one
  * by one with fmaf, then hsum(acc) + leftover -- so prefill equals decode bit for bit.
  *
- * Dense Q8_0 and Q4_0 take int16 activations (kernels.h): per block, acc = fma(dot(block, x), d_w * d_x, acc), the
- * dot exact in integers. Converting each int8 weight to float and scaling it cost two float operations a weight,
- * which capped decode below memory speed (AVX2: ~25 GB/s a thread from L2); the integer dot takes about half the
- * instructions. Prefill runs decode's arithmetic for each (row, token) in decode's order, so they agree bit for bit,
- * reading a group of rows from memory once for a tile of tokens.
+ * Dense Q8_0 and Q4_0 take int8 activations (kernels.h): per step of QB blocks, acc = fma(dot(blocks, x),
+ * d_w * d_x, acc), the dot exact in integers. Converting each int8 weight to float and scaling it cost two float
+ * operations a weight, which capped decode below memory speed (AVX2: ~25 GB/s a thread from L2); int16 activations
+ * took about half the instructions, but Q4_0's nibbles still had to be widened to int16. With int8 activations the
+ * bytes go straight into byte dot products (vpmaddubsw, vpdpbusd, sdot): Q4_0's unsigned nibbles multiply the
+ * signed activations directly, and the -8 offset costs one integer add per block and row (or none, folded into
+ * vpdpbusd's accumulator), from the block sums rs_quantize_act keeps. Prefill runs decode's arithmetic for each
+ * (row, token) in decode's order, so they agree bit for bit, reading a group of rows from memory once for a tile of
+ * tokens.
  *
  * Sparse (input-channel-major layout). Each kept channel's row slice is scaled by its activation and added to y,
  * GROUP rows per pass over the slice of y (which stays in L1), while later groups' rows are prefetched: the rows
@@ -160,33 +172,47 @@ static inline void prefetch_ahead(const uint8_t *row, int64_t off, int64_t rb)
 DECODE_FLOAT(f32, RS_TYPE_F32, 4)
 DECODE_FLOAT(f16, RS_TYPE_F16, 2)
 
-/* One block's products with int16 activations, and its scale d_w * d_x: decode and prefill build both from these
+/* One step's products with int8 activations, and its scales d_w * d_x: decode and prefill build both from these
  * same operations, so each (row, token) gets the same bits either way. */
-static inline vf dot_q8_0(const block_q8_0 *b, const int16_t *x)
-{
-    return vf_madd_i16(vi_load_i8(b->qs), vi_load_i16(x));
-}
-static inline vf dot_q4_0(const block_q4_0 *b, const int16_t *x)
-{
-    return vf_madd_i16(vi_load_q4(b->qs), vi_load_i16(x));
-}
-static inline vf block_scale(uint16_t d, float xd) { return vf_mul(vf_half_set1(d), vf_set1(xd)); }
+static inline vf dot_q8_0(const block_q8_0 *b, int n, xa x) { return vf_dot_q8(vq_load_q8(b, n), x); }
+static inline vf dot_q4_0(const block_q4_0 *b, int n, xa x) { return vf_dot_q4(vq_load_q4(b, n), x); }
+/* The weights' scales of the n blocks from b (never reading a block past the n). */
+#define WSCALE(b, n) vf_wscale((b)[0].d, (n) > 1 ? (b)[(n) - 1].d : 0)
 
-/* ---- dense, quantized weights: MR rows against one token's int16 activations ---------------------------------- */
-#define ROWS_QUANT(type)                                                                                     \
-    static inline void rows_##type(const uint8_t *const *rows, int64_t rb, const int16_t *xq, const float *xd, \
-                                   int64_t n_in, int n_valid, float *y)                                      \
+/* ---- dense, quantized weights: MR rows against one token's int8 activations ----------------------------------- */
+/* Blocks k .. k + n - 1 of the MR rows into acc. */
+#define STEP_QUANT(type)                                                                                     \
+    static inline void step_##type(const uint8_t *const *rows, int64_t rb, const rs_act *x, int64_t k, int n, \
+                                   vf *acc)                                                                  \
     {                                                                                                        \
+        const xa xv = xa_##type(x->q + k * RS_QK, x->s + k, n);                                              \
+        const vf xsc = vf_xscale(x->d + k, n);                                                               \
+        for (int i = 0; i < MR; i++) {                                                                       \
+            const block_##type *b = (const block_##type *)rows[i] + k;                                       \
+            for (int j = 0; j < QB; j++)                                                                     \
+                prefetch_ahead(rows[i], (k + j) * (int64_t)sizeof(block_##type), rb);                        \
+            acc[i] = vf_fma(dot_##type(b, n, xv), vf_mul(WSCALE(b, n), xsc), acc[i]);                        \
+        }                                                                                                    \
+    }
+#define xa_q8_0 xa_q8  /* the activations' step for each weight type, by the type's name */
+#define xa_q4_0 xa_q4
+STEP_QUANT(q8_0)
+STEP_QUANT(q4_0)
+
+/* x: one token's activations (rs_act, offset to the token). Whole steps of QB blocks, then a short last one. */
+#define ROWS_QUANT(type)                                                                                     \
+    static inline void rows_##type(const uint8_t *const *rows, int64_t rb, const rs_act *x, int64_t n_in,     \
+                                   int n_valid, float *y)                                                    \
+    {                                                                                                        \
+        const int64_t nb = n_in / RS_QK;                                                                     \
         vf acc[MR];                                                                                          \
         for (int i = 0; i < MR; i++)                                                                         \
             acc[i] = vf_zero();                                                                              \
-        for (int64_t k = 0; k < n_in / RS_QK; k++) {                                                         \
-            for (int i = 0; i < MR; i++) {                                                                   \
-                const block_##type *b = (const block_##type *)rows[i] + k;                                   \
-                prefetch_ahead(rows[i], k * (int64_t)sizeof(block_##type), rb);                              \
-                acc[i] = vf_fma(dot_##type(b, xq + k * RS_QK), block_scale(b->d, xd[k]), acc[i]);             \
-            }                                                                                                \
-        }                                                                                                    \
+        int64_t k = 0;                                                                                       \
+        for (; k + QB <= nb; k += QB)                                                                        \
+            step_##type(rows, rb, x, k, QB, acc);                                                            \
+        if (k < nb)                                                                                          \
+            step_##type(rows, rb, x, k, (int)(nb - k), acc);                                                 \
         for (int i = 0; i < n_valid; i++)                                                                    \
             y[i] = vf_hsum(acc[i]) + 0.0f;                                                                   \
     }
@@ -291,31 +317,57 @@ MM(f32, NULL)
 MM(f16, chunk_f16)
 
 /* Quantized prefill: tiles of tokens whose activations stay in cache. A group of MR rows is read from memory once per
- * tile, KC elements at a time; Q4_0 chunks are first unpacked to Q8_0 blocks (same integers, so the same products,
- * lane for lane: vi_load_q4 and vi_load_i8 put each element in the same place), so the nibbles are not unpacked again
- * for every token. Each (row, token) then runs decode's arithmetic in decode's order, carried across chunks in acc. */
+ * tile, KC elements at a time; Q4_0 chunks are first unpacked to blocks of nibble bytes (0..15, in the layout of a
+ * Q8_0 block: vq_load_q8 on them gives what vq_load_q4 gives on the packed blocks, lane for lane), so the nibbles
+ * are not unpacked again for every token. Each (row, token) then runs decode's arithmetic in decode's order,
+ * carried across chunks in acc: chunks hold whole steps (QC % QB == 0), so the steps are decode's. */
 static void unpack_q4_0(const block_q4_0 *b, int64_t n, block_q8_0 *out)
 {
     typedef uint8_t u8x16 __attribute__((vector_size(16)));  /* GCC/Clang vectors: one SSE/NEON register */
     for (int64_t k = 0; k < n; k++) {
         u8x16 v, lo, hi;
         memcpy(&v, b[k].qs, sizeof v);
-        lo = (v & 0x0F) - 8;  /* as bytes: (q - 8) mod 256 is q - 8 in two's complement */
-        hi = (v >> 4) - 8;
+        lo = v & 0x0F;
+        hi = v >> 4;
         out[k].d = b[k].d;
         memcpy(out[k].qs, &lo, sizeof lo);
         memcpy(out[k].qs + RS_QK / 2, &hi, sizeof hi);
     }
 }
 
-static void prefill_quant(int q4, const uint8_t *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,
-                          int64_t n_tok, float *y, int64_t ys)
+enum { QC = KC / RS_QK };  /* blocks per prefill chunk */
+_Static_assert(QC % QB == 0, "prefill chunks must hold whole steps");
+
+/* MRQ rows (weights cb, unpacked if q4) x NTQ tokens (xq, xd, xs) over blocks [0, nk) of a chunk, into a. */
+static inline __attribute__((always_inline)) void tile_quant(int q4, const block_q8_0 *const *cb, int64_t nk,
+                                                             const int8_t *const *xq, const float *const *xd,
+                                                             const int32_t *const *xs, vf a[MRQ][NTQ])
 {
-    enum { QC = KC / RS_QK };  /* blocks per chunk */
+    for (int64_t k = 0; k < nk; k += QB) {
+        const int n = (int)min64(QB, nk - k);
+        vq wv[MRQ];
+        vf dw[MRQ];
+        for (int i = 0; i < MRQ; i++) {
+            wv[i] = vq_load_q8(cb[i] + k, n);
+            dw[i] = WSCALE(cb[i] + k, n);
+        }
+        for (int j = 0; j < NTQ; j++) {
+            const xa xv = q4 ? xa_q4(xq[j] + k * RS_QK, xs[j] + k, n) : xa_q8(xq[j] + k * RS_QK, xs[j] + k, n);
+            const vf xsc = vf_xscale(xd[j] + k, n);
+            for (int i = 0; i < MRQ; i++)  /* = decode's fma(dot, wscale * xscale, acc) */
+                a[i][j] = vf_fma(q4 ? vf_dot_q4(wv[i], xv) : vf_dot_q8(wv[i], xv), vf_mul(dw[i], xsc), a[i][j]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void prefill_quant(int q4, const uint8_t *w, int64_t rb,
+                                                                int64_t n_rows, const rs_act *x, int64_t n_in,
+                                                                int64_t n_tok, float *y, int64_t ys)
+{
     block_q8_0 buf[MR][QC];
     alignas(64) vf acc[TMAX + NTQ][MR];  /* a short last token group runs past nt */
     const int64_t nb = n_in / RS_QK;
-    int64_t tile = TILE_BYTES / (n_in * (int64_t)sizeof(int16_t) + nb * (int64_t)sizeof(float));
+    int64_t tile = TILE_BYTES / (n_in + nb * (int64_t)(sizeof(float) + sizeof(int32_t)));
     tile = tile < 1 ? 1 : tile > TMAX ? TMAX : tile;
     for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
         const int64_t nt = min64(tile, n_tok - t0);
@@ -336,35 +388,24 @@ static void prefill_quant(int q4, const uint8_t *w, int64_t rb, int64_t n_rows, 
                         cb[i] = (const block_q8_0 *)rows[i] + k0;
                     }
                 }
-                /* MRQ rows x NTQ tokens in registers: each widened weight block serves NTQ tokens and each
-                 * activation block MRQ rows. Past nt, the last token is repeated and its results never stored. */
+                /* MRQ rows x NTQ tokens in registers: each weight step serves NTQ tokens and each activation step
+                 * MRQ rows. Past nt, the last token is repeated and its results never stored. */
                 for (int64_t t = 0; t < nt; t += NTQ) {
-                    const int16_t *xq[NTQ];
+                    const int8_t *xq[NTQ];
                     const float *xd[NTQ];
+                    const int32_t *xs[NTQ];
                     for (int j = 0; j < NTQ; j++) {
                         const int64_t tt = t0 + min64(t + j, nt - 1);
                         xq[j] = x->q + tt * n_in + k0 * RS_QK;
                         xd[j] = x->d + tt * nb + k0;
+                        xs[j] = x->s + tt * nb + k0;
                     }
                     for (int i0 = 0; i0 < MR; i0 += MRQ) {
                         vf a[MRQ][NTQ];
                         for (int i = 0; i < MRQ; i++)
                             for (int j = 0; j < NTQ; j++)
                                 a[i][j] = acc[t + j][i0 + i];
-                        for (int64_t k = 0; k < nk; k++) {
-                            vi wv[MRQ];
-                            vf dw[MRQ];
-                            for (int i = 0; i < MRQ; i++) {
-                                wv[i] = vi_load_i8(cb[i0 + i][k].qs);
-                                dw[i] = vf_half_set1(cb[i0 + i][k].d);
-                            }
-                            for (int j = 0; j < NTQ; j++) {
-                                const vi xv = vi_load_i16(xq[j] + k * RS_QK);
-                                const vf xs = vf_set1(xd[j][k]);
-                                for (int i = 0; i < MRQ; i++)  /* = decode's fma(dot, block_scale, acc) */
-                                    a[i][j] = vf_fma(vf_madd_i16(wv[i], xv), vf_mul(dw[i], xs), a[i][j]);
-                            }
-                        }
+                        tile_quant(q4, cb + i0, nk, xq, xd, xs, a);
                         for (int i = 0; i < MRQ; i++)
                             for (int j = 0; j < NTQ; j++)
                                 acc[t + j][i0 + i] = a[i][j];
@@ -389,7 +430,7 @@ static void prefill_quant(int q4, const uint8_t *w, int64_t rb, int64_t n_rows, 
         for (int64_t r = 0; r < n_rows; r += MR) {                                                           \
             const uint8_t *rows[MR];                                                                         \
             const int n_valid = pick_rows(w, rb, r, n_rows, rows);                                           \
-            rows_##type(rows, rb, x->q, x->d, n_in, n_valid, y + r);                                         \
+            rows_##type(rows, rb, x, n_in, n_valid, y + r);                                                  \
         }                                                                                                    \
     }
 MM_QUANT(q8_0, 0)

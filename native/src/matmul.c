@@ -28,9 +28,10 @@ struct matmul_job {
     int64_t row_bytes;
     int64_t n_out, n_in, n_tok;
     rs_act x;           /* what the kernel reads: x.f, the caller's (n_tok, n_in) activations, or those rounded to
-                         * int16 blocks, x.q and x.d (kernels.h) */
-    int16_t *xq;        /* (n_tok, n_in) and (n_tok, n_in / 32): the rounded ones, in the pool's arena */
-    float *xd;
+                         * int8 blocks, x.q, x.d and x.s (kernels.h) */
+    int8_t *xq;         /* (n_tok, n_in), (n_tok, n_in / 32) and (n_tok, n_in / 32): the rounded ones, their */
+    float *xd;          /* block scales and block sums, in the pool's arena */
+    int32_t *xs;
     float *y;           /* (n_tok, n_out) */
 };
 
@@ -41,7 +42,8 @@ static void quantize_slice(void *ctx, int ith, int nth)
     int64_t t0, t1;
     rs_slice(j->n_tok, 1, ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++)
-        rs_quantize_act(j->x.f + t * j->n_in, j->n_in, j->xq + t * j->n_in, j->xd + t * (j->n_in / RS_QK));
+        rs_quantize_act(j->x.f + t * j->n_in, j->n_in, j->xq + t * j->n_in, j->xd + t * (j->n_in / RS_QK),
+                        j->xs + t * (j->n_in / RS_QK));
 }
 
 /* Slice ith of nth gets a contiguous range of output rows. */
@@ -74,15 +76,20 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
         rs_pool_run(pool, matmul_slice, &job);
         return RS_OK;
     }
-    /* n_in is a multiple of 32 here (rs_check_weights), and n_tok * n_in * 4 fits: so do these sizes. */
-    const size_t q_bytes = (size_t)(n_tok * n_in) * sizeof(int16_t);
-    void *arena = rs_pool_arena_acquire(pool, q_bytes + (size_t)(n_tok * (n_in / RS_QK)) * sizeof(float));
+    /* n_in is a multiple of 32 here (rs_check_weights), and n_tok * n_in * 4 fits: so do these sizes. Each part
+     * starts 64-byte aligned (the arena does), so the scales and sums stay aligned for any n_in. */
+    const size_t q_bytes = ((size_t)(n_tok * n_in) + 63) / 64 * 64;
+    const size_t nb = (size_t)(n_tok * (n_in / RS_QK));
+    const size_t d_bytes = (nb * sizeof(float) + 63) / 64 * 64;
+    void *arena = rs_pool_arena_acquire(pool, q_bytes + d_bytes + nb * sizeof(int32_t));
     if (!arena)
         return RS_ERR_NOMEM;
     job.xq = arena;
-    job.xd = (float *)((char *)arena + q_bytes);  /* q_bytes is a multiple of 64: aligned */
+    job.xd = (float *)((char *)arena + q_bytes);
+    job.xs = (int32_t *)((char *)arena + q_bytes + d_bytes);
     job.x.q = job.xq;
     job.x.d = job.xd;
+    job.x.s = job.xs;
     if (n_tok == 1)  /* decode: a few microseconds, less than waking the pool twice */
         quantize_slice(&job, 0, 1);
     else

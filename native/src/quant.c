@@ -31,11 +31,11 @@ uint16_t rs_fp32_to_fp16(float f)
     return sign | (uint16_t)(q + (rem > half || (rem == half && (q & 1u))));
 }
 
-void rs_quantize_act(const float *x, int64_t n, int16_t *q, float *d)
+void rs_quantize_act(const float *x, int64_t n, int8_t *q, float *d, int32_t *s)
 {
     for (int64_t k = 0; k < n / RS_QK; k++) {
         const float *xb = x + k * RS_QK;
-        int16_t *qb = q + k * RS_QK;
+        int8_t *qb = q + k * RS_QK;
         float amax = 0.0f;
         for (int i = 0; i < RS_QK; i++) {  /* NaN compares false here; the isfinite check below catches it */
             const float a = fabsf(xb[i]);
@@ -44,19 +44,25 @@ void rs_quantize_act(const float *x, int64_t n, int16_t *q, float *d)
         int finite = 1;
         for (int i = 0; i < RS_QK; i++)
             finite &= isfinite(xb[i]) != 0;
+        s[k] = 0;
         if (!finite || amax == 0.0f) {
             d[k] = finite ? 0.0f : NAN;
             for (int i = 0; i < RS_QK; i++)
                 qb[i] = 0;
             continue;
         }
-        /* In double: 32767 / amax overflows float when amax is subnormal. |x * inv| <= 32767 (plus rounding, which
-         * stays below 32767.5), so the result fits int16. Adding and subtracting 1.5 * 2^52 rounds to nearest even
-         * in plain arithmetic, with no libm call per element (lrint is one). */
-        const double inv = 32767.0 / amax, round = 0x1.8p52;
-        d[k] = (float)(amax / 32767.0);
-        for (int i = 0; i < RS_QK; i++)
-            qb[i] = (int16_t)(int32_t)(((double)xb[i] * inv + round) - round);
+        /* In double: 127 / amax overflows float when amax is tiny. |x * inv| <= 127 (plus rounding, which stays
+         * below 127.5), so the result fits int8 and never reaches -128: the kernels' sign tricks rely on that
+         * (kernels_avx2.c). Adding and subtracting 1.5 * 2^52 rounds to nearest even in plain arithmetic, with no
+         * libm call per element (lrint is one). */
+        const double inv = 127.0 / amax, round = 0x1.8p52;
+        d[k] = (float)(amax / 127.0);
+        int32_t sum = 0;
+        for (int i = 0; i < RS_QK; i++) {
+            qb[i] = (int8_t)(int32_t)(((double)xb[i] * inv + round) - round);
+            sum += qb[i];
+        }
+        s[k] = sum;
     }
 }
 

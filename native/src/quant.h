@@ -63,14 +63,16 @@ int64_t rs_type_align(int type);
 /* Dequantizes one row of n elements (n a multiple of the block size; not checked here). */
 void rs_dequant_row(int type, const void *row, float *out, int64_t n);
 
-/* Activations for the quantized-weight dense kernels: each block of 32 rounded to int16 against its own scale,
- *   q[i] = round(x[i] / d[k]), d[k] = max |x| over block k / 32767   (so |q| <= 32767),
- * which lets a kernel take a block's 32 products as exact integer multiply-adds instead of converting every weight
- * to float: Q8_0 decode on AVX2 runs about 1.7x the weight bytes per second from cache. The rounding error of an
- * activation is at most d[k] / 2, about 1.5e-5 of its block's largest one, far below the int8/int4 weights' own.
- * A block holding a NaN or an infinity gets d = NaN (and q = 0), so the product is NaN, as it would be in float. n is
- * a multiple of 32 (not checked here); the result depends on x alone, so every path and thread sees the same. */
-void rs_quantize_act(const float *x, int64_t n, int16_t *q, float *d);
+/* Activations for the quantized-weight dense kernels: each block of 32 rounded to int8 against its own scale, as
+ * llama.cpp rounds them (its Q8_0 activations),
+ *   q[i] = round(x[i] / d[k]), d[k] = max |x| over block k / 127   (so |q| <= 127),   s[k] = sum of block k's q,
+ * which lets a kernel take a block's 32 products as integer dot-product instructions (vpmaddubsw, vpdpbusd, sdot)
+ * on bytes, with no widening of the weights. s[k] lets a kernel multiply unsigned bytes (Q4_0's nibbles, 0..15) by
+ * the signed activations and subtract the offset once per block: sum (n - 8) x = sum n x - 8 s. The rounding error
+ * of an activation is at most d[k] / 2, 1/254 of its block's largest one. A block holding a NaN or an infinity gets
+ * d = NaN (and q = 0, s = 0), so the product is NaN, as it would be in float. n is a multiple of 32 (not checked
+ * here); the result depends on x alone, so every path and thread sees the same. */
+void rs_quantize_act(const float *x, int64_t n, int8_t *q, float *d, int32_t *s);
 
 /* One block each; inline because the kernels call them in their inner loops. */
 static inline void rs_dequant_q8_0(const block_q8_0 *b, float *out /* (32,) */)

@@ -19,14 +19,22 @@ fi
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
 src="$here/src"
-# The same split of flags as CMakeLists.txt: NEON is baseline on AArch64, so kernels_neon.c needs no extra flags.
-"$cc" -std=gnu11 -O2 -Wall -Wextra -Werror -DRS_HAVE_NEON -I"$here/include" -I"$src" \
-    "$src/pool.c" "$src/quant.c" "$src/kernels_scalar.c" "$src/kernels_neon.c" "$src/dispatch.c" \
-    "$src/matmul.c" "$src/sparse.c" "$here/tests/test_native.c" -o "$out/test_native_aarch64" -lpthread -lm
+# The same split of flags as CMakeLists.txt: NEON is baseline on AArch64, so kernels_neon.c needs no extra flags;
+# kernels_neondot.c alone gets dotprod.
+flags="-std=gnu11 -O2 -Wall -Wextra -Werror -DRS_HAVE_NEON -DRS_HAVE_NEONDOT -I$here/include -I$src"
+"$cc" $flags -march=armv8.2-a+dotprod -c "$src/kernels_neondot.c" -o "$out/kernels_neondot.o"
+"$cc" $flags "$src/pool.c" "$src/quant.c" "$src/kernels_scalar.c" "$src/kernels_neon.c" "$src/dispatch.c" \
+    "$src/matmul.c" "$src/sparse.c" "$here/tests/test_native.c" "$out/kernels_neondot.o" \
+    -o "$out/test_native_aarch64" -lpthread -lm
 echo "built $out/test_native_aarch64; running under $qemu"
-"$qemu" -L "$sysroot" "$out/test_native_aarch64"
+# -cpu max has dotprod: neondot, neon and scalar all run. A CPU without it (Cortex-A57) must leave neondot out.
+"$qemu" -cpu max -L "$sysroot" "$out/test_native_aarch64"
+"$qemu" -cpu cortex-a57 -L "$sysroot" "$out/test_native_aarch64" | head -1 | grep -q "runnable: neon,scalar$" || {
+    echo "run_neon.sh: a CPU without dotprod was offered neondot" >&2
+    exit 1
+}
 # The start-up choice honours RSPARSE_SIMD too.
-RSPARSE_SIMD=scalar "$qemu" -L "$sysroot" "$out/test_native_aarch64" | head -1 | grep -q "start-up: scalar" || {
+RSPARSE_SIMD=scalar "$qemu" -cpu max -L "$sysroot" "$out/test_native_aarch64" | head -1 | grep -q "start-up: scalar" || {
     echo "run_neon.sh: RSPARSE_SIMD=scalar was not honoured" >&2
     exit 1
 }

@@ -209,8 +209,9 @@ static void test_matmul_case(rs_pool *pool, int type, int64_t n_out, int64_t n_i
     const int st = rs_matmul(pool, type, w, n_out, n_in, x, n_tok, y);
     CHECK(st == RS_OK, "rs_matmul type %d %lldx%lld n_tok %lld: %s", type, (long long)n_out, (long long)n_in,
           (long long)n_tok, rs_strerror(st));
-    /* Q8_0 and Q4_0 multiply activations rounded to int16 per block of 32: each is off by at most half a step,
-     * step = the block's largest |x| / 32767 (kernels.h); the bound adds |w| times that, with room for rounding. */
+    /* Q8_0 and Q4_0 multiply activations rounded to int8 per block of 32: each is off by at most half a step,
+     * step = the block's largest |x| / 127 (kernels.h); the bound adds |w| times that, with room (1e-4 of a half
+     * step) for the float rounding of the step itself. */
     const int quant = type == RS_TYPE_Q4_0 || type == RS_TYPE_Q8_0;
     double *half_step = malloc((size_t)(n_tok * n_in) * sizeof *half_step);
     for (int64_t e = 0; e < n_tok * n_in; e += quant ? 32 : 1) {
@@ -218,7 +219,7 @@ static void test_matmul_case(rs_pool *pool, int type, int64_t n_out, int64_t n_i
         for (int64_t i = e; i < e + (quant ? 32 : 1); i++)
             amax = fmax(amax, fabs((double)x[i]));
         for (int64_t i = e; i < e + (quant ? 32 : 1); i++)
-            half_step[i] = quant ? 0.5001 * amax / 32767.0 : 0.0;
+            half_step[i] = quant ? 0.5001 * amax / 127.0 : 0.0;
     }
     for (int64_t t = 0; t < n_tok; t++) {
         for (int64_t r = 0; r < n_out; r++) {
@@ -451,6 +452,105 @@ static void test_sparse_errors(void)
     rs_pool_free(pool);
 }
 
+/* ---- int8 activations of the dense Q8_0 and Q4_0 kernels ---------------------------------------------------- */
+/* rs_quantize_act against its definition (quant.h): |q| <= 127, s the block sum, each activation within half a step
+ * of q * d, d = amax / 127 (plus d's own float rounding); a non-finite block gives d = NaN, q = 0; an all-zero one
+ * d = 0. Path-independent. */
+static void test_quantize_act(void)
+{
+    enum { N = 32 * 6 };
+    float x[N];
+    int8_t q[N];
+    float d[N / 32];
+    int32_t s[N / 32];
+    for (int i = 0; i < N; i++)
+        x[i] = rand_uniform(-3.0f, 3.0f);
+    for (int i = 32; i < 64; i++)
+        x[i] = 0.0f;
+    for (int i = 64; i < 96; i++)
+        x[i] = rand_uniform(-1.0f, 1.0f) * 1e-41f;  /* subnormal: 127 / amax overflows float */
+    for (int i = 96; i < 128; i++)
+        x[i] *= 1e37f;
+    x[130] = NAN;
+    x[170] = -INFINITY;
+    rs_quantize_act(x, N, q, d, s);
+    for (int k = 0; k < N / 32; k++) {
+        double amax = 0.0;
+        int32_t sum = 0;
+        for (int i = 32 * k; i < 32 * k + 32; i++) {
+            amax = fmax(amax, fabs((double)x[i]));
+            sum += q[i];
+            CHECK(q[i] >= -127 && q[i] <= 127, "q[%d] = %d", i, q[i]);
+        }
+        CHECK(s[k] == sum, "block %d: s = %d, sum of q = %d", k, (int)s[k], (int)sum);
+        if (k == 4 || k == 5) {
+            CHECK(isnan(d[k]) && sum == 0, "non-finite block %d: d = %g", k, d[k]);
+            continue;
+        }
+        CHECK(d[k] == (float)(amax / 127.0), "block %d: d = %g, amax / 127 = %g", k, d[k], amax / 127.0);
+        for (int i = 32 * k; i < 32 * k + 32; i++)
+            /* + |q| times d's own rounding, which is up to half of 2^-149 when d is subnormal */
+            CHECK(fabs((double)x[i] - q[i] * (double)d[k]) <= 0.5001 * amax / 127.0 + 127.0 * 0x1p-150,
+                  "x[%d] = %g rounds to %d * %g", i, x[i], q[i], d[k]);
+    }
+}
+
+/* Per path, against the scalar kernel: prefill gives each token bit for bit what decode gives it (odd and even
+ * block counts: AVX-512 takes two blocks a step), and both sides sum the same integers per block, so they differ
+ * by float rounding only, |y - y_scalar| <= 2e-5 * sum_k |isum_k d_w d_x| (bounded here by the products of the
+ * dequantized weights and rounded activations). A block holding NaN or inf makes its token's outputs NaN. */
+static void test_quant_paths(rs_pool *pool, const char *path)
+{
+    static const int64_t n_ins[] = {32, 96, 544, 1056};
+    enum { N_OUT = 37, N_TOK = 9 };
+    for (int type = 0; type < 2; type++) {
+        const int wtype = type ? RS_TYPE_Q8_0 : RS_TYPE_Q4_0;
+        for (size_t a = 0; a < sizeof n_ins / sizeof n_ins[0]; a++) {
+            const int64_t n_in = n_ins[a], rb = rs_row_bytes(wtype, n_in);
+            uint8_t *w = malloc((size_t)(N_OUT * rb));
+            float *x = malloc((size_t)(N_TOK * n_in) * sizeof *x);
+            float *y = malloc((size_t)(N_TOK * N_OUT) * sizeof *y), *y1 = malloc(N_OUT * sizeof *y1);
+            float *ys = malloc((size_t)(N_TOK * N_OUT) * sizeof *ys);
+            int8_t *q = malloc((size_t)n_in);
+            float *d = malloc((size_t)(n_in / 32) * sizeof *d);
+            int32_t *s = malloc((size_t)(n_in / 32) * sizeof *s);
+            fill_weights(wtype, w, N_OUT, n_in);
+            for (int64_t i = 0; i < N_TOK * n_in; i++)
+                x[i] = rand_uniform(-2.0f, 2.0f);
+            for (int64_t i = 0; i < 32; i++)
+                x[1 * n_in + i] *= 1e30f;  /* token 1: a huge block beside ordinary ones */
+            x[2 * n_in + n_in - 1] = 1e-40f;  /* token 2: a subnormal in an ordinary block */
+            x[3 * n_in + n_in / 2] = NAN;
+            x[4 * n_in] = INFINITY;
+            CHECK(rs_simd_select("scalar") == RS_OK, "select scalar");
+            CHECK(rs_matmul(pool, wtype, w, N_OUT, n_in, x, N_TOK, ys) == RS_OK, "scalar matmul");
+            CHECK(rs_simd_select(path) == RS_OK, "select %s", path);
+            CHECK(rs_matmul(pool, wtype, w, N_OUT, n_in, x, N_TOK, y) == RS_OK, "%s matmul", path);
+            for (int64_t t = 0; t < N_TOK; t++) {
+                CHECK(rs_matmul(pool, wtype, w, N_OUT, n_in, x + t * n_in, 1, y1) == RS_OK, "decode");
+                CHECK(memcmp(y1, y + t * N_OUT, N_OUT * sizeof *y1) == 0,
+                      "%s type %d n_in %lld token %lld: prefill differs from decode", path, wtype, (long long)n_in,
+                      (long long)t);
+                rs_quantize_act(x + t * n_in, n_in, q, d, s);
+                for (int64_t r = 0; r < N_OUT; r++) {
+                    const float got = y[t * N_OUT + r], want = ys[t * N_OUT + r];
+                    if (t == 3 || t == 4) {
+                        CHECK(isnan(got) && isnan(want), "%s: non-finite x gives %g (scalar %g)", path, got, want);
+                        continue;
+                    }
+                    double mag = 0.0;
+                    for (int64_t i = 0; i < n_in; i++)
+                        mag += fabs(ref_element(wtype, w + r * rb, i) * q[i] * (double)d[i / 32]);
+                    CHECK(fabs((double)got - (double)want) <= 2e-5 * mag + 1e-38,
+                          "%s type %d n_in %lld y[%lld][%lld] = %.9g, scalar %.9g", path, wtype, (long long)n_in,
+                          (long long)t, (long long)r, got, want);
+                }
+            }
+            free(w), free(x), free(y), free(y1), free(ys), free(q), free(d), free(s);
+        }
+    }
+}
+
 static void test_matmul(void)
 {
     static const int types[] = {RS_TYPE_F32, RS_TYPE_F16, RS_TYPE_Q4_0, RS_TYPE_Q8_0};
@@ -646,6 +746,7 @@ int main(void)
     test_errors();
     test_sparse_errors();
     test_pool();
+    test_quantize_act();
     /* Every kernel path this CPU runs, each against the double-precision references. */
     char paths[128];
     snprintf(paths, sizeof paths, "%s", rs_simd_paths());
@@ -653,6 +754,11 @@ int main(void)
         CHECK(rs_simd_select(p) == RS_OK && strcmp(rs_simd_path(), p) == 0, "select %s", p);
         const int before = failures;
         test_matmul();
+        rs_pool *pool = rs_pool_create(3);
+        CHECK(pool != NULL, "rs_pool_create(3)");
+        if (pool)
+            test_quant_paths(pool, p);
+        rs_pool_free(pool);
         test_sparse();
         printf("path %s: %s\n", p, failures == before ? "ok" : "FAILED");
     }
