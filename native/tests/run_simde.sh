@@ -41,7 +41,7 @@ paths=$(sed -n 's|.*set_source_files_properties(src/\(kernels_[A-Za-z0-9_]*\)\.c
 # Every x86 path file in src/ must be one of them, or this script would silently skip it.
 for f in "$src"/kernels_*.c; do
     b=$(basename "$f" .c)
-    case "$b" in kernels_scalar | kernels_neon) continue ;; esac
+    case "$b" in kernels_scalar | kernels_neon | kernels_neondot) continue ;; esac  # ARM: run_neon.sh
     echo "$paths" | grep -q "^$b " || {
         echo "run_simde.sh: $b.c has no set_source_files_properties line in CMakeLists.txt; update run_simde.sh" >&2
         exit 1

@@ -84,6 +84,15 @@ static inline float rs_simde_mm512_reduce_add_ps(simde__m512 a)
     const __m128 p = _mm_add_ps(q, _mm_shuffle_ps(q, q, 78));
     return _mm_cvtss_f32(p) + _mm_cvtss_f32(_mm_shuffle_ps(p, p, 177));
 }
+static inline simde__m512i rs_simde_mm512_zextsi256_si512(__m256i a) { return rs_simde_i512(a, _mm256_setzero_si256()); }
+static inline simde__m512i rs_simde_mm512_zextsi128_si512(__m128i a)
+{
+    return rs_simde_i512(_mm256_zextsi128_si256(a), _mm256_setzero_si256());
+}
+#undef _mm512_zextsi256_si512
+#undef _mm512_zextsi128_si512
+#define _mm512_zextsi256_si512(a) rs_simde_mm512_zextsi256_si512(a)
+#define _mm512_zextsi128_si512(a) rs_simde_mm512_zextsi128_si512(a)
 #undef _mm512_cvtph_ps
 #undef _mm512_cvtepi32_ps
 #undef _mm512_cvtps_epi32
