@@ -1,0 +1,283 @@
+/* axpy_int8.h -- the x86 sparse Q8_0 and Q4_0 kernels: int8 coefficients per group of 16 kept rows and chunk of
+ * blocks (sparse_int8.h defines the arithmetic; kernels_scalar.c is its reference, matched bit for bit), summed
+ * four rows at a time with 4-byte integer dot products. 256-bit code, included by kernels_avx2.c (AVX2 and, built
+ * again with RS_AVXVNNI, AVX-VNNI) after kernels_simd.h, whose group_rows and prefetch_rows it uses.
+ *
+ * The dot products want, per output, the 4 rows' weights side by side in one 32-bit lane; kept rows are chosen per
+ * token, so they are interleaved in registers: two levels of vpunpck (bytes, then words) turn 4 rows' bytes into
+ * 4 vectors of such quads. vpunpck works within 128-bit lanes, so the outputs come out permuted; the permutation is
+ * undone once per group and block, on the int32 sums (add_block). Then
+ *   AVX-VNNI: vpdpbusd (u8 x s8, 4 products added to an int32 lane). Q4_0's nibbles 0..15 are the u8 side and the
+ *             coefficients the s8 side, "- 8" being - 8 * sum(k) per group and block; Q8_0's weights are made u8 by
+ *             flipping their sign bit (w + 128), taken off as - 128 * sum(k).
+ *   AVX2:     vpmaddubsw (u8 x s8, 2 products added in int16) then vpmaddwd by ones. Q4_0 keeps the int16 sums of
+ *             both 8-row halves of a group (at most 4 * 15 * 127 a lane) and widens once per block; Q8_0's w + 128
+ *             would overflow int16 (2 * 255 * 127), so it multiplies |w| by k with w's sign (vpsignb), at most
+ *             2 * 128 * 127.
+ * Q8_0: each 32-byte block of 4 rows is one quad step. Q4_0: a block is 16 bytes a row, so a vector holds two
+ * quads of rows (rows 0-3 in the low lane, 4-7 in the high one) and the lanes are added at the end. */
+#ifndef RS_AXPY_INT8_H
+#define RS_AXPY_INT8_H
+
+#include "sparse_int8.h"
+
+/* The block scales d (binary16, at the start of each block) of 8 rows as one vector of 8 halves. */
+static inline __m128i scales8(const uint8_t *const *rows, int64_t off)
+{
+    __m128i h[8];
+    for (int i = 0; i < 8; i++)
+        h[i] = _mm_loadu_si32(rows[i] + off);  /* d and the block's next two bytes: never past the block */
+    const __m128i a = _mm_unpacklo_epi32(_mm_unpacklo_epi16(h[0], h[1]), _mm_unpacklo_epi16(h[2], h[3]));
+    const __m128i b = _mm_unpacklo_epi32(_mm_unpacklo_epi16(h[4], h[5]), _mm_unpacklo_epi16(h[6], h[7]));
+    return _mm_unpacklo_epi64(a, b);
+}
+
+static inline __m256i hmax_epi32(__m256i v)
+{
+    v = _mm256_max_epi32(v, _mm256_permute2x128_si256(v, v, 1));
+    v = _mm256_max_epi32(v, _mm256_shuffle_epi32(v, 0x4E));
+    return _mm256_max_epi32(v, _mm256_shuffle_epi32(v, 0xB1));
+}
+
+static inline __m256i hsum_epi32(__m256i v)
+{
+    v = _mm256_add_epi32(v, _mm256_permute2x128_si256(v, v, 1));
+    v = _mm256_add_epi32(v, _mm256_shuffle_epi32(v, 0x4E));
+    return _mm256_add_epi32(v, _mm256_shuffle_epi32(v, 0xB1));
+}
+
+/* The 16 coefficients of each of nb blocks from their products c (block j's at c[16 j ..]) on one scale:
+ * amax_bits is max |c| as an integer bit pattern in every lane (for non-negative floats that orders them, and
+ * NaN and inf sort above every finite value, so one compare tells whether a c is not finite). */
+static inline void round_blocks(const float *c, int nb, __m256i amax_bits, int8_t (*k)[RS_I8_ROWS], float *s,
+                                int32_t *sum)
+{
+    const int finite = _mm256_cvtsi256_si32(amax_bits) < 0x7F800000;
+    const __m256 amax = _mm256_max_ps(_mm256_castsi256_ps(amax_bits), _mm256_set1_ps(1e-30f));
+    const __m256 inv = _mm256_div_ps(_mm256_set1_ps(127.0f), amax);
+    const float scale = finite ? _mm256_cvtss_f32(amax) * (1.0f / 127.0f) : NAN;
+    for (int j = 0; j < nb; j++) {
+        /* |k| <= 127 when finite; otherwise anything (S is NaN), and the sum 0 */
+        const __m256i k0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(c + 16 * j), inv));
+        const __m256i k1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(c + 16 * j + 8), inv));
+        const __m128i w0 = _mm_packs_epi32(_mm256_castsi256_si128(k0), _mm256_extracti128_si256(k0, 1));
+        const __m128i w1 = _mm_packs_epi32(_mm256_castsi256_si128(k1), _mm256_extracti128_si256(k1, 1));
+        _mm_storeu_si128((__m128i *)k[j], _mm_packs_epi16(w0, w1));
+        s[j] = scale;
+        sum[j] = finite ? _mm256_cvtsi256_si32(hsum_epi32(_mm256_add_epi32(k0, k1))) : 0;
+    }
+}
+
+/* The coefficients of nb blocks (bsize bytes apart, from byte off) of the group's 16 rows, activations xs: k[j]
+ * (row i's in byte i), S in s[j] and sum_i k in sum[j], one scale for the chunk -- or block by block if a c is not
+ * finite (sparse_int8.h). Made in a loop of their own before the blocks' rows are read: beside the dot products,
+ * their long dependent chain (max, divide, round) would hold the loop back. */
+static inline void chunk_coefficients(const float *xs, const uint8_t *const *rows, int64_t off, int64_t bsize,
+                                      int nb, int8_t (*k)[RS_I8_ROWS], float *s, int32_t *sum)
+{
+    alignas(32) float c[RS_I8_CHUNK * RS_I8_ROWS];
+    const __m256 x0 = _mm256_loadu_ps(xs), x1 = _mm256_loadu_ps(xs + 8);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+    __m256i amax_bits = _mm256_setzero_si256();
+    for (int j = 0; j < nb; j++) {
+        const __m256 v0 = _mm256_mul_ps(x0, _mm256_cvtph_ps(scales8(rows, off + j * bsize)));
+        const __m256 v1 = _mm256_mul_ps(x1, _mm256_cvtph_ps(scales8(rows + 8, off + j * bsize)));
+        _mm256_store_ps(c + 16 * j, v0);
+        _mm256_store_ps(c + 16 * j + 8, v1);
+        amax_bits = _mm256_max_epi32(amax_bits, _mm256_and_si256(_mm256_castps_si256(v0), abs_mask));
+        amax_bits = _mm256_max_epi32(amax_bits, _mm256_and_si256(_mm256_castps_si256(v1), abs_mask));
+    }
+    amax_bits = hmax_epi32(amax_bits);
+    if (_mm256_cvtsi256_si32(amax_bits) < 0x7F800000) {
+        round_blocks(c, nb, amax_bits, k, s, sum);
+        return;
+    }
+    for (int j = 0; j < nb; j++) {
+        const __m256i a0 = _mm256_and_si256(_mm256_load_si256((const __m256i *)(c + 16 * j)), abs_mask);
+        const __m256i a1 = _mm256_and_si256(_mm256_load_si256((const __m256i *)(c + 16 * j + 8)), abs_mask);
+        round_blocks(c + 16 * j, 1, hmax_epi32(_mm256_max_epi32(a0, a1)), k + j, s + j, sum + j);
+    }
+}
+
+/* acc + the sums of 4 products u8 x s8 per int32 lane (exact where AVX2's int16 pair sums do not saturate: the
+ * callers keep them within 2 * 128 * 127). */
+static inline __m256i dot4(__m256i acc, __m256i u, __m256i s)
+{
+#if defined(RS_AVXVNNI) && !defined(RS_EMULATE_VNNI)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#elif defined(RS_AVXVNNI)
+    /* RS_EMULATE_VNNI (tests only, on CPUs without AVX-VNNI): vpdpbusd's exact sums, from even and odd bytes */
+    const __m256i lo = _mm256_set1_epi16(0xFF);
+    const __m256i even = _mm256_madd_epi16(_mm256_and_si256(u, lo), _mm256_srai_epi16(_mm256_slli_epi16(s, 8), 8));
+    const __m256i odd = _mm256_madd_epi16(_mm256_srli_epi16(u, 8), _mm256_srai_epi16(s, 8));
+    return _mm256_add_epi32(acc, _mm256_add_epi32(even, odd));
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* Four rows' 32 bytes (or two quads' 16, one per 128-bit lane) as quads: q[t] holds, per lane, bytes 4t .. 4t + 3
+ * of rows a, b, c, d in that order, output by output. */
+static inline void quads(__m256i a, __m256i b, __m256i c, __m256i d, __m256i *q)
+{
+    const __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
+    const __m256i cd_lo = _mm256_unpacklo_epi8(c, d), cd_hi = _mm256_unpackhi_epi8(c, d);
+    q[0] = _mm256_unpacklo_epi16(ab_lo, cd_lo);
+    q[1] = _mm256_unpackhi_epi16(ab_lo, cd_lo);
+    q[2] = _mm256_unpacklo_epi16(ab_hi, cd_hi);
+    q[3] = _mm256_unpackhi_epi16(ab_hi, cd_hi);
+}
+
+/* y[0..32) = fma(float(acc + off), S, y): o[t] holds outputs 8t .. 8t + 7 in order. */
+static inline void add_block(const __m256i *o, int32_t off, float s, float *y)
+{
+    const __m256 sv = _mm256_set1_ps(s);
+    const __m256i ov = _mm256_set1_epi32(off);
+    for (int t = 0; t < 4; t++) {
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(o[t], ov));
+        _mm256_storeu_ps(y + 8 * t, _mm256_fmadd_ps(v, sv, _mm256_loadu_ps(y + 8 * t)));
+    }
+}
+
+/* One Q8_0 block of four rows, coefficients kq (4 bytes, repeated in every lane), added to acc: acc[t] holds
+ * outputs 4t .. 4t + 3 in its low lane and 16 + 4t .. in its high one. */
+static inline void quad_q8_0(const uint8_t *const *r, int64_t off, int32_t kq, __m256i *acc)
+{
+    __m256i q[4];
+    quads(_mm256_loadu_si256((const __m256i *)(r[0] + off + 2)), _mm256_loadu_si256((const __m256i *)(r[1] + off + 2)),
+          _mm256_loadu_si256((const __m256i *)(r[2] + off + 2)), _mm256_loadu_si256((const __m256i *)(r[3] + off + 2)),
+          q);
+    const __m256i kv = _mm256_set1_epi32(kq);
+    for (int t = 0; t < 4; t++) {
+#ifdef RS_AVXVNNI
+        acc[t] = dot4(acc[t], _mm256_xor_si256(q[t], _mm256_set1_epi8((char)0x80)), kv);
+#else
+        acc[t] = dot4(acc[t], _mm256_abs_epi8(q[t]), _mm256_sign_epi8(kv, q[t]));
+#endif
+    }
+}
+
+#ifdef RS_AVXVNNI
+#define Q8_OFFSET 128  /* the weights' sign bit flipped: w + 128 */
+#else
+#define Q8_OFFSET 0
+#endif
+
+static void axpy_int8_q8_0(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
+                           int64_t o0, int64_t n, float *y)
+{
+    enum { R = RS_I8_ROWS };
+    const int64_t bsize = (int64_t)sizeof(block_q8_0), n_blocks = n / RS_QK;
+    alignas(16) int8_t k[RS_I8_CHUNK][R];
+    float s[RS_I8_CHUNK];
+    int32_t sum[RS_I8_CHUNK];
+    for (int64_t g = 0; g < n_kept; g += R) {
+        const uint8_t *rows[R], *next[R];
+        float xs[R];
+        group_rows(wt, rb, idx, xk, n_kept, g, R, o0 / RS_QK * bsize, rows, next, xs);
+        for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {
+            nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);
+            chunk_coefficients(xs, rows, b0 * bsize, bsize, (int)nb, k, s, sum);
+            for (int j = 0; j < nb; j++) {
+                const int64_t off = (b0 + j) * bsize;
+                prefetch_rows(next, R, off);
+                __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                                  _mm256_setzero_si256()};
+                for (int p = 0; p < R / 4; p++) {
+                    int32_t kq;
+                    memcpy(&kq, &k[j][4 * p], sizeof kq);
+                    quad_q8_0(rows + 4 * p, off, kq, acc);
+                }
+                const __m256i o[4] = {_mm256_permute2x128_si256(acc[0], acc[1], 0x20),
+                                      _mm256_permute2x128_si256(acc[2], acc[3], 0x20),
+                                      _mm256_permute2x128_si256(acc[0], acc[1], 0x31),
+                                      _mm256_permute2x128_si256(acc[2], acc[3], 0x31)};
+                add_block(o, -Q8_OFFSET * sum[j], s[j], y + (b0 + j) * RS_QK);
+            }
+        }
+    }
+}
+
+/* Q4_0's sums, per group and block: lo[t] (outputs 4t .. 4t + 3, from the low nibbles) and hi[t] (16 + 4t ..), in
+ * each lane for that lane's rows. AVX2 keeps vpmaddubsw's int16 pair sums and widens them in q4_widen. */
+static inline __m256i q4_dot(__m256i acc, __m256i u, __m256i kv)
+{
+#ifdef RS_AVXVNNI
+    return dot4(acc, u, kv);
+#else
+    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, kv));
+#endif
+}
+
+static inline __m256i q4_widen(__m256i acc)
+{
+#ifdef RS_AVXVNNI
+    return acc;
+#else
+    return _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
+#endif
+}
+
+/* The 8 rows r[0..8) of one Q4_0 block, coefficients k8 (8 bytes), added to lo and hi. */
+static inline void oct_q4_0(const uint8_t *const *r, int64_t off, const int8_t *k8, __m256i *lo, __m256i *hi)
+{
+    __m256i v[4], q[4];
+    for (int i = 0; i < 4; i++)
+        v[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(r[i] + off + 2))),
+                                       _mm_loadu_si128((const __m128i *)(r[i + 4] + off + 2)), 1);
+    quads(v[0], v[1], v[2], v[3], q);
+    int64_t k64;
+    memcpy(&k64, k8, sizeof k64);
+    /* rows 0-3's coefficients repeated in the low lane, rows 4-7's in the high one */
+    const __m256i kv = _mm256_shuffle_epi8(_mm256_set1_epi64x(k64),
+                                           _mm256_setr_epi8(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3,
+                                                            4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7));
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    for (int t = 0; t < 4; t++) {
+        lo[t] = q4_dot(lo[t], _mm256_and_si256(q[t], m), kv);
+        hi[t] = q4_dot(hi[t], _mm256_and_si256(_mm256_srli_epi16(q[t], 4), m), kv);
+    }
+}
+
+/* Outputs a[0..4) of one lane each, the two lanes added: 8 outputs in order from a[0], a[1] (and a[2], a[3]). */
+static inline __m256i lanes_added(__m256i a, __m256i b)
+{
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+static void axpy_int8_q4_0(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
+                           int64_t o0, int64_t n, float *y)
+{
+    enum { R = RS_I8_ROWS };
+    const int64_t bsize = (int64_t)sizeof(block_q4_0), n_blocks = n / RS_QK;
+    alignas(16) int8_t k[RS_I8_CHUNK][R];
+    float s[RS_I8_CHUNK];
+    int32_t sum[RS_I8_CHUNK];
+    for (int64_t g = 0; g < n_kept; g += R) {
+        const uint8_t *rows[R], *next[R];
+        float xs[R];
+        group_rows(wt, rb, idx, xk, n_kept, g, R, o0 / RS_QK * bsize, rows, next, xs);
+        for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {
+            nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);
+            chunk_coefficients(xs, rows, b0 * bsize, bsize, (int)nb, k, s, sum);
+            for (int j = 0; j < nb; j++) {
+                const int64_t off = (b0 + j) * bsize;
+                prefetch_rows(next, R, off);
+                __m256i lo[4], hi[4];
+                for (int t = 0; t < 4; t++)
+                    lo[t] = hi[t] = _mm256_setzero_si256();
+                oct_q4_0(rows, off, k[j], lo, hi);
+                oct_q4_0(rows + 8, off, k[j] + 8, lo, hi);
+                for (int t = 0; t < 4; t++) {
+                    lo[t] = q4_widen(lo[t]);
+                    hi[t] = q4_widen(hi[t]);
+                }
+                const __m256i o[4] = {lanes_added(lo[0], lo[1]), lanes_added(lo[2], lo[3]),
+                                      lanes_added(hi[0], hi[1]), lanes_added(hi[2], hi[3])};
+                add_block(o, -8 * sum[j], s[j], y + (b0 + j) * RS_QK);
+            }
+        }
+    }
+}
+
+#endif /* RS_AXPY_INT8_H */
