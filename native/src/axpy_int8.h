@@ -225,27 +225,10 @@ static void axpy_int8_q8_0(const void *wt, int64_t rb, const int32_t *idx, const
     }
 }
 
-/* Q4_0's sums, per group and block: lo[t] (outputs 4t .. 4t + 3, from the low nibbles) and hi[t] (16 + 4t ..), in
- * each lane for that lane's rows. AVX2 keeps vpmaddubsw's int16 pair sums and widens them in q4_widen. */
-static inline __m256i q4_dot(__m256i acc, __m256i u, __m256i kv)
-{
 #ifdef RS_AVXVNNI
-    return dot4(acc, u, kv);
-#else
-    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, kv));
-#endif
-}
-
-static inline __m256i q4_widen(__m256i acc)
-{
-#ifdef RS_AVXVNNI
-    return acc;
-#else
-    return _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
-#endif
-}
-
-/* The 8 rows r[0..8) of one Q4_0 block, coefficients k8 (8 bytes), added to lo and hi. */
+/* One Q4_0 block of the group's 16 rows, coefficients k (16 bytes): o[t] = outputs 8t .. 8t + 7 of sum_i k_i n_io,
+ * n the nibbles 0..15 (the caller takes off 8 * sum(k)). A vector holds two quads of rows, one per lane; per lane,
+ * lo[t] sums outputs 4t .. 4t + 3 (low nibbles) and hi[t] 16 + 4t .. (high nibbles). */
 static inline void oct_q4_0(const uint8_t *const *r, int64_t off, const int8_t *k8, __m256i *lo, __m256i *hi)
 {
     __m256i v[4], q[4];
@@ -261,16 +244,64 @@ static inline void oct_q4_0(const uint8_t *const *r, int64_t off, const int8_t *
                                                             4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7));
     const __m256i m = _mm256_set1_epi8(0x0F);
     for (int t = 0; t < 4; t++) {
-        lo[t] = q4_dot(lo[t], _mm256_and_si256(q[t], m), kv);
-        hi[t] = q4_dot(hi[t], _mm256_and_si256(_mm256_srli_epi16(q[t], 4), m), kv);
+        lo[t] = dot4(lo[t], _mm256_and_si256(q[t], m), kv);
+        hi[t] = dot4(hi[t], _mm256_and_si256(_mm256_srli_epi16(q[t], 4), m), kv);
     }
 }
 
-/* Outputs a[0..4) of one lane each, the two lanes added: 8 outputs in order from a[0], a[1] (and a[2], a[3]). */
+/* Outputs a[0..4) of one lane each, the two lanes added: 8 outputs in order from a and b. */
 static inline __m256i lanes_added(__m256i a, __m256i b)
 {
     return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
+
+static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const int8_t *k, __m256i *o)
+{
+    __m256i lo[4], hi[4];
+    for (int t = 0; t < 4; t++)
+        lo[t] = hi[t] = _mm256_setzero_si256();
+    oct_q4_0(r, off, k, lo, hi);
+    oct_q4_0(r + 8, off, k + 8, lo, hi);
+    o[0] = lanes_added(lo[0], lo[1]);
+    o[1] = lanes_added(lo[2], lo[3]);
+    o[2] = lanes_added(hi[0], hi[1]);
+    o[3] = lanes_added(hi[2], hi[3]);
+}
+#else
+/* AVX2: pairs of rows are enough for vpmaddubsw (2 products an int16 lane), so rows are interleaved one level
+ * only: a vector holds rows a, b in its low lane and c, d in its high one, byte by byte. The int16 sums stay within
+ * 8 * 15 * 127 a lane over the group's 16 rows, and 16 * 15 * 127 once the lanes are added, so they are widened
+ * only then. o[t] = outputs 8t .. 8t + 7 of sum_i k_i n_io (the caller takes off 8 * sum(k)). */
+static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const int8_t *k, __m256i *o)
+{
+    __m256i acc[4];
+    for (int t = 0; t < 4; t++)
+        acc[t] = _mm256_setzero_si256();
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    const __m256i spread = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                            2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    for (int p = 0; p < RS_I8_ROWS; p += 4) {
+        const __m256i ac = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(r[p] + off + 2))),
+            _mm_loadu_si128((const __m128i *)(r[p + 2] + off + 2)), 1);
+        const __m256i bd = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(r[p + 1] + off + 2))),
+            _mm_loadu_si128((const __m128i *)(r[p + 3] + off + 2)), 1);
+        const __m256i b0 = _mm256_unpacklo_epi8(ac, bd), b1 = _mm256_unpackhi_epi8(ac, bd);  /* bytes 0-7, 8-15 */
+        int32_t k4;
+        memcpy(&k4, k + p, sizeof k4);
+        const __m256i kv = _mm256_shuffle_epi8(_mm256_set1_epi32(k4), spread);  /* (k_a, k_b) | (k_c, k_d) */
+        acc[0] = _mm256_add_epi16(acc[0], _mm256_maddubs_epi16(_mm256_and_si256(b0, m), kv));
+        acc[1] = _mm256_add_epi16(acc[1], _mm256_maddubs_epi16(_mm256_and_si256(b1, m), kv));
+        acc[2] = _mm256_add_epi16(acc[2], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(b0, 4), m), kv));
+        acc[3] = _mm256_add_epi16(acc[3], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m), kv));
+    }
+    for (int t = 0; t < 4; t++) {
+        const __m256i both = _mm256_add_epi16(acc[t], _mm256_permute2x128_si256(acc[t], acc[t], 1));
+        o[t] = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(both));
+    }
+}
+#endif
 
 static void axpy_int8_q4_0(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
                            int64_t o0, int64_t n, float *y)
@@ -290,17 +321,8 @@ static void axpy_int8_q4_0(const void *wt, int64_t rb, const int32_t *idx, const
             for (int j = 0; j < nb; j++) {
                 const int64_t off = (b0 + j) * bsize;
                 prefetch_rows(next, R, off);
-                __m256i lo[4], hi[4];
-                for (int t = 0; t < 4; t++)
-                    lo[t] = hi[t] = _mm256_setzero_si256();
-                oct_q4_0(rows, off, k[j], lo, hi);
-                oct_q4_0(rows + 8, off, k[j] + 8, lo, hi);
-                for (int t = 0; t < 4; t++) {
-                    lo[t] = q4_widen(lo[t]);
-                    hi[t] = q4_widen(hi[t]);
-                }
-                const __m256i o[4] = {lanes_added(lo[0], lo[1]), lanes_added(lo[2], lo[3]),
-                                      lanes_added(hi[0], hi[1]), lanes_added(hi[2], hi[3])};
+                __m256i o[4];
+                block_q4_0_sums(rows, off, k[j], o);
                 add_block(o, -8 * sum[j], s[j], y + (b0 + j) * RS_QK);
             }
         }
