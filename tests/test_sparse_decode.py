@@ -204,10 +204,24 @@ def test_quantized_companion_matches_reference(tmp_path, outtype):
         info = f.tensors[name]
         with torch.no_grad():
             param.copy_(torch.from_numpy(dequantize(f.tensor(name), info.type, info.shape).astype(np.float32)))
-    # The sparse Q8_0 and Q4_0 kernels of AVX2 (and AVX-512's for Q4_0) round the kept rows' coefficients to int16
-    # (native/src/axpy_int16.h), which moves the logits a little further from the reference, so a near-tie may end
-    # the exact comparison sooner than with F16 (this tiny model now reaches all 24 positions on AVX2 and AVX-512).
-    assert_matches_reference(model, ref, torch.arange(3, 27)[None], min_prefix=8 if outtype == "f16" else 4)
+    ids = torch.arange(3, 27)[None]
+    if outtype == "f16":
+        assert_matches_reference(model, ref, ids, min_prefix=8)
+        return
+    # The sparse Q8_0 and Q4_0 kernels round each group of kept rows' coefficients to int8 (native/src/sparse_int8.h):
+    # ~0.5-1% relative error per linear, as llama.cpp's int8 activations. On this tiny random model that flips
+    # channels whose score lies within ~1% of tau in most linears from the first token on (the exact comparison
+    # above would end at once), and the flips move its logits by up to ~0.3 of their largest (cosine >= 0.91 over
+    # positions 3..26 on every path, mean 0.97). A layout error (blocks along the wrong axis, a wrong scale) gives
+    # unrelated logits, cosine near 0: the check below still catches those.
+    want, _, _ = reference_kept(ref, ids)
+    model.reset()
+    cos = []
+    for i in range(ids.shape[1]):
+        got = np.asarray(model.forward(ids[0, i:i + 1].numpy()), np.float64).ravel()
+        w = want[i].astype(np.float64).ravel()
+        cos.append(got @ w / (np.linalg.norm(got) * np.linalg.norm(w)))
+    assert min(cos) > 0.85 and np.mean(cos) > 0.94, f"cosine to the reference per position: {np.round(cos, 3)}"
 
 
 def test_cli_companion_dense_and_perplexity(tiny, tmp_path, capsys):
