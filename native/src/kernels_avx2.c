@@ -48,8 +48,7 @@ static inline vi vi_load_i8(const int8_t *q)
 }
 
 /* A Q4_0 block's 32 nibbles, 0..15, in vi_load_q4's order: zero-extended in one step (byte i's low nibble is
- * element i, its high nibble element i + 16), then split in int16. The sparse kernels (axpy_int16_avx2.h) take
- * them as they are. */
+ * element i, its high nibble element i + 16), then split in int16. */
 static inline vi vi_nibbles_q4(const uint8_t *q)
 {
     const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)q));
