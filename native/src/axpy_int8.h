@@ -1,21 +1,21 @@
 /* axpy_int8.h -- the x86 sparse Q8_0 and Q4_0 kernels: int8 coefficients per group of 16 kept rows and chunk of
- * blocks (sparse_int8.h defines the arithmetic; kernels_scalar.c is its reference, matched bit for bit), summed
- * four rows at a time with 4-byte integer dot products. 256-bit code, included by kernels_avx2.c (AVX2 and, built
- * again with RS_AVXVNNI, AVX-VNNI) after kernels_simd.h, whose group_rows and prefetch_rows it uses.
+ * blocks (sparse_int8.h defines the arithmetic; kernels_scalar.c is its reference, matched bit for bit), rows summed
+ * with integer dot products. 256-bit code, included by kernels_avx2.c (AVX2 and, built again with RS_AVXVNNI,
+ * AVX-VNNI) after kernels_simd.h, whose group_rows and prefetch_rows it uses.
  *
- * The dot products want, per output, the 4 rows' weights side by side in one 32-bit lane; kept rows are chosen per
- * token, so they are interleaved in registers: two levels of vpunpck (bytes, then words) turn 4 rows' bytes into
- * 4 vectors of such quads. vpunpck works within 128-bit lanes, so the outputs come out permuted; the permutation is
- * undone once per group and block, on the int32 sums (add_block). Then
- *   AVX-VNNI: vpdpbusd (u8 x s8, 4 products added to an int32 lane). Q4_0's nibbles 0..15 are the u8 side and the
- *             coefficients the s8 side, "- 8" being - 8 * sum(k) per group and block; Q8_0's weights are made u8 by
- *             flipping their sign bit (w + 128), taken off as - 128 * sum(k).
- *   AVX2:     vpmaddubsw (u8 x s8, 2 products added in int16) then vpmaddwd by ones. Q4_0 keeps the int16 sums of
- *             both 8-row halves of a group (at most 4 * 15 * 127 a lane) and widens once per block; Q8_0's w + 128
- *             would overflow int16 (2 * 255 * 127), so it multiplies |w| by k with w's sign (vpsignb), at most
- *             2 * 128 * 127.
- * Q8_0: each 32-byte block of 4 rows is one quad step. Q4_0: a block is 16 bytes a row, so a vector holds two
- * quads of rows (rows 0-3 in the low lane, 4-7 in the high one) and the lanes are added at the end. */
+ * The dot products sum adjacent bytes, so per output the kept rows' weights must sit side by side; kept rows are
+ * chosen per token, so they are interleaved in registers with vpunpck, which works within 128-bit lanes: the
+ * outputs come out permuted, and the permutation is undone once per group and block, on the int32 sums.
+ *   AVX-VNNI: vpdpbusd (u8 x s8, 4 products added to an int32 lane), on quads of rows (two vpunpck levels: bytes,
+ *             then words). Q4_0's nibbles 0..15 are the u8 side and the coefficients the s8 side, "- 8" being
+ *             - 8 * sum(k) per group and block; Q8_0's weights are made u8 by flipping their sign bit (w + 128),
+ *             taken off as - 128 * sum(k).
+ *   AVX2:     Q4_0: vpmaddubsw (u8 x s8, 2 products added in int16) on pairs of rows (one vpunpck level), the int16
+ *             sums kept over the whole group. Q8_0: the int16 pair loop (weights widened, vpmaddwd) with the int8
+ *             coefficients: vpmaddubsw would need |w| and k with w's sign (w + 128 overflows its int16 sums), and
+ *             those two instructions cost more than they save (docs/SPEED.md).
+ * Measured (docs/SPEED.md, rows in L2, one Zen 3 thread, against the int16 kernels): AVX2 Q4_0 1.24-1.29x, Q8_0
+ * 0.93-0.98x; AVX-VNNI not measured (no such CPU here; tested with -DRSPARSE_EMULATE_VNNI=ON). */
 #ifndef RS_AXPY_INT8_H
 #define RS_AXPY_INT8_H
 
