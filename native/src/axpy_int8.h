@@ -1,7 +1,7 @@
-/* axpy_int8.h -- the x86 sparse Q8_0 and Q4_0 kernels: int8 coefficients per group of 16 kept rows and chunk of
- * blocks (sparse_int8.h defines the arithmetic; kernels_scalar.c is its reference, matched bit for bit), rows summed
- * with integer dot products. 256-bit code, included by kernels_avx2.c (AVX2 and, built again with RS_AVXVNNI,
- * AVX-VNNI) after kernels_simd.h, whose group_rows and prefetch_rows it uses.
+/* axpy_int8.h -- the x86 sparse Q8_0 and Q4_0 kernels: int8 coefficients per group of kept rows (8 for Q8_0, 16
+ * for Q4_0) and chunk of blocks (sparse_int8.h defines the arithmetic; kernels_scalar.c is its reference, matched
+ * bit for bit), rows summed with integer dot products. 256-bit code, included by kernels_avx2.c (AVX2 and, built
+ * again with RS_AVXVNNI, AVX-VNNI) after kernels_simd.h, whose group_rows and prefetch_rows it uses.
  *
  * The dot products sum adjacent bytes, so per output the kept rows' weights must sit side by side; kept rows are
  * chosen per token, so they are interleaved in registers with vpunpck, which works within 128-bit lanes: the
@@ -49,8 +49,8 @@ static inline __m256i hsum_epi32(__m256i v)
 /* The 16 coefficients of each of nb blocks from their products c (block j's at c[16 j ..]) on one scale:
  * amax_bits is max |c| as an integer bit pattern in every lane (for non-negative floats that orders them, and
  * NaN and inf sort above every finite value, so one compare tells whether a c is not finite). */
-static inline void round_blocks(const float *c, int nb, __m256i amax_bits, int8_t (*k)[RS_I8_ROWS], float *s,
-                                int32_t *sum)
+static inline void round_blocks(const float *c, int n_rows, int nb, __m256i amax_bits, int8_t (*k)[RS_I8_ROWS],
+                                float *s, int32_t *sum)
 {
     const int finite = _mm256_cvtsi256_si32(amax_bits) < 0x7F800000;
     const __m256 amax = _mm256_max_ps(_mm256_castsi256_ps(amax_bits), _mm256_set1_ps(1e-30f));
@@ -59,7 +59,8 @@ static inline void round_blocks(const float *c, int nb, __m256i amax_bits, int8_
     for (int j = 0; j < nb; j++) {
         /* |k| <= 127 when finite; otherwise anything (S is NaN), and the sum 0 */
         const __m256i k0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(c + 16 * j), inv));
-        const __m256i k1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(c + 16 * j + 8), inv));
+        const __m256i k1 = n_rows > 8 ? _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(c + 16 * j + 8), inv))
+                                      : _mm256_setzero_si256();
         const __m128i w0 = _mm_packs_epi32(_mm256_castsi256_si128(k0), _mm256_extracti128_si256(k0, 1));
         const __m128i w1 = _mm_packs_epi32(_mm256_castsi256_si128(k1), _mm256_extracti128_si256(k1, 1));
         _mm_storeu_si128((__m128i *)k[j], _mm_packs_epi16(w0, w1));
@@ -69,34 +70,34 @@ static inline void round_blocks(const float *c, int nb, __m256i amax_bits, int8_
     }
 }
 
-/* The coefficients of nb blocks (bsize bytes apart, from byte off) of the group's 16 rows, activations xs: k[j]
- * (row i's in byte i), S in s[j] and sum_i k in sum[j] (unless sum is NULL), one scale for the chunk -- or block by block if a c is not
- * finite (sparse_int8.h). Made in a loop of their own before the blocks' rows are read: beside the dot products,
- * their long dependent chain (max, divide, round) would hold the loop back. */
-static inline void chunk_coefficients(const float *xs, const uint8_t *const *rows, int64_t off, int64_t bsize,
-                                      int nb, int8_t (*k)[RS_I8_ROWS], float *s, int32_t *sum)
+/* The coefficients of nb blocks (bsize bytes apart, from byte off) of the group's n_rows (8 or 16) rows,
+ * activations xs: k[j] (row i's in byte i), S in s[j] and sum_i k in sum[j] (unless sum is NULL), one scale for the
+ * chunk -- or block by block if a c is not finite (sparse_int8.h). Made in a loop of their own before the blocks'
+ * rows are read: beside the dot products, their long dependent chain (max, divide, round) would hold the loop back. */
+static inline void chunk_coefficients(int n_rows, const float *xs, const uint8_t *const *rows, int64_t off,
+                                      int64_t bsize, int nb, int8_t (*k)[RS_I8_ROWS], float *s, int32_t *sum)
 {
-    alignas(32) float c[RS_I8_CHUNK * RS_I8_ROWS];
-    const __m256 x0 = _mm256_loadu_ps(xs), x1 = _mm256_loadu_ps(xs + 8);
+    alignas(32) float c[RS_I8_CHUNK * 16];  /* block j's products at c[16 j ..], n_rows (8 or 16) of them */
+    const int nh = n_rows / 8;
+    const __m256 x0 = _mm256_loadu_ps(xs), x1 = nh > 1 ? _mm256_loadu_ps(xs + 8) : x0;
     const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
     __m256i amax_bits = _mm256_setzero_si256();
-    for (int j = 0; j < nb; j++) {
-        const __m256 v0 = _mm256_mul_ps(x0, _mm256_cvtph_ps(scales8(rows, off + j * bsize)));
-        const __m256 v1 = _mm256_mul_ps(x1, _mm256_cvtph_ps(scales8(rows + 8, off + j * bsize)));
-        _mm256_store_ps(c + 16 * j, v0);
-        _mm256_store_ps(c + 16 * j + 8, v1);
-        amax_bits = _mm256_max_epi32(amax_bits, _mm256_and_si256(_mm256_castps_si256(v0), abs_mask));
-        amax_bits = _mm256_max_epi32(amax_bits, _mm256_and_si256(_mm256_castps_si256(v1), abs_mask));
-    }
+    for (int j = 0; j < nb; j++)
+        for (int h = 0; h < nh; h++) {
+            const __m256 v = _mm256_mul_ps(h ? x1 : x0, _mm256_cvtph_ps(scales8(rows + 8 * h, off + j * bsize)));
+            _mm256_store_ps(c + 16 * j + 8 * h, v);
+            amax_bits = _mm256_max_epi32(amax_bits, _mm256_and_si256(_mm256_castps_si256(v), abs_mask));
+        }
     amax_bits = hmax_epi32(amax_bits);
     if (_mm256_cvtsi256_si32(amax_bits) < 0x7F800000) {
-        round_blocks(c, nb, amax_bits, k, s, sum);
+        round_blocks(c, n_rows, nb, amax_bits, k, s, sum);
         return;
     }
     for (int j = 0; j < nb; j++) {
-        const __m256i a0 = _mm256_and_si256(_mm256_load_si256((const __m256i *)(c + 16 * j)), abs_mask);
-        const __m256i a1 = _mm256_and_si256(_mm256_load_si256((const __m256i *)(c + 16 * j + 8)), abs_mask);
-        round_blocks(c + 16 * j, 1, hmax_epi32(_mm256_max_epi32(a0, a1)), k + j, s + j, sum ? sum + j : NULL);
+        __m256i a = _mm256_and_si256(_mm256_load_si256((const __m256i *)(c + 16 * j)), abs_mask);
+        if (nh > 1)
+            a = _mm256_max_epi32(a, _mm256_and_si256(_mm256_load_si256((const __m256i *)(c + 16 * j + 8)), abs_mask));
+        round_blocks(c + 16 * j, n_rows, 1, hmax_epi32(a), k + j, s + j, sum ? sum + j : NULL);
     }
 }
 
@@ -141,14 +142,14 @@ static inline void add_block(const __m256i *o, int32_t off, float s, float *y)
 }
 
 #ifdef RS_AVXVNNI
-/* One Q8_0 block of the group's 16 rows, coefficients k (16 bytes): o[t] = outputs 8t .. 8t + 7 of the sum, plus
+/* One Q8_0 block of the group's 8 rows, coefficients k (8 bytes): o[t] = outputs 8t .. 8t + 7 of the sum, plus
  * 128 * sum(k) (the weights' sign bit flipped makes them w + 128 for vpdpbusd's unsigned side). Per quad of rows,
  * acc[t] holds outputs 4t .. 4t + 3 in its low lane and 16 + 4t .. in its high one. */
 #define Q8_OFFSET 128
 static inline void block_q8_0_sums(const uint8_t *const *r, int64_t off, const int8_t *k, __m256i *o)
 {
     __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-    for (int p = 0; p < RS_I8_ROWS / 4; p++) {
+    for (int p = 0; p < RS_I8_ROWS_Q8_0 / 4; p++) {
         __m256i q[4];
         const uint8_t *const *rq = r + 4 * p;
         quads(_mm256_loadu_si256((const __m256i *)(rq[0] + off + 2)),
@@ -181,7 +182,7 @@ static inline void block_q8_0_sums(const uint8_t *const *r, int64_t off, const i
     alignas(32) int16_t k16[RS_I8_ROWS];  /* the coefficients as words, each pair broadcast from memory below */
     _mm256_store_si256((__m256i *)k16, widen_i8((const uint8_t *)k));
     __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-    for (int p = 0; p < RS_I8_ROWS / 2; p++) {
+    for (int p = 0; p < RS_I8_ROWS_Q8_0 / 2; p++) {
         const uint8_t *a = r[2 * p] + off + 2, *b = r[2 * p + 1] + off + 2;
         const __m256i a0 = widen_i8(a), a1 = widen_i8(a + 16), b0 = widen_i8(b), b1 = widen_i8(b + 16);
         int32_t pair;
@@ -202,9 +203,9 @@ static inline void block_q8_0_sums(const uint8_t *const *r, int64_t off, const i
 static void axpy_int8_q8_0(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
                            int64_t o0, int64_t n, float *y)
 {
-    enum { R = RS_I8_ROWS };
+    enum { R = RS_I8_ROWS_Q8_0 };
     const int64_t bsize = (int64_t)sizeof(block_q8_0), n_blocks = n / RS_QK;
-    alignas(16) int8_t k[RS_I8_CHUNK][R];
+    alignas(16) int8_t k[RS_I8_CHUNK][RS_I8_ROWS];
     float s[RS_I8_CHUNK];
     int32_t sum[RS_I8_CHUNK];
     for (int64_t g = 0; g < n_kept; g += R) {
@@ -213,7 +214,7 @@ static void axpy_int8_q8_0(const void *wt, int64_t rb, const int32_t *idx, const
         group_rows(wt, rb, idx, xk, n_kept, g, R, o0 / RS_QK * bsize, rows, next, xs);
         for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {
             nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);
-            chunk_coefficients(xs, rows, b0 * bsize, bsize, (int)nb, k, s, Q8_OFFSET ? sum : NULL);
+            chunk_coefficients(R, xs, rows, b0 * bsize, bsize, (int)nb, k, s, Q8_OFFSET ? sum : NULL);
             for (int j = 0; j < nb; j++) {
                 const int64_t off = (b0 + j) * bsize;
                 prefetch_rows(next, R, off);
@@ -280,7 +281,7 @@ static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const i
     const __m256i m = _mm256_set1_epi8(0x0F);
     const __m256i spread = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
                                             2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
-    for (int p = 0; p < RS_I8_ROWS; p += 4) {
+    for (int p = 0; p < RS_I8_ROWS_Q4_0; p += 4) {
         const __m256i ac = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(r[p] + off + 2))),
             _mm_loadu_si128((const __m128i *)(r[p + 2] + off + 2)), 1);
@@ -306,9 +307,9 @@ static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const i
 static void axpy_int8_q4_0(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
                            int64_t o0, int64_t n, float *y)
 {
-    enum { R = RS_I8_ROWS };
+    enum { R = RS_I8_ROWS_Q4_0 };
     const int64_t bsize = (int64_t)sizeof(block_q4_0), n_blocks = n / RS_QK;
-    alignas(16) int8_t k[RS_I8_CHUNK][R];
+    alignas(16) int8_t k[RS_I8_CHUNK][RS_I8_ROWS];
     float s[RS_I8_CHUNK];
     int32_t sum[RS_I8_CHUNK];
     for (int64_t g = 0; g < n_kept; g += R) {
@@ -317,7 +318,7 @@ static void axpy_int8_q4_0(const void *wt, int64_t rb, const int32_t *idx, const
         group_rows(wt, rb, idx, xk, n_kept, g, R, o0 / RS_QK * bsize, rows, next, xs);
         for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {
             nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);
-            chunk_coefficients(xs, rows, b0 * bsize, bsize, (int)nb, k, s, sum);
+            chunk_coefficients(R, xs, rows, b0 * bsize, bsize, (int)nb, k, s, sum);
             for (int j = 0; j < nb; j++) {
                 const int64_t off = (b0 + j) * bsize;
                 prefetch_rows(next, R, off);

@@ -11,8 +11,9 @@
  * matmul.c): a block's 32 products are exact integer multiply-adds, then one float multiply-add by the two scales,
  * and the result is within the activations' rounding (half a step, 1.5e-5 of the block's largest) of the exact
  * product of the dequantized weights. The sparse kernels give each kept row one float activation; the Q8_0 and Q4_0
- * ones then round each group of 16 rows' activation-times-scale to int8 per chunk of blocks and sum the rows in
- * integers (sparse_int8.h; every path but AVX-512, which keeps int16 coefficients for Q4_0 and floats for Q8_0). */
+ * ones then round each group of rows' (16, or 8 for Q8_0) activation-times-scale to int8 per chunk of blocks and
+ * sum the rows in integers (sparse_int8.h; every path but AVX-512, which keeps int16 coefficients for Q4_0 and
+ * floats for Q8_0). */
 #ifndef RS_KERNELS_H
 #define RS_KERNELS_H
 

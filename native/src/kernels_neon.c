@@ -134,11 +134,10 @@ static float round_coefficients(const float *c, int n, int8_t *k)
 }
 
 /* The coefficients of nb blocks of the group's rows (sparse_int8.h): k[j * R + i], s[j], sum[j] = sum_i k. */
-static void chunk_coefficients(const uint8_t *const *rows, const float *xs, int64_t off, int64_t bsize, int nb,
-                               int8_t *k, float *s, int32_t *sum)
+static void chunk_coefficients(int R, const uint8_t *const *rows, const float *xs, int64_t off, int64_t bsize,
+                               int nb, int8_t *k, float *s, int32_t *sum)
 {
-    enum { R = RS_I8_ROWS };
-    float c[RS_I8_CHUNK * R];
+    float c[RS_I8_CHUNK * RS_I8_ROWS];
     int finite = 1;
     for (int j = 0; j < nb; j++)
         for (int i = 0; i < R; i++) {
@@ -178,7 +177,7 @@ static inline void block_q8_0_sums(const uint8_t *const *r, int64_t off, const i
 {
     for (int t = 0; t < 8; t++)
         acc[t] = vdupq_n_s32(0);
-    for (int p = 0; p < RS_I8_ROWS; p += 2) {
+    for (int p = 0; p < RS_I8_ROWS_Q8_0; p += 2) {
         const int8_t *a = (const int8_t *)r[p] + off + 2, *b = (const int8_t *)r[p + 1] + off + 2;
         const int8x16_t ka = vdupq_n_s8(k[p]), kb = vdupq_n_s8(k[p + 1]);
         for (int h = 0; h < 2; h++) {
@@ -197,7 +196,7 @@ static inline void block_q8_0_sums(const uint8_t *const *r, int64_t off, const i
 static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const int8_t *k, int32x4_t *acc)
 {
     int16x8_t s[4] = {vdupq_n_s16(0), vdupq_n_s16(0), vdupq_n_s16(0), vdupq_n_s16(0)};
-    for (int i = 0; i < RS_I8_ROWS; i++) {
+    for (int i = 0; i < RS_I8_ROWS_Q4_0; i++) {
         const uint8x16_t b = vld1q_u8(r[i] + off + 2);
         const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F)));
         const int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(b, 4));
@@ -213,11 +212,11 @@ static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const i
     }
 }
 
-#define AXPY_INT8(type, offset)                                                                              \
+#define AXPY_INT8(type, TYPE, offset)                                                                        \
     static void axpy_int8_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk,             \
                                  int64_t n_kept, int64_t o0, int64_t n, float *y)                           \
     {                                                                                                        \
-        enum { R = RS_I8_ROWS };                                                                             \
+        enum { R = RS_I8_ROWS_##TYPE };                                                                      \
         const int64_t bsize = (int64_t)sizeof(block_##type), n_blocks = n / RS_QK;                         \
         int8_t k[RS_I8_CHUNK * R];                                                                           \
         float s[RS_I8_CHUNK];                                                                                \
@@ -228,7 +227,7 @@ static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const i
             group_rows(wt, rb, idx, xk, n_kept, g, R, o0 / RS_QK * bsize, rows, next, xs);                   \
             for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {                                             \
                 nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);                    \
-                chunk_coefficients(rows, xs, b0 * bsize, bsize, (int)nb, k, s, sum);                         \
+                chunk_coefficients(R, rows, xs, b0 * bsize, bsize, (int)nb, k, s, sum);                         \
                 for (int j = 0; j < nb; j++) {                                                               \
                     const int64_t off = (b0 + j) * bsize;                                                    \
                     prefetch_rows(next, R, off);                                                             \
@@ -239,5 +238,5 @@ static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const i
             }                                                                                                \
         }                                                                                                    \
     }
-AXPY_INT8(q8_0, 0)
-AXPY_INT8(q4_0, 8)
+AXPY_INT8(q8_0, Q8_0, 0)
+AXPY_INT8(q4_0, Q4_0, 8)

@@ -168,14 +168,13 @@ static float round_coefficients(const float *c, int n, int8_t *k)
     return finite ? a * (1.0f / 127.0f) : NAN;
 }
 
-static void axpy_int8(int (*weight)(const uint8_t *, int), int64_t bsize, const void *wt, int64_t rb,
+static void axpy_int8(int (*weight)(const uint8_t *, int), int64_t bsize, int R, const void *wt, int64_t rb,
                       const int32_t *idx, const float *xk, int64_t n_kept, int64_t o0, int64_t n, float *y)
 {
-    enum { R = RS_I8_ROWS };
     const int64_t b_first = o0 / RS_QK, n_blocks = n / RS_QK;
     for (int64_t k = 0; k < n_kept; k += R) {
-        const uint8_t *rows[R];
-        float xs[R];
+        const uint8_t *rows[RS_I8_ROWS];
+        float xs[RS_I8_ROWS];
         for (int i = 0; i < R; i++) {
             const int64_t kk = k + i < n_kept ? k + i : k;
             rows[i] = kept_row(wt, rb, idx, kk) + b_first * bsize;
@@ -184,8 +183,8 @@ static void axpy_int8(int (*weight)(const uint8_t *, int), int64_t bsize, const 
         for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {
             nb = RS_I8_CHUNK - (b_first + b0) % RS_I8_CHUNK;
             nb = nb < n_blocks - b0 ? nb : n_blocks - b0;
-            float c[RS_I8_CHUNK * R], s[RS_I8_CHUNK];
-            int8_t q[RS_I8_CHUNK * R];
+            float c[RS_I8_CHUNK * RS_I8_ROWS], s[RS_I8_CHUNK];
+            int8_t q[RS_I8_CHUNK * RS_I8_ROWS];
             int finite = 1;
             for (int j = 0; j < nb; j++)
                 for (int i = 0; i < R; i++) {
@@ -213,14 +212,14 @@ static void axpy_int8(int (*weight)(const uint8_t *, int), int64_t bsize, const 
     }
 }
 
-#define AXPY_Q(type)                                                                                         \
+#define AXPY_Q(type, TYPE)                                                                                   \
     static void axpy_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,  \
                             int64_t o0, int64_t n, float *y)                                                 \
     {                                                                                                        \
-        axpy_int8(weight_##type, sizeof(block_##type), wt, rb, idx, xk, n_kept, o0, n, y);                    \
+        axpy_int8(weight_##type, sizeof(block_##type), RS_I8_ROWS_##TYPE, wt, rb, idx, xk, n_kept, o0, n, y); \
     }
-AXPY_Q(q4_0)
-AXPY_Q(q8_0)
+AXPY_Q(q4_0, Q4_0)
+AXPY_Q(q8_0, Q8_0)
 
 const rs_kernels rs_kernels_scalar = {
     .name = "scalar",

@@ -1,7 +1,7 @@
 /* sparse_int8.h -- the arithmetic of the sparse Q8_0 and Q4_0 kernels: int8 coefficients, integer sums.
  *
  * For kept row i (activation x_i) and output block b (32 outputs, weight block scale d_ib, weights q_io), the exact
- * term is x_i d_ib q_io. The kernels take the rows RS_I8_ROWS at a time (a group: kept rows k, k + 1, ... of the
+ * term is x_i d_ib q_io. The kernels take the rows RS_I8_ROWS_<type> at a time (a group: kept rows k, k + 1, ... of the
  * list the kernel was given; a short last group is padded with rows of activation 0) and, per group and chunk of
  * output blocks (blocks RS_I8_CHUNK c .. RS_I8_CHUNK c + RS_I8_CHUNK - 1 of the row, counted from the row's start,
  * wherever the caller's slice starts):
@@ -23,7 +23,9 @@
 #ifndef RS_SPARSE_INT8_H
 #define RS_SPARSE_INT8_H
 
-#define RS_I8_ROWS 16   /* kept rows sharing a coefficient scale: 4 quads of rows for the 4-byte dot products */
+#define RS_I8_ROWS 16      /* most kept rows sharing a coefficient scale (array sizes) */
+#define RS_I8_ROWS_Q4_0 16 /* Q4_0's group: its coefficients cost as much as Q8_0's for rows half as long */
+#define RS_I8_ROWS_Q8_0 8  /* Q8_0's group: with 16, AVX2 on two threads ran 15-30% slower than the int16 kernel's 8 */
 #define RS_I8_CHUNK 16  /* output blocks sharing a coefficient scale: one max and one divide for 16 blocks; the
                          * tests' bound (native_ref.COEF_BLOCKS, test_native.c) knows this number */
 
