@@ -4,10 +4,11 @@ Weights are quantized and dequantized with gguf-py (llama.cpp's own Python code)
 with the kernels; products are then taken in float64. F32 and F16 weights multiply float32 activations, so they agree
 with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound used throughout. The dense Q8_0 and
 Q4_0 kernels round the activations to int8 per block of 32, as llama.cpp does (native/src/kernels.h); their bound
-adds |W| @ (half a step per activation), a step being the block's largest |x| / 127. The sparse Q8_0 and Q4_0 kernels of some paths
-(AVX2; AVX-512 for Q4_0: native/src/axpy_int16.h) round each group of kept rows' coefficients x_j * d_j to int16,
-on one scale per chunk of 16 blocks of outputs; their bound adds, per output, half a step of the largest kept
-coefficient of its chunk times sum |q| over the kept rows (coefficient_steps).
+adds |W| @ (half a step per activation), a step being the block's largest |x| / 127. The sparse Q8_0 and Q4_0
+kernels (every path but AVX-512: native/src/sparse_int8.h) round each group of kept rows' coefficients x_j * d_j to
+int8, on one scale per chunk of 16 blocks of outputs (AVX-512's Q4_0 kernel to int16: axpy_int16.h); their bound
+adds, per output, half a step (the largest kept coefficient of its chunk / 127) times sum |q| over the kept rows
+(coefficient_steps).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (n_out, n_in): q
 REL = 1e-5  # float32 rounding over a few thousand terms, with room to spare
 INT8_ACT = (GGMLType.Q8_0, GGMLType.Q4_0)  # the dense kernels of these round activations to int8 blocks
 INT16_ACT = INT8_ACT  # its name before the dense kernels took int8 activations; test_native_sparse.py imports it
-COEF_BLOCKS = 16  # blocks of outputs sharing one coefficient scale in the int16 sparse kernels (axpy_int16.h)
+COEF_BLOCKS = 16  # blocks of outputs sharing one coefficient scale in the sparse kernels (RS_I8_CHUNK)
+COEF_LEVELS = 127  # the sparse kernels' coefficients are int8: |k| <= 127 (native/src/sparse_int8.h)
 
 
 def stored(w: np.ndarray, wtype: GGMLType) -> tuple[np.ndarray, np.ndarray]:
@@ -74,17 +76,17 @@ def block_scales(stored_w: np.ndarray, wtype: GGMLType, n_cols: int) -> np.ndarr
 
 
 def coefficient_steps(w64: np.ndarray, d: np.ndarray, x: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """The bound the sparse quantized kernels' int16 coefficients add, per output: W (n_out, n_in) float64, d
+    """The bound the sparse quantized kernels' int8 coefficients add, per output: W (n_out, n_in) float64, d
     (n_in, n_out / 32) the input-major blocks' scales, x the activations, kept the mask. The kernels share one scale
     per chunk of 16 blocks (blocks 16c .. 16c + 15 of the row): for output o in chunk c,
-    0.5 * max |x_j d_jb| / 32767 * sum_j |q_jo|, the max over kept j and blocks b of c, with |q_jo| = |W_oj| / |d_jb|."""
+    0.5 * max |x_j d_jb| / 127 * sum_j |q_jo|, the max over kept j and blocks b of c, with |q_jo| = |W_oj| / |d_jb|."""
     if not kept.any():
         return np.zeros(w64.shape[0])
     dk = np.abs(d[kept])                                  # (n_kept, n_blocks); Q4_0's d may be negative
     amax = (np.abs(x.astype(np.float64)[kept])[:, None] * dk).max(axis=0)
     n_blocks = amax.size
     chunk = np.maximum.reduceat(amax, np.arange(0, n_blocks, COEF_BLOCKS))
-    step = 0.5001 * np.repeat(chunk, COEF_BLOCKS)[:n_blocks] / 32767.0
+    step = 0.5001 * np.repeat(chunk, COEF_BLOCKS)[:n_blocks] / COEF_LEVELS
     q = np.abs(w64[:, kept]) / np.repeat(np.where(dk > 0, dk, np.inf), 32, axis=1).T
     return np.repeat(step, 32) * q.sum(axis=1)
 

@@ -64,7 +64,7 @@ def layer(wtype: GGMLType, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarra
 
 
 def scales(wtype: GGMLType, wt: np.ndarray, n_out: int):
-    """The input-major blocks' scales of quantized weights (their kernels' coefficients are int16), else None."""
+    """The input-major blocks' scales of quantized weights (their kernels' coefficients are int8), else None."""
     return block_scales(wt, wtype, n_out) if wtype in INT16_ACT else None
 
 
@@ -89,7 +89,7 @@ def tau_keeping(score: np.ndarray, n_keep: int) -> float:
 
 def reference(W64, colnorm, tau, U, VS, x, d=None):
     """(y, bound, n_kept): y in float64, the rounding bound 1e-5 * sum of |terms| (plus, given the block scales d of
-    quantized weights, the int16 coefficients' rounding: native_ref.coefficient_steps), and the kept count."""
+    quantized weights, the int8 coefficients' rounding: native_ref.coefficient_steps), and the kept count."""
     score = np.abs(x) * colnorm if colnorm is not None else np.abs(x)  # float32, as the kernel computes it
     m = score > np.float32(tau)
     x64 = x.astype(np.float64)
@@ -132,7 +132,7 @@ def test_sparse_matches_float64(pools, path, wtype, shape, factor):
             assert y is out and kept == n_keep
             assert_within(y, want, bound, f"{path} kept {frac:.0%} threads {n_threads}")
             # With several threads the kept rows are split among them (sparse.c, split_rows), so the summation
-            # order and the last bits (and, with int16 coefficients, which rows share a scale) depend on the thread
+            # order and the last bits (and, with int8 coefficients, which rows share a scale) depend on the thread
             # count; every count is within the float64 bound above, so within twice that of each other.
             if first is None:
                 first = y.copy()
@@ -296,9 +296,9 @@ def test_sparse_raw_c_calls_return_error_status(pools):
 
 @pytest.mark.parametrize("wtype", [GGMLType.Q8_0, GGMLType.Q4_0])
 def test_quantized_sparse_edge_activations(pools, path, wtype):
-    """The quantized sparse kernels (int16 coefficients on x86: native/src/axpy_int16.h) with every channel kept:
-    subnormal and huge activations stay within the bound, and an inf one makes every output non-finite (NaN from
-    the int16 kernels, inf or NaN from the float ones), on every thread count."""
+    """The quantized sparse kernels (int8 coefficients: native/src/sparse_int8.h) with every channel kept:
+    subnormal and huge activations stay within the bound, and an inf one makes every output non-finite (NaN: its
+    blocks' coefficient scale is NaN), on every thread count."""
     n_out, n_in = 96, 40
     wt, W64 = layer(wtype, n_out, n_in)
     d = scales(wtype, wt, n_out)

@@ -206,28 +206,24 @@ def test_quantized_companion_matches_reference(tmp_path, outtype):
         info = f.tensors[name]
         with torch.no_grad():
             param.copy_(torch.from_numpy(dequantize(f.tensor(name), info.type, info.shape).astype(np.float32)))
-    slack = []
-    if outtype != "f16":
-        # The output matrix runs dense, on activations rounded to int8 blocks (kernels.h), and so does the reference's.
-        # An input within the two sides' float differences (1e-4 of its block's largest, 0.0127 of a step) of a
-        # rounding boundary may round the other way in the runtime: each such one may add a whole step times its
-        # column of W to the logits.
-        w_abs = ref.lm_head.weight.detach().double().abs().numpy()
-
-        def round_input(_, args):
-            x = args[0].detach().numpy()
-            b = x.astype(np.float64).reshape(*x.shape[:-1], -1, 32)
-            step = np.abs(b).max(axis=-1, keepdims=True) / 127.0
-            frac = np.abs(b / np.where(step > 0, step, 1.0)) % 1.0
-            near = np.abs(frac - 0.5) < 127.0 * 1e-4
-            slack.append(((near * step).reshape(x.shape) @ w_abs.T).max(axis=-1).reshape(-1))
-            return (torch.from_numpy(int8_blocks(x)),) + args[1:]
-        ref.lm_head.register_forward_pre_hook(round_input)
-    # The sparse Q8_0 and Q4_0 kernels of AVX2 (and AVX-512's for Q4_0) round the kept rows' coefficients to int16
-    # (native/src/axpy_int16.h), which moves the logits a little further from the reference, so a near-tie may end
-    # the exact comparison sooner than with F16 (this tiny model now reaches all 24 positions on AVX2 and AVX-512).
-    assert_matches_reference(model, ref, torch.arange(3, 27)[None], min_prefix=8 if outtype == "f16" else 4,
-                             slack=slack)
+    ids = torch.arange(3, 27)[None]
+    if outtype == "f16":
+        assert_matches_reference(model, ref, ids, min_prefix=8)
+        return
+    # The sparse Q8_0 and Q4_0 kernels round each group of kept rows' coefficients to int8 (native/src/sparse_int8.h):
+    # ~0.5-1% relative error per linear, as llama.cpp's int8 activations. On this tiny random model that flips
+    # channels whose score lies within ~1% of tau in most linears from the first token on (the exact comparison
+    # above would end at once), and the flips move its logits by up to ~0.3 of their largest (cosine >= 0.91 over
+    # positions 3..26 on every path, mean 0.97). A layout error (blocks along the wrong axis, a wrong scale) gives
+    # unrelated logits, cosine near 0: the check below still catches those.
+    want, _, _ = reference_kept(ref, ids)
+    model.reset()
+    cos = []
+    for i in range(ids.shape[1]):
+        got = np.asarray(model.forward(ids[0, i:i + 1].numpy()), np.float64).ravel()
+        w = want[i].astype(np.float64).ravel()
+        cos.append(got @ w / (np.linalg.norm(got) * np.linalg.norm(w)))
+    assert min(cos) > 0.85 and np.mean(cos) > 0.94, f"cosine to the reference per position: {np.round(cos, 3)}"
 
 
 def test_cli_companion_dense_and_perplexity(tiny, tmp_path, capsys):

@@ -1,7 +1,7 @@
-/* axpy_int16.h -- the x86 paths' sparse Q8_0 and Q4_0 kernels, with int16 coefficients: the loop, shared by AVX2
- * (axpy_int16_avx2.h: Q8_0 and Q4_0) and AVX-512 (axpy_int16_avx512.h: Q4_0). They include it, define for their
- * vector width the primitives below, and then instantiate AXPY_INT16(q8_0, 0, Q8_ROWS) and/or
- * AXPY_INT16(q4_0, 8, Q4_ROWS):
+/* axpy_int16.h -- AVX-512's sparse Q4_0 kernel, with int16 coefficients: the loop (axpy_int16_avx512.h defines its
+ * primitives and instantiates AXPY_INT16(q4_0, 8, Q4_ROWS)). AVX2 and AVX-VNNI moved to int8 coefficients
+ * (axpy_int8.h, sparse_int8.h); AVX-512 keeps these until 512-bit int8 kernels are measured against them on an
+ * AVX-512 CPU. The primitives:
  *   iacc                        one block's int32 sums (32 outputs, lanes in the path's own order)
  *   acc_init(acc, v)            every sum set to v
  *   group_coefficients(rows, xs, rowp, off, cq, s, sum)
@@ -17,7 +17,8 @@
  *   add_block(acc, s, y)        y[0..32) += s * acc, in output order
  *   Q8_ROWS, Q4_ROWS            kept rows per group (8 or 16)
  * and scales8 below, which both use.
- * Why: axpy_int16_avx2.h. Rounding moves each output by at most (S / 2) * sum |q_i| over the group's rows
+ * Why int16 coefficients at all: the float kernel's two float operations a weight held it below memory speed.
+ * Rounding moves each output by at most (S / 2) * sum |q_i| over the group's rows
  * (tests/native_ref.py, coefficient_steps).
  *
  * The coefficients of a chunk of COEF_BLOCKS blocks (blocks 16c .. 16c + 15 of the row, wherever the thread's

@@ -1,5 +1,5 @@
 /* axpy_int16_avx512.h -- AVX-512's sparse Q4_0 kernel: axpy_int16.h's loop (int16 coefficients, row pairs summed
- * with vpmaddwd; why: axpy_int16_avx2.h) with 512-bit primitives, 16 kept rows a group: one vector holds the
+ * with vpmaddwd) with 512-bit primitives, 16 kept rows a group: one vector holds the
  * group's 16 coefficients, and one vpmaddwd takes two rows' 16 outputs. Measured on Zen 5, rows in cache, 4096
  * outputs, 1536 channels, 50% kept, 2 threads: Q4_0 35 -> 38-39 GB/s. Q8_0 keeps the float kernel: with int16
  * coefficients (a pair_q8_0 that widened 32 int8 in one instruction) it read 72 GB/s against 80. Included by
@@ -11,7 +11,8 @@
 
 #define Q4_ROWS 16
 
-/* As axpy_int16_avx2.h's, for 16 rows (the only group size here). */
+/* One block's coefficients for the group's 16 rows (the only group size here): cq, S (NaN if a coefficient is not
+ * finite: max |c| is taken on the bit patterns, where NaN and inf sort above every finite value) and sum(cq). */
 static inline void group_coefficients(int n_rows, const float *xs, const uint8_t *const *rows, int64_t off,
                                       int16_t *cq, float *s, int32_t *sum)
 {

@@ -10,8 +10,10 @@
  * integer weights with the activations rounded to int8 per block of 32 (rs_quantize_act, done once per call by
  * matmul.c, llama.cpp's precision for these types): a block's 32 products are exact integer dot products on bytes,
  * then one float multiply-add by the two scales, and the result is within the activations' rounding (half a step,
- * 1/254 of the block's largest) of the exact product of the dequantized weights. The sparse kernels give each kept row one float activation; the x86 Q8_0 and
- * Q4_0 ones then round each group of rows' activation-times-scale to int16 per block (axpy_int16.h, below). */
+ * 1/254 of the block's largest) of the exact product of the dequantized weights. The sparse kernels give each kept
+ * row one float activation; the Q8_0 and Q4_0 ones then round each group of rows' (16, or 8 for Q8_0)
+ * activation-times-scale to int8 per chunk of blocks and sum the rows in integers (sparse_int8.h; every path but
+ * AVX-512, which keeps int16 coefficients for Q4_0 and floats for Q8_0). */
 #ifndef RS_KERNELS_H
 #define RS_KERNELS_H
 
@@ -40,9 +42,9 @@ typedef void (*rs_mm_fn)(const void *w, int64_t rb, int64_t n_rows, const rs_act
  *   wt:  rows of n_out elements in the kernel's weight type, rb bytes apart; quantization blocks run along the row
  *   idx: (n_kept,) row numbers; xk: (n_kept,) their activations
  *   y:   y[o] += sum_k xk[k] * wt[idx[k]][o0 + o] for o in [0, n)
- * o0 is a multiple of 32 (a block boundary for quantized types); so is n, unless o0 + n ends the row. The AVX2
- * path's Q8_0 and Q4_0 kernels, and AVX-512's Q4_0 one, round each group of rows' x_j * d_j to int16 per block
- * (axpy_int16.h). */
+ * o0 is a multiple of 32 (a block boundary for quantized types); so is n, unless o0 + n ends the row. The Q8_0 and
+ * Q4_0 kernels compute sparse_int8.h's arithmetic (int8 coefficients), the same bits on every path that has them
+ * (all but AVX-512: axpy_int16_avx512.h for Q4_0, floats for Q8_0). */
 typedef void (*rs_axpy_fn)(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
                            int64_t o0, int64_t n, float *y);
 

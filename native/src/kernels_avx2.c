@@ -134,8 +134,8 @@ static inline vi vi_load_i8(const int8_t *q)
                 _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + 16)))};
 }
 
-/* A Q4_0 block's 32 nibbles, 0..15: zero-extended in one step (byte i's low nibble is element i, its high nibble
- * element i + 16), then split in int16. */
+/* A Q4_0 block's 32 nibbles, 0..15, in vi_load_q4's order: zero-extended in one step (byte i's low nibble is
+ * element i, its high nibble element i + 16), then split in int16. */
 static inline vi vi_nibbles_q4(const uint8_t *q)
 {
     const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)q));
@@ -145,7 +145,7 @@ static inline vi vi_nibbles_q4(const uint8_t *q)
 /* acc + the pairwise products of a and b, in int32 (exact either way). */
 static inline __m256i madd_add(__m256i acc, __m256i a, __m256i b)
 {
-#ifdef RS_AVXVNNI
+#if defined(RS_AVXVNNI) && !defined(RS_EMULATE_VNNI)
     return _mm256_dpwssd_avx_epi32(acc, a, b);
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
@@ -161,17 +161,17 @@ static int cpu_ok(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")
-#ifdef RS_AVXVNNI
+#if defined(RS_AVXVNNI) && !defined(RS_EMULATE_VNNI)
            && __builtin_cpu_supports("avxvnni")
 #endif
         ;
 }
 
 #define CPU_OK cpu_ok
-/* Sparse Q8_0 and Q4_0: this path's own kernels (axpy_int16_avx2.h), with int16 activations. */
-#define AXPY_Q8_0_FN axpy_int16_q8_0
-#define AXPY_Q4_0_FN axpy_int16_q4_0
-static void axpy_int16_q8_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
-static void axpy_int16_q4_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
+/* Sparse Q8_0 and Q4_0: this path's own kernels (axpy_int8.h), with int8 coefficients. */
+#define AXPY_Q8_0_FN axpy_int8_q8_0
+#define AXPY_Q4_0_FN axpy_int8_q4_0
+static void axpy_int8_q8_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
+static void axpy_int8_q4_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
 #include "kernels_simd.h"
-#include "axpy_int16_avx2.h"
+#include "axpy_int8.h"

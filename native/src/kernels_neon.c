@@ -3,6 +3,7 @@
  * kernels, the dense Q8_0 and Q4_0 ones with sdot (vdotq_s32), for the CPUs that have it (most since Cortex-A75,
  * every Apple M; optional before ARMv8.4, so a runtime check, cpu_ok). */
 #include <arm_neon.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -156,4 +157,143 @@ static int cpu_ok(void)
 #define CPU_OK NULL  /* every AArch64 CPU has NEON */
 #endif
 
+/* Sparse Q8_0 and Q4_0: this path's own kernels (below), with int8 coefficients. */
+#define AXPY_Q8_0_FN axpy_int8_q8_0
+#define AXPY_Q4_0_FN axpy_int8_q4_0
+static void axpy_int8_q8_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
+static void axpy_int8_q4_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
 #include "kernels_simd.h"
+#include "sparse_int8.h"
+
+/* ---- sparse Q8_0 and Q4_0 with int8 coefficients (sparse_int8.h; kernels_scalar.c's arithmetic, bit for bit) ----
+ * NEON multiplies int8 by int8 into int16 (smull, smlal: 8 products an instruction), so kept rows need no
+ * interleaving: each row's weights are multiplied by its coefficient, broadcast. Q4_0's nibbles (0..15, "- 8" taken
+ * off as - 8 * sum(k)) times |k| <= 127 stay within int16 over a whole group of 16 rows (16 * 15 * 127), so they are
+ * summed in int16 and widened once per block; Q8_0's products reach 128 * 127, so two rows are summed in int16 and
+ * widened (saddw) into int32. (The ARMv8.2 dot product, sdot, adds 4 products per lane but needs 4 rows' bytes
+ * interleaved first, 8 zips per 4 rows of 16 bytes: for Q8_0 that would replace 16 widening adds per 4 rows, for
+ * Q4_0 nothing; not done.) The coefficients are made as in kernels_scalar.c, in C. */
+
+/* One scale for the coefficients c[0..n): k = round(c * 127 / A), S = A / 127 (NaN if a c is not finite). */
+static float round_coefficients(const float *c, int n, int8_t *k)
+{
+    float a = 0.0f;
+    int finite = 1;
+    for (int i = 0; i < n; i++) {
+        finite &= isfinite(c[i]) != 0;
+        a = fmaxf(a, fabsf(c[i]));
+    }
+    a = fmaxf(a, 1e-30f);
+    const float inv = 127.0f / a;
+    for (int i = 0; i < n; i++)
+        k[i] = finite ? (int8_t)vcvtns_s32_f32(c[i] * inv) : 0;  /* round half to even, as lrintf */
+    return finite ? a * (1.0f / 127.0f) : NAN;
+}
+
+/* The coefficients of nb blocks of the group's rows (sparse_int8.h): k[j * R + i], s[j], sum[j] = sum_i k. */
+static void chunk_coefficients(int R, const uint8_t *const *rows, const float *xs, int64_t off, int64_t bsize,
+                               int nb, int8_t *k, float *s, int32_t *sum)
+{
+    float c[RS_I8_CHUNK * RS_I8_ROWS];
+    int finite = 1;
+    for (int j = 0; j < nb; j++)
+        for (int i = 0; i < R; i++) {
+            uint16_t d;
+            memcpy(&d, rows[i] + off + j * bsize, sizeof d);
+            c[j * R + i] = xs[i] * half_to_float(d);
+            finite &= isfinite(c[j * R + i]) != 0;
+        }
+    if (finite) {
+        const float S = round_coefficients(c, nb * R, k);
+        for (int j = 0; j < nb; j++)
+            s[j] = S;
+    } else {
+        for (int j = 0; j < nb; j++)
+            s[j] = round_coefficients(c + j * R, R, k + j * R);
+    }
+    for (int j = 0; j < nb; j++) {
+        int32_t t = 0;
+        for (int i = 0; i < R; i++)
+            t += k[j * R + i];
+        sum[j] = t;
+    }
+}
+
+/* y[0..32) = fma(float(acc + off), S, y), acc in output order. */
+static inline void add_block(const int32x4_t *acc, int32_t off, float s, float *y)
+{
+    const float32x4_t sv = vdupq_n_f32(s);
+    for (int t = 0; t < 8; t++) {
+        const float32x4_t v = vcvtq_f32_s32(vaddq_s32(acc[t], vdupq_n_s32(off)));
+        vst1q_f32(y + 4 * t, vfmaq_f32(vld1q_f32(y + 4 * t), v, sv));
+    }
+}
+
+/* One Q8_0 block of the group's rows, coefficients k: acc[t] = outputs 4t .. 4t + 3. */
+static inline void block_q8_0_sums(const uint8_t *const *r, int64_t off, const int8_t *k, int32x4_t *acc)
+{
+    for (int t = 0; t < 8; t++)
+        acc[t] = vdupq_n_s32(0);
+    for (int p = 0; p < RS_I8_ROWS_Q8_0; p += 2) {
+        const int8_t *a = (const int8_t *)r[p] + off + 2, *b = (const int8_t *)r[p + 1] + off + 2;
+        const int8x16_t ka = vdupq_n_s8(k[p]), kb = vdupq_n_s8(k[p + 1]);
+        for (int h = 0; h < 2; h++) {
+            const int8x16_t wa = vld1q_s8(a + 16 * h), wb = vld1q_s8(b + 16 * h);
+            const int16x8_t lo = vmlal_s8(vmull_s8(vget_low_s8(wa), vget_low_s8(ka)), vget_low_s8(wb), vget_low_s8(kb));
+            const int16x8_t hi = vmlal_high_s8(vmull_high_s8(wa, ka), wb, kb);
+            acc[4 * h] = vaddw_s16(acc[4 * h], vget_low_s16(lo));
+            acc[4 * h + 1] = vaddw_high_s16(acc[4 * h + 1], lo);
+            acc[4 * h + 2] = vaddw_s16(acc[4 * h + 2], vget_low_s16(hi));
+            acc[4 * h + 3] = vaddw_high_s16(acc[4 * h + 3], hi);
+        }
+    }
+}
+
+/* One Q4_0 block: the nibbles 0..15 (low: outputs 0-15, high: 16-31) times k, summed in int16, then widened. */
+static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const int8_t *k, int32x4_t *acc)
+{
+    int16x8_t s[4] = {vdupq_n_s16(0), vdupq_n_s16(0), vdupq_n_s16(0), vdupq_n_s16(0)};
+    for (int i = 0; i < RS_I8_ROWS_Q4_0; i++) {
+        const uint8x16_t b = vld1q_u8(r[i] + off + 2);
+        const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F)));
+        const int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(b, 4));
+        const int8x16_t kv = vdupq_n_s8(k[i]);
+        s[0] = vmlal_s8(s[0], vget_low_s8(lo), vget_low_s8(kv));
+        s[1] = vmlal_high_s8(s[1], lo, kv);
+        s[2] = vmlal_s8(s[2], vget_low_s8(hi), vget_low_s8(kv));
+        s[3] = vmlal_high_s8(s[3], hi, kv);
+    }
+    for (int t = 0; t < 4; t++) {
+        acc[2 * t] = vmovl_s16(vget_low_s16(s[t]));
+        acc[2 * t + 1] = vmovl_high_s16(s[t]);
+    }
+}
+
+#define AXPY_INT8(type, TYPE, offset)                                                                        \
+    static void axpy_int8_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk,             \
+                                 int64_t n_kept, int64_t o0, int64_t n, float *y)                           \
+    {                                                                                                        \
+        enum { R = RS_I8_ROWS_##TYPE };                                                                      \
+        const int64_t bsize = (int64_t)sizeof(block_##type), n_blocks = n / RS_QK;                         \
+        int8_t k[RS_I8_CHUNK * R];                                                                           \
+        float s[RS_I8_CHUNK];                                                                                \
+        int32_t sum[RS_I8_CHUNK];                                                                            \
+        for (int64_t g = 0; g < n_kept; g += R) {                                                            \
+            const uint8_t *rows[R], *next[R];                                                                \
+            float xs[R];                                                                                     \
+            group_rows(wt, rb, idx, xk, n_kept, g, R, o0 / RS_QK * bsize, rows, next, xs);                   \
+            for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {                                             \
+                nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);                    \
+                chunk_coefficients(R, rows, xs, b0 * bsize, bsize, (int)nb, k, s, sum);                         \
+                for (int j = 0; j < nb; j++) {                                                               \
+                    const int64_t off = (b0 + j) * bsize;                                                    \
+                    prefetch_rows(next, R, off);                                                             \
+                    int32x4_t acc[8];                                                                        \
+                    block_##type##_sums(rows, off, k + j * R, acc);                                          \
+                    add_block(acc, -(offset) * sum[j], s[j], y + (b0 + j) * RS_QK);                          \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+AXPY_INT8(q8_0, Q8_0, 0)
+AXPY_INT8(q4_0, Q4_0, 8)

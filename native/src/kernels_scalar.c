@@ -3,10 +3,14 @@
  * Each float dense kernel walks its row in chunks: dequantize a chunk to float once, then dot it with the same chunk
  * of every token; the quantized ones take integer block dot products with the int8 activations (kernels.h). The
  * dot keeps 8 partial sums, which both bounds the float rounding error and lets the compiler vectorize the loop
- * without -ffast-math (it may not reorder one running sum). The sparse kernels dequantize a
- * chunk of a kept row and add it, scaled by its activation, to y. */
+ * without -ffast-math (it may not reorder one running sum). The sparse F32 and F16 kernels add each kept row,
+ * scaled by its activation, to y; the sparse Q8_0 and Q4_0 ones are the reference of the int8-coefficient
+ * arithmetic that every path's integer kernels share (sparse_int8.h). */
+#include <math.h>
+
 #include "kernels.h"
 #include "quant.h"
+#include "sparse_int8.h"
 
 /* Elements dequantized at a time: 1 KiB of floats, which stays in L1 while every token reads it. A multiple of
  * RS_QK, so quantized chunks hold whole blocks. */
@@ -137,21 +141,86 @@ static void axpy_f16(const void *wt, int64_t rb, const int32_t *idx, const float
     }
 }
 
-#define AXPY_Q(type)                                                                                         \
+/* Q8_0 and Q4_0: int8 coefficients per group of kept rows and chunk of blocks, integer sums (sparse_int8.h, which
+ * defines the arithmetic; this is its reference, and every SIMD kernel with int8 coefficients matches it bit for
+ * bit). */
+static int weight_q8_0(const uint8_t *block, int o) { return ((const block_q8_0 *)block)->qs[o]; }
+static int weight_q4_0(const uint8_t *block, int o)
+{
+    const uint8_t *qs = ((const block_q4_0 *)block)->qs;
+    return (o < RS_QK / 2 ? qs[o] & 0x0F : qs[o - RS_QK / 2] >> 4) - 8;
+}
+
+static float block_scale(const uint8_t *block) { return rs_fp16_to_fp32(((const block_q8_0 *)block)->d); }
+
+/* One scale for the coefficients c[0..n): k = round(c * 127 / A), S = A / 127 (NaN if a c is not finite). */
+static float round_coefficients(const float *c, int n, int8_t *k)
+{
+    float a = 0.0f;
+    int finite = 1;
+    for (int i = 0; i < n; i++) {
+        finite &= isfinite(c[i]) != 0;
+        a = fmaxf(a, fabsf(c[i]));
+    }
+    a = fmaxf(a, 1e-30f);
+    const float inv = 127.0f / a;
+    for (int i = 0; i < n; i++)
+        k[i] = finite ? (int8_t)lrintf(c[i] * inv) : 0;
+    return finite ? a * (1.0f / 127.0f) : NAN;
+}
+
+static void axpy_int8(int (*weight)(const uint8_t *, int), int64_t bsize, int R, const void *wt, int64_t rb,
+                      const int32_t *idx, const float *xk, int64_t n_kept, int64_t o0, int64_t n, float *y)
+{
+    const int64_t b_first = o0 / RS_QK, n_blocks = n / RS_QK;
+    for (int64_t k = 0; k < n_kept; k += R) {
+        const uint8_t *rows[RS_I8_ROWS];
+        float xs[RS_I8_ROWS];
+        for (int i = 0; i < R; i++) {
+            const int64_t kk = k + i < n_kept ? k + i : k;
+            rows[i] = kept_row(wt, rb, idx, kk) + b_first * bsize;
+            xs[i] = k + i < n_kept ? xk[kk] : 0.0f;
+        }
+        for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {
+            nb = RS_I8_CHUNK - (b_first + b0) % RS_I8_CHUNK;
+            nb = nb < n_blocks - b0 ? nb : n_blocks - b0;
+            float c[RS_I8_CHUNK * RS_I8_ROWS], s[RS_I8_CHUNK];
+            int8_t q[RS_I8_CHUNK * RS_I8_ROWS];
+            int finite = 1;
+            for (int j = 0; j < nb; j++)
+                for (int i = 0; i < R; i++) {
+                    c[j * R + i] = xs[i] * block_scale(rows[i] + (b0 + j) * bsize);
+                    finite &= isfinite(c[j * R + i]) != 0;
+                }
+            if (finite) {
+                const float S = round_coefficients(c, (int)nb * R, q);
+                for (int j = 0; j < nb; j++)
+                    s[j] = S;
+            } else {
+                for (int j = 0; j < nb; j++)
+                    s[j] = round_coefficients(c + j * R, R, q + j * R);
+            }
+            for (int j = 0; j < nb; j++) {
+                float *yb = y + (b0 + j) * RS_QK;
+                for (int o = 0; o < RS_QK; o++) {
+                    int32_t sum = 0;
+                    for (int i = 0; i < R; i++)
+                        sum += q[j * R + i] * weight(rows[i] + (b0 + j) * bsize, o);
+                    yb[o] = fmaf((float)sum, s[j], yb[o]);
+                }
+            }
+        }
+    }
+}
+
+#define AXPY_Q(type, TYPE)                                                                                   \
     static void axpy_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,  \
                             int64_t o0, int64_t n, float *y)                                                 \
     {                                                                                                        \
-        float w[RS_QK];                                                                                      \
-        for (int64_t k = 0; k < n_kept; k++) {                                                               \
-            const block_##type *b = (const block_##type *)kept_row(wt, rb, idx, k) + o0 / RS_QK;             \
-            for (int64_t off = 0; off < n; off += RS_QK) {                                                   \
-                rs_dequant_##type(&b[off / RS_QK], w);                                                       \
-                axpy_run(y + off, xk[k], w, RS_QK);                                                          \
-            }                                                                                                \
-        }                                                                                                    \
+        axpy_int8(weight_##type, sizeof(block_##type), RS_I8_ROWS_##TYPE, wt, rb, idx, xk, n_kept, o0, n, y); \
     }
-AXPY_Q(q4_0)
-AXPY_Q(q8_0)
+AXPY_Q(q4_0, Q4_0)
+AXPY_Q(q8_0, Q8_0)
 
 const rs_kernels rs_kernels_scalar = {
     .name = "scalar",
