@@ -16,7 +16,7 @@
  *                               summed into acc with vpmaddwd
  *   add_block(acc, s, y)        y[0..32) += s * acc, in output order
  *   Q8_ROWS, Q4_ROWS            kept rows per group (8 or 16)
- * and scales8 below, which both use.
+ * and scales8 (scales8_x86.h), which both use.
  * Why int16 coefficients at all: the float kernel's two float operations a weight held it below memory speed.
  * Rounding moves each output by at most (S / 2) * sum |q_i| over the group's rows
  * (tests/native_ref.py, coefficient_steps).
@@ -27,6 +27,8 @@
  * loop to the float kernel's speed. */
 #ifndef RS_AXPY_INT16_H
 #define RS_AXPY_INT16_H
+
+#include "scales8_x86.h"
 
 #define COEF_BLOCKS 16  /* blocks whose coefficients are made at a time: 16 x (32 + 8) bytes, in L1; the tests'
                          * bound (native_ref.COEF_BLOCKS, test_native.c) knows this number */
@@ -45,16 +47,6 @@ static inline void each_block_coefficients(int n_rows, const float *xs, const ui
         group_coefficients(n_rows, xs, rows, off + j * bsize, cq + j * n_rows, &s[j], sum ? &sum[j] : &unused);
 }
 
-/* The block scales d (binary16, at the start of each block) of 8 rows as one vector of 8 halves. */
-static inline __m128i scales8(const uint8_t *const *rows, int64_t off)
-{
-    __m128i h[8];
-    for (int i = 0; i < 8; i++)
-        h[i] = _mm_loadu_si32(rows[i] + off);  /* d and the block's next two bytes: never past the block */
-    const __m128i a = _mm_unpacklo_epi32(_mm_unpacklo_epi16(h[0], h[1]), _mm_unpacklo_epi16(h[2], h[3]));
-    const __m128i b = _mm_unpacklo_epi32(_mm_unpacklo_epi16(h[4], h[5]), _mm_unpacklo_epi16(h[6], h[7]));
-    return _mm_unpacklo_epi64(a, b);
-}
 
 /* y[0..n) += sum_k xk[k] * wt[idx[k]][o0 ..), as kernels_simd.h's axpy_*, ROWS kept rows at a time;
  * `offset` is 8 for Q4_0, 0 for Q8_0. Rows `AHEAD` groups on are prefetched as the kernel goes. */
