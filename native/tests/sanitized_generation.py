@@ -71,6 +71,13 @@ def encode(w: np.ndarray, wtype: GGMLType) -> tuple[np.ndarray, np.ndarray]:
     return q, gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(wtype))).astype(np.float64)
 
 
+def assert_near(y: np.ndarray, want: np.ndarray, magnitude: np.ndarray) -> None:
+    """Within 1% of sum |w| |x| per output: a smoke check (the tests hold the kernels to derived bounds), loose
+    enough for the int8 activations and coefficients of the quantized kernels (about 1/254 of a block's largest)."""
+    err = np.abs(y - want)
+    assert (err <= 1e-2 * magnitude + 1e-6).all(), f"max error {err.max():.3g}, allowed {1e-2 * magnitude.max():.3g}"
+
+
 def kernels() -> None:
     rng = np.random.default_rng(0)
     n_calls = 0
@@ -82,7 +89,7 @@ def kernels() -> None:
                 if n_in % 32 == 0 or wtype in (GGMLType.F32, GGMLType.F16):  # dense: blocks along in
                     wq, w64 = encode(w, wtype)
                     y = native.matmul(pool, wtype, wq, n_out, n_in, x)
-                    np.testing.assert_allclose(y, w64 @ x, rtol=1e-2, atol=1e-2)
+                    assert_near(y, w64 @ x, np.abs(w64) @ np.abs(x))
                     n_calls += 1
                 wtq, wt64 = encode(w.T.copy(), wtype)  # sparse: input-channel-major, blocks along out
                 for ftype in (np.float32, np.float16):
@@ -97,7 +104,8 @@ def kernels() -> None:
                         if rank:
                             want += u.astype(np.float64) @ (vs.astype(np.float64) @ np.where(kept, 0, x))
                         assert n_kept == kept.sum()
-                        np.testing.assert_allclose(y, want, rtol=1e-2, atol=1e-2)
+                        assert_near(y, want, np.abs(wt64).T @ np.abs(x) + (np.abs(u.astype(np.float64)) @ (
+                            np.abs(vs.astype(np.float64)) @ np.abs(x)) if rank else 0))
                         n_calls += 1
     print(f"kernels: {n_calls} matmul/rsparse_matvec calls over {', '.join(t.name for t in GGMLType)}, "
           f"F32/F16 factors, with/without colnorm (SIMD path {native.simd_path()})")
