@@ -1,12 +1,13 @@
 """The torch backend (rsparse_cpp.gpu) against the numpy Model, on tiny models with R-Sparse companions.
 
-Dense prefill, sparse decode and the dense switch give the numpy Model's logits within 1e-4 relative, with the same
-kept channel counts. On the CPU that checks the torch decode loop and the torch sparse linear;
+Dense prefill, sparse decode and the dense switch give the native Model's logits within 1e-4 relative on F32, with the
+same kept channel counts (within a few percent on Q8_0 and Q4_0, whose native kernels round to int8: tolerance()). On the CPU that checks the torch decode loop and the torch sparse linear;
 on a CUDA device (bench/gpu_check.sh) the same comparisons run with the CUDA kernel, and are skipped elsewhere."""
 from __future__ import annotations
 
 import ctypes.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,24 +51,40 @@ def bases(tmp_path_factory):
     return found
 
 
+def tolerance(base) -> float:
+    """How close the torch model (float products of the dequantized weights) stays to the native one: 1e-4 on F32;
+    on Q8_0 and Q4_0 the native kernels round activations and sparse coefficients to int8 (native/src/kernels.h),
+    which moves this tiny model's logits by up to ~2-3% of their largest (measured 1.9-2.7%)."""
+    return 1e-4 if "f32" in Path(base).name else 6e-2
+
+
 def compare(base, device: str, impl: str | None = None) -> None:
     """Our torch model against the numpy Model on the same files and tokens."""
+    tol = tolerance(base)
     ref = Model.load(base, n_ctx=64, n_threads=2)
     got = gpu.load(base, device=device, n_ctx=64, impl=impl, count_kept=True)
     assert got.sparse is not None and got.sparse_enabled
     ids = np.random.default_rng(0).integers(3, ref.config.n_vocab, 40)
     # the paper's protocol: dense prefill, then sparse decode one token at a time
-    assert rel_err(got.forward(ids[:20], logits_all=True), ref.forward(ids[:20], logits_all=True)) < 1e-4
-    compared = 0
+    assert rel_err(got.forward(ids[:20], logits_all=True), ref.forward(ids[:20], logits_all=True)) < tol
+    compared, cosines = 0, []
     for i in range(20, 40):
         want, have = ref.forward(ids[i:i + 1]).copy(), got.forward(ids[i:i + 1])
+        if tol > 1e-3:
+            # Q8_0 and Q4_0: the native kernels' int8 rounding flips near-tau channels from the first sparse token
+            # (kept sets part at once on this tiny random model), so the two runs agree only in direction
+            cosines.append(float(have @ want / (np.linalg.norm(have) * np.linalg.norm(want))))
+            continue
         if (got.sparse.n_kept != ref.sparse.n_kept).any():
             # A hard threshold: a score within float32 rounding of tau may fall either way in two exact
             # implementations, and the two runs part from there on. Rare, and only after a stretch that matched.
             break
-        assert rel_err(have, want) < 1e-4, f"position {i}"
+        assert rel_err(have, want) < tol, f"position {i}"
         compared += 1
-    assert compared >= 10
+    if cosines:
+        assert min(cosines) > 0.8 and np.mean(cosines) > 0.9, np.round(cosines, 3)
+    else:
+        assert compared >= 10
     assert got.n_past == ref.n_past and got.sparse.tokens == ref.sparse.tokens
     np.testing.assert_allclose(got.sparse.kept_fraction(), ref.sparse.kept_fraction(), atol=0.05)
     assert 0.2 < 1 - got.sparse.read_fraction() < 0.8
@@ -83,7 +100,7 @@ def compare(base, device: str, impl: str | None = None) -> None:
         m.sparse_enabled = False
         m.reset()
         m.forward(ids[:8])
-    assert rel_err(got.forward(ids[8:9]), ref.forward(ids[8:9])) < 1e-4
+    assert rel_err(got.forward(ids[8:9]), ref.forward(ids[8:9])) < tol
 
 
 @pytest.mark.parametrize("outtype", [b[0] for b in BASES])
@@ -97,7 +114,7 @@ def test_cpu_dense_and_errors(bases, monkeypatch):
     assert dense.sparse is None
     ref = Model.load(base, n_ctx=16, n_batch=4, sparse=False)
     ids = np.arange(3, 13)  # 10 tokens in chunks of n_batch = 4
-    assert rel_err(dense.forward(ids, logits_all=True), ref.forward(ids, logits_all=True)) < 1e-4
+    assert rel_err(dense.forward(ids, logits_all=True), ref.forward(ids, logits_all=True)) < tolerance(base)
     with pytest.raises(ContextFullError):
         dense.forward(np.arange(3, 10))
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -176,5 +193,5 @@ def test_cuda_kernel_on_a_side_stream_without_counting(bases):
     with torch.cuda.stream(side):
         got.forward(ids[:8])
         for i in range(8, 12):
-            assert rel_err(got.forward(ids[i:i + 1]), ref.forward(ids[i:i + 1])) < 1e-4
+            assert rel_err(got.forward(ids[i:i + 1]), ref.forward(ids[i:i + 1])) < tolerance(base)
     assert got.sparse.tokens == 0
