@@ -191,31 +191,36 @@ static inline void block_q8_0_sums(const uint8_t *const *r, int64_t off, const i
 }
 #endif
 
-static void axpy_int8_q8_0(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
-                           int64_t o0, int64_t n, float *y)
-{
-    enum { R = RS_I8_ROWS_Q8_0 };
-    const int64_t bsize = (int64_t)sizeof(block_q8_0), n_blocks = n / RS_QK;
-    alignas(16) int8_t k[RS_I8_CHUNK][RS_I8_ROWS];
-    float s[RS_I8_CHUNK];
-    int32_t sum[RS_I8_CHUNK];
-    for (int64_t g = 0; g < n_kept; g += R) {
-        const uint8_t *rows[R], *next[R];
-        float xs[R];
-        group_rows(wt, rb, idx, xk, n_kept, g, R, o0 / RS_QK * bsize, rows, next, xs);
-        for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {
-            nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);
-            chunk_coefficients(R, xs, rows, b0 * bsize, bsize, (int)nb, k, s, Q8_OFFSET ? sum : NULL);
-            for (int j = 0; j < nb; j++) {
-                const int64_t off = (b0 + j) * bsize;
-                prefetch_rows(next, R, off);
-                __m256i o[4];
-                block_q8_0_sums(rows, off, k[j], o);
-                add_block(o, Q8_OFFSET ? -Q8_OFFSET * sum[j] : 0, s[j], y + (b0 + j) * RS_QK);
-            }
-        }
+/* y[0..n) += sum_k xk[k] * wt[idx[k]][o0 ..), R kept rows at a time: per chunk of blocks the group's int8
+ * coefficients (chunk_coefficients), per block the rows' integer sums (block_<type>_sums), less offset * sum(k)
+ * (the weights' unsigned bias: 8 for Q4_0's nibbles, Q8_OFFSET for Q8_0), scaled once (add_block). Rows `AHEAD`
+ * groups on are prefetched as the kernel goes. */
+#define AXPY_INT8(type, R, offset)                                                                           \
+    static void axpy_int8_##type(const void *wt, int64_t rb, const int32_t *idx, const float *xk,             \
+                                 int64_t n_kept, int64_t o0, int64_t n, float *y)                           \
+    {                                                                                                        \
+        const int64_t bsize = (int64_t)sizeof(block_##type), n_blocks = n / RS_QK;                         \
+        alignas(16) int8_t k[RS_I8_CHUNK][RS_I8_ROWS];                                                       \
+        float s[RS_I8_CHUNK];                                                                                \
+        int32_t sum[RS_I8_CHUNK];                                                                            \
+        for (int64_t g = 0; g < n_kept; g += (R)) {                                                          \
+            const uint8_t *rows[R], *next[R];                                                                \
+            float xs[R];                                                                                     \
+            group_rows(wt, rb, idx, xk, n_kept, g, (R), o0 / RS_QK * bsize, rows, next, xs);                 \
+            for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {                                             \
+                nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);                    \
+                chunk_coefficients((R), xs, rows, b0 * bsize, bsize, (int)nb, k, s, (offset) ? sum : NULL);  \
+                for (int j = 0; j < nb; j++) {                                                               \
+                    const int64_t off = (b0 + j) * bsize;                                                    \
+                    prefetch_rows(next, (R), off);                                                           \
+                    __m256i o[4];                                                                            \
+                    block_##type##_sums(rows, off, k[j], o);                                                 \
+                    add_block(o, (offset) ? -(offset) * sum[j] : 0, s[j], y + (b0 + j) * RS_QK);             \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
     }
-}
+AXPY_INT8(q8_0, RS_I8_ROWS_Q8_0, Q8_OFFSET)
 
 #ifdef RS_AVXVNNI
 /* One Q4_0 block of the group's 16 rows, coefficients k (16 bytes): o[t] = outputs 8t .. 8t + 7 of sum_i k_i n_io,
@@ -295,30 +300,6 @@ static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const i
 }
 #endif
 
-static void axpy_int8_q4_0(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
-                           int64_t o0, int64_t n, float *y)
-{
-    enum { R = RS_I8_ROWS_Q4_0 };
-    const int64_t bsize = (int64_t)sizeof(block_q4_0), n_blocks = n / RS_QK;
-    alignas(16) int8_t k[RS_I8_CHUNK][RS_I8_ROWS];
-    float s[RS_I8_CHUNK];
-    int32_t sum[RS_I8_CHUNK];
-    for (int64_t g = 0; g < n_kept; g += R) {
-        const uint8_t *rows[R], *next[R];
-        float xs[R];
-        group_rows(wt, rb, idx, xk, n_kept, g, R, o0 / RS_QK * bsize, rows, next, xs);
-        for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {
-            nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);
-            chunk_coefficients(R, xs, rows, b0 * bsize, bsize, (int)nb, k, s, sum);
-            for (int j = 0; j < nb; j++) {
-                const int64_t off = (b0 + j) * bsize;
-                prefetch_rows(next, R, off);
-                __m256i o[4];
-                block_q4_0_sums(rows, off, k[j], o);
-                add_block(o, -8 * sum[j], s[j], y + (b0 + j) * RS_QK);
-            }
-        }
-    }
-}
+AXPY_INT8(q4_0, RS_I8_ROWS_Q4_0, 8)
 
 #endif /* RS_AXPY_INT8_H */
