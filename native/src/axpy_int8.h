@@ -15,7 +15,7 @@
  *             coefficients: vpmaddubsw would need |w| and k with w's sign (w + 128 overflows its int16 sums), and
  *             those two instructions cost more than they save (docs/SPEED.md).
  * Measured (docs/SPEED.md, rows in L2, one Zen 3 thread, against the int16 kernels): AVX2 Q4_0 1.24-1.29x, Q8_0
- * 0.93-0.98x; AVX-VNNI not measured (no such CPU here; tested with -DRSPARSE_EMULATE_VNNI=ON). */
+ * 0.93-0.98x; AVX-VNNI not measured (no such CPU here; tested on SIMDe: native/tests/run_simde.sh). */
 #ifndef RS_AXPY_INT8_H
 #define RS_AXPY_INT8_H
 
@@ -96,14 +96,8 @@ static inline void chunk_coefficients(int n_rows, const float *xs, const uint8_t
  * callers keep them within 2 * 128 * 127). */
 static inline __m256i dot4(__m256i acc, __m256i u, __m256i s)
 {
-#if defined(RS_AVXVNNI) && !defined(RS_EMULATE_VNNI)
+#ifdef RS_AVXVNNI
     return _mm256_dpbusd_avx_epi32(acc, u, s);
-#elif defined(RS_AVXVNNI)
-    /* RS_EMULATE_VNNI (tests only, on CPUs without AVX-VNNI): vpdpbusd's exact sums, from even and odd bytes */
-    const __m256i lo = _mm256_set1_epi16(0xFF);
-    const __m256i even = _mm256_madd_epi16(_mm256_and_si256(u, lo), _mm256_srai_epi16(_mm256_slli_epi16(s, 8), 8));
-    const __m256i odd = _mm256_madd_epi16(_mm256_srli_epi16(u, 8), _mm256_srai_epi16(s, 8));
-    return _mm256_add_epi32(acc, _mm256_add_epi32(even, odd));
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif

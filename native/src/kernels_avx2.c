@@ -145,7 +145,7 @@ static inline vi vi_nibbles_q4(const uint8_t *q)
 /* acc + the pairwise products of a and b, in int32 (exact either way). */
 static inline __m256i madd_add(__m256i acc, __m256i a, __m256i b)
 {
-#if defined(RS_AVXVNNI) && !defined(RS_EMULATE_VNNI)
+#ifdef RS_AVXVNNI
     return _mm256_dpwssd_avx_epi32(acc, a, b);
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
@@ -161,7 +161,7 @@ static int cpu_ok(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")
-#if defined(RS_AVXVNNI) && !defined(RS_EMULATE_VNNI)
+#ifdef RS_AVXVNNI
            && __builtin_cpu_supports("avxvnni")
 #endif
         ;
