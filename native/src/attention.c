@@ -3,8 +3,10 @@
  *
  * Per query head h (KV head g = h / (n_head / n_head_kv)) and new token i at position pos + i:
  *   s_t = scale * q_ih . K[g, t]   for t <= pos + i;   p = softmax(s);   out_ih = sum_t p_t V[g, t]
- * The pool splits the query heads. The products run on the SIMD path's F32 kernel (rs_mm_fn, kernels.h): for one
- * token, the scores are a matrix-vector product with the cached keys and the output a sum of value rows; for a
+ * The pool splits the query heads. The products run on the SIMD path's F32 kernels (kernels.h): for one token, the
+ * scores of a KV group's heads are one product with the cached keys (each key read once for the group) and each
+ * output a sum of value rows (the sparse kernel with every row kept; as a plain C loop it was built for SSE2 only,
+ * and SmolLM2's decode at 300 positions took 20% longer, docs/SPEED.md); for a
  * prompt, both are small GEMMs (scores of every token against every key, then the probabilities against V
  * transposed), register-tiled like the linears: as numpy loops the prompt's attention took as long as its linears
  * on the 1B-shaped model. A prompt's scores are computed for every key and the future ones dropped by the softmax
@@ -18,8 +20,12 @@
 #include "kernels.h"
 #include "pool.h"
 
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
 struct attention_job {
-    rs_mm_fn mm;                /* the F32 kernel of the path in use */
+    rs_mm_fn mm;                /* the F32 kernels of the path in use */
+    rs_axpy_fn axpy;
+    const int32_t *iota;        /* one token: 0, 1, ..., pos (the value rows, all kept) */
     const float *q, *k, *v;     /* q (n_tok, n_head, hd); k, v (n_head_kv, n_ctx, hd) */
     int64_t n_tok, n_head, n_rep, hd, n_ctx, pos, s_stride;
     float scale;
@@ -72,18 +78,23 @@ static void softmax(float *s, int64_t n, float scale)
         s[t] *= inv;
 }
 
-/* One token, one head: scores against the n_pos cached keys, then the weighted sum of the values. */
-static void token_head(const struct attention_job *j, const float *q, const float *k, const float *v,
-                       int64_t n_pos, float *s, float *o)
+/* One token, query heads [h, h + n) of one KV group: their scores against the n_pos cached keys in one product (the
+ * heads' queries are adjacent in q, so they are n tokens to the kernel, and each key row is read once for all of
+ * them; within a path the kernel gives each head the bits it would give it alone), then per head the softmax and
+ * the weighted sum of the value rows on the path's F32 sparse kernel with every row kept (idx: 0 .. n_pos - 1). */
+static void token_heads(const struct attention_job *j, int64_t h, int64_t n, const float *k, const float *v,
+                        int64_t n_pos)
 {
     const int64_t hd = j->hd;
-    j->mm(k, hd * (int64_t)sizeof(float), n_pos, &(rs_act){.f = q}, hd, 1, s, 1);
-    softmax(s, n_pos, j->scale);
-    for (int64_t i = 0; i < hd; i++)
-        o[i] = 0.0f;
-    for (int64_t t = 0; t < n_pos; t++)
-        for (int64_t i = 0; i < hd; i++)
-            o[i] += s[t] * v[t * hd + i];
+    float *s = j->scratch + h * j->s_stride;
+    j->mm(k, hd * (int64_t)sizeof(float), n_pos, &(rs_act){.f = j->q + h * hd}, hd, n, s, j->s_stride);
+    for (int64_t i = 0; i < n; i++) {
+        float *o = j->out + (h + i) * hd;
+        softmax(s + i * j->s_stride, n_pos, j->scale);
+        for (int64_t d = 0; d < hd; d++)
+            o[d] = 0.0f;
+        j->axpy(v, hd * (int64_t)sizeof(float), j->iota, s + i * j->s_stride, n_pos, 0, hd, o);
+    }
 }
 
 /* A prompt, one head: Q (n, hd) gathered, S (n, T) = Q K^T, row i's softmax over its pos + i + 1 keys (the rest
@@ -113,11 +124,12 @@ static void attention_heads(void *ctx, int ith, int nth)
     int64_t h0, h1;
     rs_slice(j->n_head, 1, ith, nth, &h0, &h1);
     const int64_t hd = j->hd;
-    for (int64_t h = h0; h < h1; h++) {
+    for (int64_t h = h0, n; h < h1; h += n) {
         const int64_t g = h / j->n_rep;
         const float *k = j->k + g * j->n_ctx * hd, *v = j->v + g * j->n_ctx * hd;
+        n = j->n_tok == 1 ? min64((g + 1) * j->n_rep, h1) - h : 1;  /* one token: the slice's heads of group g */
         if (j->n_tok == 1)
-            token_head(j, j->q + h * hd, k, v, j->pos + 1, j->scratch + h * j->s_stride, j->out + h * hd);
+            token_heads(j, h, n, k, v, j->pos + 1);
         else
             prompt_head(j, h, k, v, j->scratch + ith * j->per_thread);
     }
@@ -127,10 +139,21 @@ int rs_attention_tokens(rs_pool *pool, const float *q, const float *k_cache, con
                         int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ctx, int64_t pos,
                         float scale, float *out, float *scratch, int64_t scratch_stride)
 {
-    struct attention_job job = {rs_mm_for(rs_kernels_now(), RS_TYPE_F32), q, k_cache, v_cache, n_tok, n_head,
-                                n_head / n_head_kv, head_dim, n_ctx, pos, scratch_stride, scale, out, scratch, 0};
+    const rs_kernels *kern = rs_kernels_now();
+    struct attention_job job = {rs_mm_for(kern, RS_TYPE_F32), rs_axpy_for(kern, RS_TYPE_F32), NULL, q, k_cache,
+                                v_cache, n_tok, n_head, n_head / n_head_kv, head_dim, n_ctx, pos, scratch_stride,
+                                scale, out, scratch, 0};
     if (n_tok == 1) {
+        if (pos >= INT32_MAX)  /* value rows are listed as int32 */
+            return RS_ERR_SHAPE;
+        int32_t *iota = rs_pool_arena_acquire(pool, (size_t)(pos + 1) * sizeof(int32_t));
+        if (!iota)
+            return RS_ERR_NOMEM;
+        for (int64_t t = 0; t <= pos; t++)
+            iota[t] = (int32_t)t;
+        job.iota = iota;
         rs_pool_run(pool, attention_heads, &job);
+        rs_pool_arena_release(pool);
         return RS_OK;
     }
     /* a prompt: per-thread Q, S and V^T in the pool's arena (sizes bounded by the callers' checks of n_ctx) */

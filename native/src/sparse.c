@@ -1,17 +1,21 @@
 /* sparse.c -- rs_sparse_matvec: R-Sparse's y = W[:, m] x[m] + U (VS ((1 - m) * x)) at batch 1.
  *
- * Three steps. (1) The caller's thread scores every channel and compacts the kept ones into (index, activation)
- * lists, and the dropped activations into a dense vector: a few microseconds for n_in = 11008, serial because it is
- * cheaper than a second wake-up of the pool. (2) If rank > 0, threads split the rank: z = VS xd. (3) The kept rows,
- * split one of two ways:
- *   by rows (default with several threads): each thread sums whole kept rows into its own buffer (the pool's
- *     arena), then threads split the output dimension to add U z and the buffers. A row is one contiguous read;
- *     measured on 1728 x 4608 Q8_0 (a 1B model's ffn_down) at 50% kept, weights in cache: 83 us against 111 us
- *     by outputs; a 1B-shaped model's decode, 44.2 against 38.6 tokens/s.
- *   by outputs (RSPARSE_SPARSE_SPLIT=outputs, or one thread): threads split the output dimension into slices
- *     aligned to 32 elements (whole quantization blocks); each writes its slice of U z (or zeros), then adds every
- *     kept row's slice scaled by its activation. Bit-identical for any thread count, but each thread reads only
- *     1/nth of every row: short scattered reads that run well below streaming speed.
+ * Three steps: (1) score every channel, listing the kept ones as (index, activation) and zeroing them in a copy of
+ * x (xd, the dropped activations); (2) if rank > 0, z = VS xd; (3) the kept rows' sum plus U z. Two ways to split
+ * them over the pool's threads:
+ *   by rows (default with several threads): each thread takes a slice of the input channels and does all three
+ *     steps for its channels alone -- scores them, lists its kept rows, sums them into its own buffer (the pool's
+ *     arena) and its share of z, VS[:, slice] xd[slice] -- in one pool run; a second run splits the outputs to add
+ *     U (sum of the z shares) and the buffers. A kept row is one contiguous read, and nothing runs serially between
+ *     the runs. Measured on 1728 x 4608 Q8_0 (a 1B model's ffn_down) at 50% kept, weights in cache: 83 us against
+ *     111 us by outputs; a 1B-shaped model's decode, 44.2 against 38.6 tokens/s (with step 1 serial then). Step 1
+ *     in the threads instead of before them: decode 7% faster on the 1B-shaped Q4_0 model, 16% on SmolLM2 Q4_0
+ *     with its low-rank terms (docs/SPEED.md, 2026-12-07 b).
+ *   by outputs (RSPARSE_SPARSE_SPLIT=outputs, or one thread): the caller's thread does step 1 for every channel,
+ *     the threads split the rank for step 2, then the output dimension into slices aligned to 32 elements (whole
+ *     quantization blocks) for step 3: each writes its slice of U z (or zeros), then adds every kept row's slice
+ *     scaled by its activation. Bit-identical for any thread count, but each thread reads only 1/nth of every row:
+ *     short scattered reads that run well below streaming speed.
  * The weights are read once, only for kept channels.
  *
  * rs_sparse_group runs several linears (a block's q, k and v, or gate and up: they read the same input) with one
@@ -53,6 +57,15 @@ struct sparse_job {
     float *y;               /* (n_out,) */
     float *partial;         /* split by rows: (nth, n_out_pad) per-thread sums, in the pool's arena */
     int64_t n_out_pad;
+    /* split by rows, where each thread scores its own channels: */
+    const float *x, *colnorm;
+    float tau;
+    int32_t *idx_all;       /* (n_in,) thread ith's kept list starts at its first channel */
+    float *xk_all, *xd_all;
+    int64_t *kept;          /* (nth,) each thread's kept rows */
+    float *zp;              /* (2 nth, rank_pad): each thread's share of z, then each thread's sum of the shares */
+    int64_t rank_pad;
+    int64_t f_bytes;        /* bytes of one element of U and VS (F32 or F16) */
 };
 
 /* Step 2: z[r0..r1) = VS[r0..r1) xd. */
@@ -66,10 +79,10 @@ static void lowrank_slice(void *ctx, int ith, int nth)
 }
 
 /* y[o0..o1) = U[o0..o1) z, or zeros without a low-rank term: where step 3 starts its sums. */
-static void lowrank_out(const struct sparse_job *j, int64_t o0, int64_t o1)
+static void lowrank_out(const struct sparse_job *j, const float *z, int64_t o0, int64_t o1)
 {
     if (j->rank > 0) {
-        j->mm_factor(j->u + o0 * j->u_rb, j->u_rb, o1 - o0, &(rs_act){.f = j->z}, j->rank, 1, j->y + o0, 1);
+        j->mm_factor(j->u + o0 * j->u_rb, j->u_rb, o1 - o0, &(rs_act){.f = z}, j->rank, 1, j->y + o0, 1);
     } else {
         for (int64_t o = o0; o < o1; o++)
             j->y[o] = 0.0f;
@@ -77,12 +90,12 @@ static void lowrank_out(const struct sparse_job *j, int64_t o0, int64_t o1)
 }
 
 /* Thread ith's slice [o0, o1) of the outputs, set to the low-rank term; 0 when the slice is empty. */
-static int begin_outputs(const struct sparse_job *j, int ith, int nth, int64_t *o0, int64_t *o1)
+static int begin_outputs(const struct sparse_job *j, const float *z, int ith, int nth, int64_t *o0, int64_t *o1)
 {
     rs_slice(j->n_out, 32, ith, nth, o0, o1);
     if (*o1 <= *o0)
         return 0;
-    lowrank_out(j, *o0, *o1);
+    lowrank_out(j, z, *o0, *o1);
     return 1;
 }
 
@@ -91,32 +104,26 @@ static void output_slice(void *ctx, int ith, int nth)
 {
     const struct sparse_job *j = ctx;
     int64_t o0, o1;
-    if (!begin_outputs(j, ith, nth, &o0, &o1))
+    if (!begin_outputs(j, j->z, ith, nth, &o0, &o1))
         return;
     j->axpy(j->wt, j->wt_rb, j->idx, j->xk, j->n_kept, o0, o1 - o0, j->y + o0);
-}
-
-/* Step 3 split by kept rows instead: thread ith sums whole rows [k0, k1) of the kept list into its own buffer. Each
- * row is then one contiguous read of row_bytes, instead of 1/nth of it per thread: short layers (out of a few
- * thousand) read their scattered rows much closer to streaming speed. */
-static void rows_slice(void *ctx, int ith, int nth)
-{
-    const struct sparse_job *j = ctx;
-    int64_t k0, k1;
-    rs_slice(j->n_kept, 1, ith, nth, &k0, &k1);
-    float *acc = j->partial + ith * j->n_out_pad;
-    for (int64_t o = 0; o < j->n_out; o++)
-        acc[o] = 0.0f;
-    if (k1 > k0)
-        j->axpy(j->wt, j->wt_rb, j->idx + k0, j->xk + k0, k1 - k0, 0, j->n_out, acc);
 }
 
 /* ... then y[o0..o1) = U[o0..o1) z (or 0) + the threads' sums. */
 static void reduce_slice(void *ctx, int ith, int nth)
 {
     const struct sparse_job *j = ctx;
+    float *z = NULL;
+    if (j->rank > 0) {  /* z = the threads' shares, summed in thread order, into this thread's own copy */
+        z = j->zp + (nth + ith) * j->rank_pad;
+        for (int64_t r = 0; r < j->rank; r++)
+            z[r] = 0.0f;
+        for (int t = 0; t < nth; t++)
+            for (int64_t r = 0; r < j->rank; r++)
+                z[r] += j->zp[t * j->rank_pad + r];
+    }
     int64_t o0, o1;
-    if (!begin_outputs(j, ith, nth, &o0, &o1))
+    if (!begin_outputs(j, z, ith, nth, &o0, &o1))
         return;
     for (int t = 0; t < nth; t++) {
         const float *p = j->partial + t * j->n_out_pad;
@@ -127,46 +134,17 @@ static void reduce_slice(void *ctx, int ith, int nth)
 
 /* Rows or outputs: RSPARSE_SPARSE_SPLIT=outputs|rows forces one (for benchmarks); by default rows whenever the
  * pool has several threads, since the per-thread buffers (nth * n_out floats) stay in cache. */
-static int split_rows(int nth, int64_t n_kept)
+static int split_rows(int nth)
 {
     static int mode = -1;  /* -1: not read yet; 0: outputs; 1: rows; 2: auto */
     if (mode < 0) {
         const char *e = getenv("RSPARSE_SPARSE_SPLIT");
         mode = e && !strcmp(e, "outputs") ? 0 : e && !strcmp(e, "rows") ? 1 : 2;
     }
-    return nth > 1 && n_kept >= nth && mode != 0;
+    return nth > 1 && mode != 0;
 }
 
-/* The steps of a group of jobs, each in one pool run: slice ith of every job in turn. */
-struct group {
-    struct sparse_job *jobs;
-    int n;
-};
-
-static void group_lowrank(void *ctx, int ith, int nth)
-{
-    const struct group *g = ctx;
-    for (int i = 0; i < g->n; i++)
-        if (g->jobs[i].rank > 0)
-            lowrank_slice(&g->jobs[i], ith, nth);
-}
-
-static void group_products(void *ctx, int ith, int nth)
-{
-    const struct group *g = ctx;
-    for (int i = 0; i < g->n; i++)
-        (g->jobs[i].partial ? rows_slice : output_slice)(&g->jobs[i], ith, nth);
-}
-
-static void group_reduce(void *ctx, int ith, int nth)
-{
-    const struct group *g = ctx;
-    for (int i = 0; i < g->n; i++)
-        if (g->jobs[i].partial)
-            reduce_slice(&g->jobs[i], ith, nth);
-}
-
-/* Checks one linear's arguments and runs step 1 (scores, kept list, dropped vector) into its scratch. */
+/* Checks one linear's arguments and sets up its job over its scratch. */
 static int prepare(const rs_sparse_args *a, const rs_kernels *k, struct sparse_job *job)
 {
     if (!a->x || !a->y || !a->scratch)
@@ -192,14 +170,30 @@ static int prepare(const rs_sparse_args *a, const rs_kernels *k, struct sparse_j
         (a->n_kept && !rs_aligned(a->n_kept, _Alignof(int64_t))))
         return RS_ERR_ALIGN;
 
-    const float *x = a->x, *colnorm = a->colnorm;
-    const float tau = a->tau;
     int32_t *idx = a->scratch;
     float *xk = (float *)a->scratch + n_in, *xd = xk + n_in, *z = xd + n_in;
-    /* Step 1, branch-free: every channel is written to the next slot, which only advances if it is kept. NaN
-     * scores compare false: dropped. */
+    *job = (struct sparse_job){
+        .k = k, .axpy = rs_axpy_for(k, a->wtype), .mm_factor = rank > 0 ? rs_mm_for(k, a->ftype) : NULL,
+        .wt = a->wt, .wt_rb = wt_rb, .n_out = n_out, .n_in = n_in, .rank = rank,
+        .u = a->u, .vs = a->vs, .u_rb = u_rb, .vs_rb = vs_rb,
+        .idx = idx, .xk = xk, .xd = xd, .z = z, .y = a->y,
+        .f_bytes = a->ftype == RS_TYPE_F16 ? 2 : 4, .x = a->x, .colnorm = a->colnorm, .tau = a->tau,
+        .idx_all = idx, .xk_all = xk, .xd_all = xd,
+    };
+    return RS_OK;
+}
+
+/* Step 1 on channels [c0, c1): the kept ones listed from idx[c0], xk[c0] on, xd[c0..c1) the dropped activations;
+ * returns how many were kept. Branch-free: every channel is written to the next slot, which only advances if it
+ * is kept. NaN scores compare false: dropped. */
+static int64_t score_channels(const struct sparse_job *j, int64_t c0, int64_t c1)
+{
+    const float *x = j->x, *colnorm = j->colnorm;
+    const float tau = j->tau;
+    int32_t *idx = j->idx_all + c0;
+    float *xk = j->xk_all + c0, *xd = j->xd_all;
     int64_t kept = 0;
-    for (int64_t i = 0; i < n_in; i++) {
+    for (int64_t i = c0; i < c1; i++) {
         const float score = colnorm ? fabsf(x[i]) * colnorm[i] : fabsf(x[i]);
         const int keep = score > tau;
         idx[kept] = (int32_t)i;
@@ -207,13 +201,92 @@ static int prepare(const rs_sparse_args *a, const rs_kernels *k, struct sparse_j
         xd[i] = keep ? 0.0f : x[i];
         kept += keep;
     }
-    *job = (struct sparse_job){
-        .k = k, .axpy = rs_axpy_for(k, a->wtype), .mm_factor = rank > 0 ? rs_mm_for(k, a->ftype) : NULL,
-        .wt = a->wt, .wt_rb = wt_rb, .n_out = n_out, .n_in = n_in, .rank = rank,
-        .u = a->u, .vs = a->vs, .u_rb = u_rb, .vs_rb = vs_rb,
-        .idx = idx, .xk = xk, .n_kept = kept, .xd = xd, .z = z, .y = a->y,
-    };
-    return RS_OK;
+    return kept;
+}
+
+/* Split by rows, in one pool run: thread ith scores its slice of the channels and adds its share of z (VS's
+ * columns of those channels times their dropped activations) (rows_score), then sums its kept rows into its own
+ * buffer (rows_slice). */
+static void rows_score(void *ctx, int ith, int nth)
+{
+    struct sparse_job *j = ctx;
+    int64_t c0, c1;
+    rs_slice(j->n_in, 32, ith, nth, &c0, &c1);
+    j->kept[ith] = score_channels(j, c0, c1);
+    if (j->rank > 0) {
+        float *zs = j->zp + ith * j->rank_pad;
+        if (c1 > c0)
+            j->mm_factor(j->vs + c0 * j->f_bytes, j->vs_rb, j->rank, &(rs_act){.f = j->xd_all + c0},
+                         c1 - c0, 1, zs, 1);
+        else
+            for (int64_t r = 0; r < j->rank; r++)
+                zs[r] = 0.0f;
+    }
+}
+
+static void rows_slice(void *ctx, int ith, int nth)
+{
+    struct sparse_job *j = ctx;
+    int64_t c0, c1;
+    rs_slice(j->n_in, 32, ith, nth, &c0, &c1);
+    float *acc = j->partial + ith * j->n_out_pad;
+    for (int64_t o = 0; o < j->n_out; o++)
+        acc[o] = 0.0f;
+    if (j->kept[ith])
+        j->axpy(j->wt, j->wt_rb, j->idx_all + c0, j->xk_all + c0, j->kept[ith], 0, j->n_out, acc);
+}
+
+/* The steps of a group of jobs, each in one pool run: slice ith of every job in turn. */
+struct group {
+    struct sparse_job *jobs;
+    int n;
+};
+
+static void group_lowrank(void *ctx, int ith, int nth)
+{
+    const struct group *g = ctx;
+    for (int i = 0; i < g->n; i++)
+        if (g->jobs[i].rank > 0)
+            lowrank_slice(&g->jobs[i], ith, nth);
+}
+
+static void group_outputs(void *ctx, int ith, int nth)
+{
+    const struct group *g = ctx;
+    for (int i = 0; i < g->n; i++)
+        output_slice(&g->jobs[i], ith, nth);
+}
+
+static void group_rows(void *ctx, int ith, int nth)
+{
+    const struct group *g = ctx;
+    for (int i = 0; i < g->n; i++)
+        rows_score(&g->jobs[i], ith, nth);
+    for (int i = 0; i < g->n; i++)
+        rows_slice(&g->jobs[i], ith, nth);
+}
+
+static void group_reduce(void *ctx, int ith, int nth)
+{
+    const struct group *g = ctx;
+    for (int i = 0; i < g->n; i++)
+        reduce_slice(&g->jobs[i], ith, nth);
+}
+
+/* Split by rows: each job's arena part, in floats (64-byte multiples): the threads' sums (nth, n_out_pad), their
+ * kept counts (nth int64), their z shares and sums (2 nth, rank_pad). Sets the job's pointers if base is given. */
+static int64_t rows_arena(struct sparse_job *j, int nth, float *base)
+{
+    const int64_t n_out_pad = (j->n_out + 15) / 16 * 16, rank_pad = (j->rank + 15) / 16 * 16;
+    const int64_t kept_floats = (2 * (int64_t)nth + 15) / 16 * 16;
+    if (base) {
+        j->n_out_pad = n_out_pad;
+        j->rank_pad = rank_pad;
+        j->partial = base;
+        j->kept = (int64_t *)(base + nth * n_out_pad);
+        j->zp = base + nth * n_out_pad + kept_floats;
+    }
+    return nth * n_out_pad + kept_floats + 2 * nth * rank_pad;
 }
 
 int rs_sparse_group(rs_pool *pool, const rs_sparse_args *args, int n)
@@ -230,37 +303,35 @@ int rs_sparse_group(rs_pool *pool, const rs_sparse_args *args, int n)
             return st;
     }
     struct group g = {jobs, n};
-    int any_rank = 0;
-    for (int i = 0; i < n; i++)
-        any_rank |= jobs[i].rank > 0;
-    if (any_rank)
-        rs_pool_run(pool, group_lowrank, &g);
-    /* Step 3: the jobs split by rows share one arena, (nth, n_out_pad) floats each, 64-byte aligned. */
     const int nth = rs_pool_n_threads(pool);
-    size_t arena_floats = 0, offset[RS_SPARSE_GROUP_MAX];
-    int any_rows = 0;
-    for (int i = 0; i < n; i++) {
-        const int64_t pad = (jobs[i].n_out + 15) / 16 * 16;
-        offset[i] = SIZE_MAX;
-        if (split_rows(nth, jobs[i].n_kept) && rs_fits(pad + (int64_t)arena_floats, nth * (int64_t)sizeof(float))) {
-            jobs[i].n_out_pad = pad;
-            offset[i] = arena_floats;
-            arena_floats += (size_t)(nth * pad);
-            any_rows = 1;
-        }
-    }
-    if (any_rows) {
-        float *arena = rs_pool_arena_acquire(pool, arena_floats * sizeof(float));
+    if (split_rows(nth)) {
+        /* the jobs' arena parts, one after the other (sizes bounded by n_out, rank and nth, all checked) */
+        int64_t floats = 0;
+        for (int i = 0; i < n; i++)
+            floats += rows_arena(&jobs[i], nth, NULL);
+        float *arena = rs_fits(floats, sizeof(float)) ? rs_pool_arena_acquire(pool, (size_t)floats * sizeof(float))
+                                                      : NULL;
         if (!arena)
             return RS_ERR_NOMEM;
         for (int i = 0; i < n; i++)
-            if (offset[i] != SIZE_MAX)
-                jobs[i].partial = arena + offset[i];
-    }
-    rs_pool_run(pool, group_products, &g);
-    if (any_rows) {
+            arena += rows_arena(&jobs[i], nth, arena);
+        rs_pool_run(pool, group_rows, &g);
         rs_pool_run(pool, group_reduce, &g);
+        for (int i = 0; i < n; i++) {
+            jobs[i].n_kept = 0;
+            for (int t = 0; t < nth; t++)
+                jobs[i].n_kept += jobs[i].kept[t];
+        }
         rs_pool_arena_release(pool);
+    } else {
+        int any_rank = 0;
+        for (int i = 0; i < n; i++) {
+            jobs[i].n_kept = score_channels(&jobs[i], 0, jobs[i].n_in);
+            any_rank |= jobs[i].rank > 0;
+        }
+        if (any_rank)
+            rs_pool_run(pool, group_lowrank, &g);
+        rs_pool_run(pool, group_outputs, &g);
     }
     for (int i = 0; i < n; i++)
         if (args[i].n_kept)
