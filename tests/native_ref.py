@@ -6,9 +6,9 @@ with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound
 Q4_0 kernels round the activations to int8 per block of 32, as llama.cpp does (native/src/kernels.h); their bound
 adds |W| @ (half a step per activation), a step being the block's largest |x| / 127. The sparse Q8_0 and Q4_0
 kernels (every path but AVX-512: native/src/sparse_int8.h) round each group of kept rows' coefficients x_j * d_j to
-int8, on one scale per chunk of 16 blocks of outputs (AVX-512's Q4_0 kernel to int16: axpy_int16.h); their bound
-adds, per output, half a step (the largest kept coefficient of its chunk / 127) times sum |q| over the kept rows
-(coefficient_steps).
+int8, on one scale per chunk of 4 blocks of outputs (AVX-512's Q4_0 kernel to int16, per chunk of 16: axpy_int16.h);
+their bound adds, per output, half a step (the largest kept coefficient of its chunk of 16 / 127: no smaller than
+that of the chunk of 4 within it) times sum |q| over the kept rows (coefficient_steps).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (n_out, n_in): q
 REL = 1e-5  # float32 rounding over a few thousand terms, with room to spare
 INT8_ACT = (GGMLType.Q8_0, GGMLType.Q4_0)  # the dense kernels of these round activations to int8 blocks
 INT16_ACT = INT8_ACT  # its name before the dense kernels took int8 activations; test_native_sparse.py imports it
-COEF_BLOCKS = 16  # blocks of outputs sharing one coefficient scale in the sparse kernels (RS_I8_CHUNK)
+COEF_BLOCKS = 16  # blocks of outputs per chunk in the bound: the int16 kernels' chunk, a multiple of RS_I8_CHUNK (4)
 COEF_LEVELS = 127  # the sparse kernels' coefficients are int8: |k| <= 127 (native/src/sparse_int8.h)
 
 
@@ -78,7 +78,8 @@ def block_scales(stored_w: np.ndarray, wtype: GGMLType, n_cols: int) -> np.ndarr
 def coefficient_steps(w64: np.ndarray, d: np.ndarray, x: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """The bound the sparse quantized kernels' int8 coefficients add, per output: W (n_out, n_in) float64, d
     (n_in, n_out / 32) the input-major blocks' scales, x the activations, kept the mask. The kernels share one scale
-    per chunk of 16 blocks (blocks 16c .. 16c + 15 of the row): for output o in chunk c,
+    per chunk of 16 blocks (int16) or 4 (int8), which the chunks of 16 (blocks 16c .. 16c + 15 of the row) hold
+    whole: for output o in chunk c,
     0.5 * max |x_j d_jb| / 127 * sum_j |q_jo|, the max over kept j and blocks b of c, with |q_jo| = |W_oj| / |d_jb|."""
     if not kept.any():
         return np.zeros(w64.shape[0])

@@ -26,7 +26,11 @@
 #define RS_I8_ROWS 16      /* most kept rows sharing a coefficient scale (array sizes) */
 #define RS_I8_ROWS_Q4_0 16 /* Q4_0's group: its coefficients cost as much as Q8_0's for rows half as long */
 #define RS_I8_ROWS_Q8_0 8  /* Q8_0's group: with 16, AVX2 on two threads ran 15-30% slower than the int16 kernel's 8 */
-#define RS_I8_CHUNK 16  /* output blocks sharing a coefficient scale: one max and one divide for 16 blocks; the
-                         * tests' bound (native_ref.COEF_BLOCKS, test_native.c) knows this number */
+#define RS_I8_CHUNK 4   /* output blocks sharing a coefficient scale. With 16, strict held-out perplexity of
+                         * SmolLM2 at 50% sat 1-3% above the int16 kernels' at every thread count; with 4 it is
+                         * within their spread, and decode is no slower: the kernel waits on its scattered rows,
+                         * not on the max and divide of its coefficients (docs/SPEED.md, 2026-12-07 b). The tests'
+                         * bound takes chunks of 16 blocks (native_ref.COEF_BLOCKS, test_native.c), which hold
+                         * whole chunks of 4 and so bound these too. */
 
 #endif /* RS_SPARSE_INT8_H */

@@ -260,8 +260,9 @@ static double block_scale(int type, const uint8_t *row, int64_t b)
 }
 
 /* Sparse Q8_0 and Q4_0 round each group of kept rows' coefficients x_j * d_j to int8 (src/sparse_int8.h), on one
- * scale per chunk of RS_I8_CHUNK = 16 blocks of outputs (blocks 16c .. 16c + 15 of the row): each off by at most
- * half a step, a step being at most the chunk's largest kept |x_j d_j| / 127 (the group's largest is no larger).
+ * scale per chunk of RS_I8_CHUNK = 4 blocks of outputs (AVX-512's int16 Q4_0 kernel: 16), which the chunks of 16
+ * blocks taken here (blocks 16c .. 16c + 15 of the row) hold whole: each off by at most half a step, a step being
+ * at most the 16-block chunk's largest kept |x_j d_j| / 127 (the group's largest is no larger).
  * Output o's bound adds that half step times sum |q_jo| over the kept rows. */
 static double coefficient_step(int type, const uint8_t *wt, int64_t rb, int64_t n_blocks, const float *x,
                                const unsigned char *m, int64_t n_in, int64_t b)
