@@ -6,7 +6,7 @@
  * The pool splits the query heads. The products run on the SIMD path's F32 kernels (kernels.h): for one token, the
  * scores of a KV group's heads are one product with the cached keys (each key read once for the group) and each
  * output a sum of value rows (the sparse kernel with every row kept; as a plain C loop it was built for SSE2 only,
- * and SmolLM2's decode at 300 positions took 20% longer, docs/SPEED.md); for a
+ * and SmolLM2's decode at 300 positions took 24% longer, docs/SPEED.md); for a
  * prompt, both are small GEMMs (scores of every token against every key, then the probabilities against V
  * transposed), register-tiled like the linears: as numpy loops the prompt's attention took as long as its linears
  * on the 1B-shaped model. A prompt's scores are computed for every key and the future ones dropped by the softmax

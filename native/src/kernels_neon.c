@@ -163,6 +163,8 @@ static int cpu_ok(void)
 static void axpy_int8_q8_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
 static void axpy_int8_q4_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
 #include "kernels_simd.h"
+#define RS_I8_ROUND(v) ((int8_t)vcvtns_s32_f32(v))  /* round half to even, as lrintf, in one instruction */
+#define RS_I8_HALF(h) half_to_float(h)
 #include "sparse_int8.h"
 
 /* ---- sparse Q8_0 and Q4_0 with int8 coefficients (sparse_int8.h; kernels_scalar.c's arithmetic, bit for bit) ----
@@ -172,52 +174,7 @@ static void axpy_int8_q4_0(const void *, int64_t, const int32_t *, const float *
  * summed in int16 and widened once per block; Q8_0's products reach 128 * 127, so two rows are summed in int16 and
  * widened (saddw) into int32. (The ARMv8.2 dot product, sdot, adds 4 products per lane but needs 4 rows' bytes
  * interleaved first, 8 zips per 4 rows of 16 bytes: for Q8_0 that would replace 16 widening adds per 4 rows, for
- * Q4_0 nothing; not done.) The coefficients are made as in kernels_scalar.c, in C. */
-
-/* One scale for the coefficients c[0..n): k = round(c * 127 / A), S = A / 127 (NaN if a c is not finite). */
-static float round_coefficients(const float *c, int n, int8_t *k)
-{
-    float a = 0.0f;
-    int finite = 1;
-    for (int i = 0; i < n; i++) {
-        finite &= isfinite(c[i]) != 0;
-        a = fmaxf(a, fabsf(c[i]));
-    }
-    a = fmaxf(a, 1e-30f);
-    const float inv = 127.0f / a;
-    for (int i = 0; i < n; i++)
-        k[i] = finite ? (int8_t)vcvtns_s32_f32(c[i] * inv) : 0;  /* round half to even, as lrintf */
-    return finite ? a * (1.0f / 127.0f) : NAN;
-}
-
-/* The coefficients of nb blocks of the group's rows (sparse_int8.h): k[j * R + i], s[j], sum[j] = sum_i k. */
-static void chunk_coefficients(int R, const uint8_t *const *rows, const float *xs, int64_t off, int64_t bsize,
-                               int nb, int8_t *k, float *s, int32_t *sum)
-{
-    float c[RS_I8_CHUNK * RS_I8_ROWS];
-    int finite = 1;
-    for (int j = 0; j < nb; j++)
-        for (int i = 0; i < R; i++) {
-            uint16_t d;
-            memcpy(&d, rows[i] + off + j * bsize, sizeof d);
-            c[j * R + i] = xs[i] * half_to_float(d);
-            finite &= isfinite(c[j * R + i]) != 0;
-        }
-    if (finite) {
-        const float S = round_coefficients(c, nb * R, k);
-        for (int j = 0; j < nb; j++)
-            s[j] = S;
-    } else {
-        for (int j = 0; j < nb; j++)
-            s[j] = round_coefficients(c + j * R, R, k + j * R);
-    }
-    for (int j = 0; j < nb; j++) {
-        int32_t t = 0;
-        for (int i = 0; i < R; i++)
-            t += k[j * R + i];
-        sum[j] = t;
-    }
-}
+ * Q4_0 nothing; not done.) The coefficients are made in C by sparse_int8.h's reference, as kernels_scalar.c does. */
 
 /* y[0..32) = fma(float(acc + off), S, y), acc in output order. */
 static inline void add_block(const int32x4_t *acc, int32_t off, float s, float *y)
@@ -284,7 +241,7 @@ static inline void block_q4_0_sums(const uint8_t *const *r, int64_t off, const i
             group_rows(wt, rb, idx, xk, n_kept, g, R, o0 / RS_QK * bsize, rows, next, xs);                   \
             for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {                                             \
                 nb = min64(RS_I8_CHUNK - (o0 / RS_QK + b0) % RS_I8_CHUNK, n_blocks - b0);                    \
-                chunk_coefficients(R, rows, xs, b0 * bsize, bsize, (int)nb, k, s, sum);                         \
+                rs_i8_chunk_coefficients(R, rows, xs, b0 * bsize, bsize, (int)nb, k, s, sum);                   \
                 for (int j = 0; j < nb; j++) {                                                               \
                     const int64_t off = (b0 + j) * bsize;                                                    \
                     prefetch_rows(next, R, off);                                                             \

@@ -151,24 +151,6 @@ static int weight_q4_0(const uint8_t *block, int o)
     return (o < RS_QK / 2 ? qs[o] & 0x0F : qs[o - RS_QK / 2] >> 4) - 8;
 }
 
-static float block_scale(const uint8_t *block) { return rs_fp16_to_fp32(((const block_q8_0 *)block)->d); }
-
-/* One scale for the coefficients c[0..n): k = round(c * 127 / A), S = A / 127 (NaN if a c is not finite). */
-static float round_coefficients(const float *c, int n, int8_t *k)
-{
-    float a = 0.0f;
-    int finite = 1;
-    for (int i = 0; i < n; i++) {
-        finite &= isfinite(c[i]) != 0;
-        a = fmaxf(a, fabsf(c[i]));
-    }
-    a = fmaxf(a, 1e-30f);
-    const float inv = 127.0f / a;
-    for (int i = 0; i < n; i++)
-        k[i] = finite ? (int8_t)lrintf(c[i] * inv) : 0;
-    return finite ? a * (1.0f / 127.0f) : NAN;
-}
-
 static void axpy_int8(int (*weight)(const uint8_t *, int), int64_t bsize, int R, const void *wt, int64_t rb,
                       const int32_t *idx, const float *xk, int64_t n_kept, int64_t o0, int64_t n, float *y)
 {
@@ -184,22 +166,9 @@ static void axpy_int8(int (*weight)(const uint8_t *, int), int64_t bsize, int R,
         for (int64_t b0 = 0, nb; b0 < n_blocks; b0 += nb) {
             nb = RS_I8_CHUNK - (b_first + b0) % RS_I8_CHUNK;
             nb = nb < n_blocks - b0 ? nb : n_blocks - b0;
-            float c[RS_I8_CHUNK * RS_I8_ROWS], s[RS_I8_CHUNK];
+            float s[RS_I8_CHUNK];
             int8_t q[RS_I8_CHUNK * RS_I8_ROWS];
-            int finite = 1;
-            for (int j = 0; j < nb; j++)
-                for (int i = 0; i < R; i++) {
-                    c[j * R + i] = xs[i] * block_scale(rows[i] + (b0 + j) * bsize);
-                    finite &= isfinite(c[j * R + i]) != 0;
-                }
-            if (finite) {
-                const float S = round_coefficients(c, (int)nb * R, q);
-                for (int j = 0; j < nb; j++)
-                    s[j] = S;
-            } else {
-                for (int j = 0; j < nb; j++)
-                    s[j] = round_coefficients(c + j * R, R, q + j * R);
-            }
+            rs_i8_chunk_coefficients(R, rows, xs, b0 * bsize, bsize, (int)nb, q, s, NULL);
             for (int j = 0; j < nb; j++) {
                 float *yb = y + (b0 + j) * RS_QK;
                 for (int o = 0; o < RS_QK; o++) {

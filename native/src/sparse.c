@@ -40,7 +40,6 @@ int64_t rs_sparse_scratch_bytes(int64_t n_in, int64_t rank)
 }
 
 struct sparse_job {
-    const rs_kernels *k;
     rs_axpy_fn axpy;
     rs_mm_fn mm_factor;
     const uint8_t *wt;      /* (n_in, wt_rb) */
@@ -49,19 +48,17 @@ struct sparse_job {
     const uint8_t *u;       /* (n_out, u_rb) */
     const uint8_t *vs;      /* (rank, vs_rb) */
     int64_t u_rb, vs_rb;
-    const int32_t *idx;     /* (n_kept,) kept channels, ascending */
-    const float *xk;        /* (n_kept,) their activations */
+    const float *x, *colnorm;
+    float tau;
+    int32_t *idx;           /* (n_in,) kept channels, ascending (split by rows: thread ith's from its first channel) */
+    float *xk;              /* (n_in,) their activations, likewise */
     int64_t n_kept;
-    const float *xd;        /* (n_in,) x with the kept channels zeroed */
-    float *z;               /* (rank,) */
+    float *xd;              /* (n_in,) x with the kept channels zeroed */
+    float *z;               /* split by outputs: (rank,) */
     float *y;               /* (n_out,) */
     float *partial;         /* split by rows: (nth, n_out_pad) per-thread sums, in the pool's arena */
     int64_t n_out_pad;
     /* split by rows, where each thread scores its own channels: */
-    const float *x, *colnorm;
-    float tau;
-    int32_t *idx_all;       /* (n_in,) thread ith's kept list starts at its first channel */
-    float *xk_all, *xd_all;
     int64_t *kept;          /* (nth,) each thread's kept rows */
     float *zp;              /* (2 nth, rank_pad): each thread's share of z, then each thread's sum of the shares */
     int64_t rank_pad;
@@ -69,9 +66,10 @@ struct sparse_job {
 };
 
 /* Step 2: z[r0..r1) = VS[r0..r1) xd. */
-static void lowrank_slice(void *ctx, int ith, int nth)
+static void lowrank_slice(struct sparse_job *j, int ith, int nth)
 {
-    const struct sparse_job *j = ctx;
+    if (j->rank == 0)
+        return;
     int64_t r0, r1;
     rs_slice(j->rank, 1, ith, nth, &r0, &r1);
     if (r1 > r0)
@@ -100,9 +98,8 @@ static int begin_outputs(const struct sparse_job *j, const float *z, int ith, in
 }
 
 /* Step 3: y[o0..o1) = U[o0..o1) z (or 0) + sum over kept k of xk[k] * wt[idx[k]][o0..o1). */
-static void output_slice(void *ctx, int ith, int nth)
+static void output_slice(struct sparse_job *j, int ith, int nth)
 {
-    const struct sparse_job *j = ctx;
     int64_t o0, o1;
     if (!begin_outputs(j, j->z, ith, nth, &o0, &o1))
         return;
@@ -110,9 +107,8 @@ static void output_slice(void *ctx, int ith, int nth)
 }
 
 /* ... then y[o0..o1) = U[o0..o1) z (or 0) + the threads' sums. */
-static void reduce_slice(void *ctx, int ith, int nth)
+static void reduce_slice(struct sparse_job *j, int ith, int nth)
 {
-    const struct sparse_job *j = ctx;
     float *z = NULL;
     if (j->rank > 0) {  /* z = the threads' shares, summed in thread order, into this thread's own copy */
         z = j->zp + (nth + ith) * j->rank_pad;
@@ -173,12 +169,11 @@ static int prepare(const rs_sparse_args *a, const rs_kernels *k, struct sparse_j
     int32_t *idx = a->scratch;
     float *xk = (float *)a->scratch + n_in, *xd = xk + n_in, *z = xd + n_in;
     *job = (struct sparse_job){
-        .k = k, .axpy = rs_axpy_for(k, a->wtype), .mm_factor = rank > 0 ? rs_mm_for(k, a->ftype) : NULL,
+        .axpy = rs_axpy_for(k, a->wtype), .mm_factor = rank > 0 ? rs_mm_for(k, a->ftype) : NULL,
         .wt = a->wt, .wt_rb = wt_rb, .n_out = n_out, .n_in = n_in, .rank = rank,
         .u = a->u, .vs = a->vs, .u_rb = u_rb, .vs_rb = vs_rb,
         .idx = idx, .xk = xk, .xd = xd, .z = z, .y = a->y,
         .f_bytes = a->ftype == RS_TYPE_F16 ? 2 : 4, .x = a->x, .colnorm = a->colnorm, .tau = a->tau,
-        .idx_all = idx, .xk_all = xk, .xd_all = xd,
     };
     return RS_OK;
 }
@@ -190,8 +185,8 @@ static int64_t score_channels(const struct sparse_job *j, int64_t c0, int64_t c1
 {
     const float *x = j->x, *colnorm = j->colnorm;
     const float tau = j->tau;
-    int32_t *idx = j->idx_all + c0;
-    float *xk = j->xk_all + c0, *xd = j->xd_all;
+    int32_t *idx = j->idx + c0;
+    float *xk = j->xk + c0, *xd = j->xd;
     int64_t kept = 0;
     for (int64_t i = c0; i < c1; i++) {
         const float score = colnorm ? fabsf(x[i]) * colnorm[i] : fabsf(x[i]);
@@ -204,73 +199,46 @@ static int64_t score_channels(const struct sparse_job *j, int64_t c0, int64_t c1
     return kept;
 }
 
-/* Split by rows, in one pool run: thread ith scores its slice of the channels and adds its share of z (VS's
- * columns of those channels times their dropped activations) (rows_score), then sums its kept rows into its own
- * buffer (rows_slice). */
-static void rows_score(void *ctx, int ith, int nth)
+/* Split by rows, in one pool run: thread ith scores its slice of the channels, adds its share of z (VS's columns
+ * of those channels times their dropped activations) and sums its kept rows into its own buffer. */
+static void rows_slice(struct sparse_job *j, int ith, int nth)
 {
-    struct sparse_job *j = ctx;
     int64_t c0, c1;
     rs_slice(j->n_in, 32, ith, nth, &c0, &c1);
-    j->kept[ith] = score_channels(j, c0, c1);
+    const int64_t kept = j->kept[ith] = score_channels(j, c0, c1);
     if (j->rank > 0) {
         float *zs = j->zp + ith * j->rank_pad;
         if (c1 > c0)
-            j->mm_factor(j->vs + c0 * j->f_bytes, j->vs_rb, j->rank, &(rs_act){.f = j->xd_all + c0},
-                         c1 - c0, 1, zs, 1);
+            j->mm_factor(j->vs + c0 * j->f_bytes, j->vs_rb, j->rank, &(rs_act){.f = j->xd + c0}, c1 - c0, 1, zs, 1);
         else
             for (int64_t r = 0; r < j->rank; r++)
                 zs[r] = 0.0f;
     }
-}
-
-static void rows_slice(void *ctx, int ith, int nth)
-{
-    struct sparse_job *j = ctx;
-    int64_t c0, c1;
-    rs_slice(j->n_in, 32, ith, nth, &c0, &c1);
     float *acc = j->partial + ith * j->n_out_pad;
     for (int64_t o = 0; o < j->n_out; o++)
         acc[o] = 0.0f;
-    if (j->kept[ith])
-        j->axpy(j->wt, j->wt_rb, j->idx_all + c0, j->xk_all + c0, j->kept[ith], 0, j->n_out, acc);
+    if (kept)
+        j->axpy(j->wt, j->wt_rb, j->idx + c0, j->xk + c0, kept, 0, j->n_out, acc);
 }
 
-/* The steps of a group of jobs, each in one pool run: slice ith of every job in turn. */
+/* One step of a group of jobs in one pool run: slice ith of every job in turn. */
 struct group {
     struct sparse_job *jobs;
     int n;
+    void (*step)(struct sparse_job *j, int ith, int nth);
 };
 
-static void group_lowrank(void *ctx, int ith, int nth)
+static void group_step(void *ctx, int ith, int nth)
 {
     const struct group *g = ctx;
     for (int i = 0; i < g->n; i++)
-        if (g->jobs[i].rank > 0)
-            lowrank_slice(&g->jobs[i], ith, nth);
+        g->step(&g->jobs[i], ith, nth);
 }
 
-static void group_outputs(void *ctx, int ith, int nth)
+static void run_step(rs_pool *pool, struct group *g, void (*step)(struct sparse_job *, int, int))
 {
-    const struct group *g = ctx;
-    for (int i = 0; i < g->n; i++)
-        output_slice(&g->jobs[i], ith, nth);
-}
-
-static void group_rows(void *ctx, int ith, int nth)
-{
-    const struct group *g = ctx;
-    for (int i = 0; i < g->n; i++)
-        rows_score(&g->jobs[i], ith, nth);
-    for (int i = 0; i < g->n; i++)
-        rows_slice(&g->jobs[i], ith, nth);
-}
-
-static void group_reduce(void *ctx, int ith, int nth)
-{
-    const struct group *g = ctx;
-    for (int i = 0; i < g->n; i++)
-        reduce_slice(&g->jobs[i], ith, nth);
+    g->step = step;
+    rs_pool_run(pool, group_step, g);
 }
 
 /* Split by rows: each job's arena part, in floats (64-byte multiples): the threads' sums (nth, n_out_pad), their
@@ -302,7 +270,7 @@ int rs_sparse_group(rs_pool *pool, const rs_sparse_args *args, int n)
         if (st != RS_OK)
             return st;
     }
-    struct group g = {jobs, n};
+    struct group g = {jobs, n, NULL};
     const int nth = rs_pool_n_threads(pool);
     if (split_rows(nth)) {
         /* the jobs' arena parts, one after the other (sizes bounded by n_out, rank and nth, all checked) */
@@ -315,8 +283,8 @@ int rs_sparse_group(rs_pool *pool, const rs_sparse_args *args, int n)
             return RS_ERR_NOMEM;
         for (int i = 0; i < n; i++)
             arena += rows_arena(&jobs[i], nth, arena);
-        rs_pool_run(pool, group_rows, &g);
-        rs_pool_run(pool, group_reduce, &g);
+        run_step(pool, &g, rows_slice);
+        run_step(pool, &g, reduce_slice);
         for (int i = 0; i < n; i++) {
             jobs[i].n_kept = 0;
             for (int t = 0; t < nth; t++)
@@ -330,8 +298,8 @@ int rs_sparse_group(rs_pool *pool, const rs_sparse_args *args, int n)
             any_rank |= jobs[i].rank > 0;
         }
         if (any_rank)
-            rs_pool_run(pool, group_lowrank, &g);
-        rs_pool_run(pool, group_outputs, &g);
+            run_step(pool, &g, lowrank_slice);
+        run_step(pool, &g, output_slice);
     }
     for (int i = 0; i < n; i++)
         if (args[i].n_kept)

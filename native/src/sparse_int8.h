@@ -27,10 +27,73 @@
 #define RS_I8_ROWS_Q4_0 16 /* Q4_0's group: its coefficients cost as much as Q8_0's for rows half as long */
 #define RS_I8_ROWS_Q8_0 8  /* Q8_0's group: with 16, AVX2 on two threads ran 15-30% slower than the int16 kernel's 8 */
 #define RS_I8_CHUNK 4   /* output blocks sharing a coefficient scale. With 16, strict held-out perplexity of
-                         * SmolLM2 at 50% sat 1-3% above the int16 kernels' at every thread count; with 4 it is
-                         * within their spread, and decode is no slower: the kernel waits on its scattered rows,
+                         * SmolLM2 at 50% sat 0.7-3.4% above the int16 kernels' at each thread count (1-3); with 4
+                         * it interleaves with theirs (Q4_0) or overlaps them (Q8_0), for a decode 2% slower: the kernel waits on its scattered rows,
                          * not on the max and divide of its coefficients (docs/SPEED.md, 2026-12-07 b). The tests'
                          * bound takes chunks of 16 blocks (native_ref.COEF_BLOCKS, test_native.c), which hold
                          * whole chunks of 4 and so bound these too. */
+
+/* The coefficients in C, for the paths that make them one by one (kernels_scalar.c, the reference, and
+ * kernels_neon.c). A path may first define RS_I8_ROUND(v) (v rounded half to even, to int8) and RS_I8_HALF(h)
+ * (binary16 bits to float, exact) with its own instructions: the results are the same bits. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "quant.h"
+
+#ifndef RS_I8_ROUND
+#define RS_I8_ROUND(v) ((int8_t)lrintf(v))  /* the default rounding mode: half to even */
+#endif
+#ifndef RS_I8_HALF
+#define RS_I8_HALF(h) rs_fp16_to_fp32(h)
+#endif
+
+/* One scale for the coefficients c[0..n): k = round(c * 127 / A), S = A / 127 (NaN if a c is not finite). */
+static inline float rs_i8_round(const float *c, int n, int8_t *k)
+{
+    float a = 0.0f;
+    int finite = 1;
+    for (int i = 0; i < n; i++) {
+        finite &= isfinite(c[i]) != 0;
+        a = fmaxf(a, fabsf(c[i]));
+    }
+    a = fmaxf(a, 1e-30f);
+    const float inv = 127.0f / a;
+    for (int i = 0; i < n; i++)
+        k[i] = finite ? RS_I8_ROUND(c[i] * inv) : 0;
+    return finite ? a * (1.0f / 127.0f) : NAN;
+}
+
+/* The coefficients of nb blocks (bsize bytes apart, from byte off, each starting with its scale d) of a group's R
+ * rows, activations xs: k[j * R + i] for row i and block j, the scale s[j], and sum[j] = sum_i k (unless sum is
+ * NULL). One scale for the chunk, or block by block if a c is not finite. */
+static inline void rs_i8_chunk_coefficients(int R, const uint8_t *const *rows, const float *xs, int64_t off,
+                                            int64_t bsize, int nb, int8_t *k, float *s, int32_t *sum)
+{
+    float c[RS_I8_CHUNK * RS_I8_ROWS];
+    int finite = 1;
+    for (int j = 0; j < nb; j++)
+        for (int i = 0; i < R; i++) {
+            uint16_t d;
+            memcpy(&d, rows[i] + off + j * bsize, sizeof d);
+            c[j * R + i] = xs[i] * RS_I8_HALF(d);
+            finite &= isfinite(c[j * R + i]) != 0;
+        }
+    if (finite) {
+        const float S = rs_i8_round(c, nb * R, k);
+        for (int j = 0; j < nb; j++)
+            s[j] = S;
+    } else {
+        for (int j = 0; j < nb; j++)
+            s[j] = rs_i8_round(c + j * R, R, k + j * R);
+    }
+    for (int j = 0; sum && j < nb; j++) {
+        int32_t t = 0;
+        for (int i = 0; i < R; i++)
+            t += k[j * R + i];
+        sum[j] = t;
+    }
+}
 
 #endif /* RS_SPARSE_INT8_H */
