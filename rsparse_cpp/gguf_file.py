@@ -259,6 +259,20 @@ class GGUFFile:
         rows = info.nbytes // (info.shape[-1] // block * block_bytes)
         return np.frombuffer(self._mmap, dtype=np.uint8, count=info.nbytes, offset=info.offset).reshape(rows, -1)
 
+    def tensor_copy(self, name: str) -> np.ndarray:
+        """A copy of a small tensor, read from the file rather than through the map: touching the map would fault
+        in its neighbours' pages too (the kernel maps up to 64 KiB around a faulting page), and with a companion
+        the block weights around the norms must stay unread (not resident)."""
+        view = self.tensor(name)
+        if not isinstance(self._mmap, mmap.mmap):
+            return view.copy()
+        info = self.tensors[name]
+        with open(self.path, "rb") as fh:
+            data = os.pread(fh.fileno(), info.nbytes, info.offset)
+        if len(data) != info.nbytes:
+            raise GGUFError(self.path, name, f"file shrank while reading: {len(data)} of {info.nbytes} bytes")
+        return np.frombuffer(bytearray(data), dtype=view.dtype).reshape(view.shape)
+
     def close(self) -> None:
         # views may still point into the map; let the GC close it once they are gone
         self._mmap = None

@@ -56,6 +56,8 @@ int rs_pool_n_threads(const rs_pool *pool);
 
 int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
               const float *x, int64_t n_tok, float *y);
+int rs_matmul_wt(rs_pool *pool, int type, const void *wt, int64_t n_out, int64_t n_in,
+                 const float *x, int64_t n_tok, float *y);
 int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
                 const int64_t *rows, int64_t n, float *out);
 int64_t rs_sparse_scratch_bytes(int64_t n_in, int64_t rank);
@@ -208,10 +210,10 @@ def _wtype(wtype) -> int:
     return int(wtype)
 
 
-def _row_bytes(lib, wtype: int, n_in: int) -> int:
+def _row_bytes(lib, wtype: int, n_in: int, name: str = "n_in") -> int:
     rb = lib.rs_row_bytes(wtype, n_in)
     if rb < 0:
-        raise ValueError(f"n_in = {n_in} is not a valid row length for {GGMLType(wtype).name} "
+        raise ValueError(f"{name} = {n_in} is not a valid row length for {GGMLType(wtype).name} "
                          f"(quantized rows hold whole blocks of 32)")
     return rb
 
@@ -311,10 +313,25 @@ def matmul(pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.n
          passed by pointer (a memory-mapped view stays uncopied)
     x:   (n_in,) or (n_tok, n_in) float32, C-contiguous
     out: (n_out,) or (n_tok, n_out) float32, C-contiguous; allocated when None. Returns out."""
+    return _product("rs_matmul", pool, wtype, w, n_out, n_in, x, out)
+
+
+def matmul_wt(pool: Pool, wtype: int, wt: np.ndarray, n_out: int, n_in: int, x: np.ndarray,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """out = x W^T from W stored input-channel-major (the companion's rsparse_weight, rsparse_matvec's wt):
+    wt is (n_in, n_out), n_in * row_bytes(wtype, n_out) bytes. Otherwise as matmul."""
+    return _product("rs_matmul_wt", pool, wtype, wt, n_out, n_in, x, out)
+
+
+def _product(func: str, pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.ndarray,
+             out: np.ndarray | None) -> np.ndarray:
     lib = _load()
     _pool(pool)
     wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
-    _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
+    if func == "rs_matmul":
+        _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
+    else:
+        _weights(w, wtype, n_in, _row_bytes(lib, wtype, n_out, "n_out"), "wt")
     _array("x", x, _F32)
     if x.ndim == 1 and x.shape[0] == n_in:
         n_tok, shape = 1, (n_out,)
@@ -323,8 +340,8 @@ def matmul(pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.n
     else:
         raise ValueError(f"x must have shape ({n_in},) or (n_tok >= 1, {n_in}), got {x.shape}")
     out = _output(out, shape, x)
-    _check(lib.rs_matmul(pool._ptr, wtype, ffi.from_buffer(w), n_out, n_in, ffi.from_buffer("float[]", x), n_tok,
-                         ffi.from_buffer("float[]", out, require_writable=True)), "rs_matmul")
+    _check(getattr(lib, func)(pool._ptr, wtype, ffi.from_buffer(w), n_out, n_in, ffi.from_buffer("float[]", x),
+                              n_tok, ffi.from_buffer("float[]", out, require_writable=True)), func)
     return out
 
 

@@ -58,7 +58,7 @@ class Weights:
                 raise GGUFError(f.path, name, "tensor missing")
             if info.shape != (n,) or info.type != GGMLType.F32:
                 raise GGUFError(f.path, name, f"{info.type.name}{info.shape}, expected F32{(n,)}")
-            v = f.tensor(name)
+            v = f.tensor_copy(name)  # not through the map (GGUFFile.tensor_copy)
             if not np.isfinite(v).all():
                 raise GGUFError(f.path, name, "contains NaN or inf")
             return v

@@ -50,12 +50,13 @@ TINY_CONFIGS = {
 }
 
 
-def make_tiny_llama(folder: Path, name: str, seed: int = 0) -> Path:
+def make_tiny_llama(folder: Path, name: str, seed: int = 0, config: dict | None = None) -> Path:
+    """A random Llama checkpoint of TINY_CONFIGS[name] (or of `config`, LlamaConfig overrides) in folder."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     make_tiny_tokenizer(folder)
-    overrides = dict(TINY_CONFIGS[name])
+    overrides = dict(TINY_CONFIGS[name] if config is None else config)
     overrides.setdefault("vocab_size", 320)
     cfg = LlamaConfig(rms_norm_eps=1e-5, max_position_embeddings=overrides.pop("max_position_embeddings", 256),
                       bos_token_id=1, eos_token_id=2, **overrides)

@@ -86,11 +86,13 @@ def test_bind_checks_shapes(model):
 
 
 def test_prefill_then_decode_equals_one_prefill(model):
-    """The same tokens through one batched prefill and through prefill + single steps give the same logits."""
+    """The same tokens through one batched prefill and through prefill + single steps give the same logits, within
+    decode's int8 rounding of the activations (this Q8_0 model's decode kernels; prefill is float): on these tiny
+    random models a whole int8 step moves the logits by up to 2% of the largest (test_model.py)."""
     tokens = [3, 7, 11, 5, 2, 9]
     model.reset()
     whole = model.forward(tokens, logits_all=True)
     model.reset()
     model.forward(tokens[:3])
     steps = np.stack([model.forward([t]).copy() for t in tokens[3:]])
-    assert np.abs(steps - whole[3:]).max() <= 1e-4 * np.abs(whole).max()
+    assert np.abs(steps - whole[3:]).max() <= 2e-2 * np.abs(whole).max()

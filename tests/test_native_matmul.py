@@ -1,7 +1,8 @@
-"""librsparse's matmul and get_rows against an independent float64 reference.
+"""librsparse's matmul, matmul_wt and get_rows against an independent float64 reference.
 
 The reference (tests/native_ref.py): weights quantized and dequantized by gguf-py, the product taken in float64,
-every type within float rounding, |y - ref| <= 1e-5 * (|W| @ |x|).
+every type within float rounding, |y - ref| <= 1e-5 * (|W| @ |x|), plus the int8 rounding of the activations for
+Q8_0 and Q4_0 decode (one token). Prefill (two or more tokens) is a float GEMM of the dequantized weights.
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def activations(n_tok: int, n_in: int, seed: int = 0) -> np.ndarray:
 
 
 def assert_close(y: np.ndarray, w64: np.ndarray, x: np.ndarray, wtype: GGMLType) -> None:
-    assert_within(y, *matmul_reference(w64, x, int8_act=wtype in INT8_ACT))
+    """Decode of Q8_0 and Q4_0 rounds the activations to int8; every other product is float all through."""
+    decode = x.ndim == 1 or x.shape[0] == 1
+    assert_within(y, *matmul_reference(w64, x, int8_act=decode and wtype in INT8_ACT))
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +85,27 @@ def test_matmul_1d_equals_one_token_and_allocates(pools, wtype):
     assert_close(y2, w64, x, wtype)
 
 
-def test_matmul_prefill_rows_equal_decode(pools):
-    """Prefill (one pass over W for all tokens) gives each token exactly what decode gives it."""
-    w, _ = weights(GGMLType.Q8_0, 192, 576)
-    x = activations(7, 576, seed=5)
-    batch = native.matmul(pools[3], GGMLType.Q8_0, w, 192, 576, x)
-    for t in range(7):
-        np.testing.assert_array_equal(batch[t], native.matmul(pools[1], GGMLType.Q8_0, w, 192, 576, x[t]))
+@pytest.mark.parametrize("wtype", list(GGMLType))
+def test_matmul_prefill_rows_independent_of_batch_and_threads(pools, wtype):
+    """Each token's row of a prefill is the same bits whatever the batch around it and the thread count (every
+    output is one in-order sum), and within decode's int8 rounding of what decode gives that token."""
+    n_out, n_in = 192, 576
+    w, w64 = weights(wtype, n_out, n_in)
+    x = activations(7, n_in, seed=5)
+    batch = native.matmul(pools[3], wtype, w, n_out, n_in, x)
+    for t in range(6):
+        pair = native.matmul(pools[1 + t % 4], wtype, w, n_out, n_in, np.ascontiguousarray(x[t:t + 2]))
+        np.testing.assert_array_equal(batch[t:t + 2], pair)
+        decode = native.matmul(pools[1], wtype, w, n_out, n_in, x[t])
+        want, bound = matmul_reference(w64, x[t], int8_act=wtype in INT8_ACT)
+        assert_within(decode, batch[t].astype(np.float64), 2 * bound, f"decode against prefill, token {t}")
 
 
 @pytest.mark.parametrize("wtype", INT8_ACT)
 def test_int8_activations_edge_blocks(pools, wtype):
-    """Q8_0 and Q4_0 round activations to int8 per block of 32 (native/src/kernels.h). A block holding NaN or inf
-    makes every output NaN, as float arithmetic would make it NaN or inf; all-zero, subnormal and huge blocks stay
-    within the bound; decode and prefill still agree bit for bit."""
+    """Q8_0 and Q4_0 decode rounds activations to int8 per block of 32 (native/src/kernels.h). A block holding NaN
+    or inf makes every output NaN, as float arithmetic would make it NaN or inf (prefill: NaN or inf); all-zero,
+    subnormal and huge blocks stay within the bound, in decode and in prefill."""
     n_out, n_in = 33, 160
     w, w64 = weights(wtype, n_out, n_in)
     x = activations(4, n_in, seed=9)
@@ -107,12 +117,55 @@ def test_int8_activations_edge_blocks(pools, wtype):
     assert np.isfinite(y[:2]).all()
     assert_close(y[:2], w64, x[:2], wtype)
     assert np.isfinite(y[3]).all()
-    for t in range(4):
-        np.testing.assert_array_equal(y[t], native.matmul(pools[1], wtype, w, n_out, n_in, x[t]))
+    for t in range(2):
+        assert_close(native.matmul(pools[1], wtype, w, n_out, n_in, x[t]), w64, x[t], wtype)
     for bad in (np.nan, np.inf, -np.inf):
         xb = x[3].copy()
         xb[100] = bad
         assert np.isnan(native.matmul(pools[2], wtype, w, n_out, n_in, xb)).all()
+        xb2 = np.stack([x[0], xb])
+        y2 = native.matmul(pools[2], wtype, w, n_out, n_in, xb2)
+        assert np.isfinite(y2[0]).all() and not np.isfinite(y2[1]).any()
+
+
+# ---- matmul_wt: the same product from the companion's input-channel-major layout ----------------------------
+WT_CASES = [(t, s) for t in GGMLType for s in [(32, 5), (37, 7), (64, 33), (96, 1)] + SMOLLM2
+            if t in (GGMLType.F32, GGMLType.F16) or s[0] % 32 == 0]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
+@pytest.mark.parametrize("n_tok", [1, 2, 7])
+@pytest.mark.parametrize("wtype,shape", WT_CASES, ids=[f"{t.name}-{o}x{i}" for t, (o, i) in WT_CASES])
+def test_matmul_wt_matches_float64(pools, wtype, shape, n_tok, n_threads):
+    """wt is W transposed, (n_in, n_out), quantized along the outputs: the companion's rsparse_weight."""
+    n_out, n_in = shape
+    wt, wt64 = weights(wtype, n_in, n_out)
+    x = activations(n_tok, n_in, seed=11)
+    out = np.full((n_tok, n_out), np.nan, np.float32)
+    y = native.matmul_wt(pools[n_threads], wtype, wt, n_out, n_in, x, out=out)
+    assert y is out
+    assert_within(y, *matmul_reference(wt64.T, x), f"{wtype.name} {shape} n_tok {n_tok}")
+
+
+@pytest.mark.parametrize("wtype", [GGMLType.F32, GGMLType.F16])
+def test_matmul_wt_equals_matmul_bit_for_bit(pools, wtype):
+    """Float weights are the same values in either layout, and both layouts pack the same panels: the same bits."""
+    n_out, n_in = 150, 577
+    w, _ = weights(wtype, n_out, n_in)
+    wt = np.ascontiguousarray(w.T)
+    x = activations(9, n_in, seed=12)
+    np.testing.assert_array_equal(native.matmul_wt(pools[2], wtype, wt, n_out, n_in, x),
+                                  native.matmul(pools[3], wtype, w, n_out, n_in, x))
+
+
+def test_matmul_wt_checks_its_layout(pools):
+    wt, _ = weights(GGMLType.Q8_0, 64, 96)  # (n_in 64, n_out 96)
+    with pytest.raises(ValueError, match="wt has .* 32 rows of Q8_0"):
+        native.matmul_wt(pools[1], GGMLType.Q8_0, wt, 96, 32, activations(2, 32))
+    with pytest.raises(ValueError, match="x must have shape"):
+        native.matmul_wt(pools[1], GGMLType.Q8_0, wt, 96, 64, activations(2, 96))
+    with pytest.raises(ValueError, match="n_out = 20 is not a valid row length"):  # outputs not whole blocks
+        native.matmul_wt(pools[1], GGMLType.Q8_0, np.zeros((4, 34), np.uint8), 20, 4, activations(1, 4))
 
 
 def test_matmul_into_slice_of_run_state_buffer(pools):

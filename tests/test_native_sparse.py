@@ -25,7 +25,7 @@ try:
 except native.NativeError as e:  # pragma: no cover - only without a built library
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
-from native_ref import (INT16_ACT, REL, SMOLLM2, assert_within, block_scales, coefficient_steps,  # noqa: E402
+from native_ref import (INT8_ACT, REL, SMOLLM2, assert_within, block_scales, coefficient_steps,  # noqa: E402
                         matmul_reference, random_weights)
 
 PATHS = native.simd_paths()
@@ -65,7 +65,7 @@ def layer(wtype: GGMLType, n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarra
 
 def scales(wtype: GGMLType, wt: np.ndarray, n_out: int):
     """The input-major blocks' scales of quantized weights (their kernels' coefficients are int8), else None."""
-    return block_scales(wt, wtype, n_out) if wtype in INT16_ACT else None
+    return block_scales(wt, wtype, n_out) if wtype in INT8_ACT else None
 
 
 def factors(n_out: int, n_in: int, rank: int, dtype, seed: int):
@@ -186,14 +186,21 @@ DENSE = [(t, s) for t in GGMLType for s in ([(33, 37), (7, 300)] if t in (GGMLTy
 @pytest.mark.parametrize("n_tok", [1, 3, 70])
 @pytest.mark.parametrize("wtype,shape", DENSE, ids=[f"{t.name}-{o}x{i}" for t, (o, i) in DENSE])
 def test_dense_every_path(pools, path, wtype, shape, n_tok):
+    """Decode (one token) within the float64 reference's bound (with int8 activations for Q8_0 and Q4_0); prefill
+    (the float GEMM) within the float bound, and the scalar path's bits on every path, from both layouts."""
     n_out, n_in = shape
     stored, w64 = random_weights(wtype, (n_out, n_in), seed=n_out * n_in + n_tok)
     x = np.random.default_rng(n_tok).uniform(-2, 2, (n_tok, n_in)).astype(np.float32)
     y = native.matmul(pools[3], wtype, stored, n_out, n_in, x)
-    assert_within(y, *matmul_reference(w64, x, int16_act=wtype in INT16_ACT), path)
-    # prefill gives each token exactly what decode gives it, on every path
-    for t in (0, n_tok - 1):
-        np.testing.assert_array_equal(y[t], native.matmul(pools[1], wtype, stored, n_out, n_in, x[t]))
+    assert_within(y, *matmul_reference(w64, x, int8_act=n_tok == 1 and wtype in INT8_ACT), path)
+    if n_tok == 1 or wtype in INT8_ACT and n_out % 32:
+        return
+    wt, wt64 = random_weights(wtype, (n_in, n_out), seed=n_out + n_tok)
+    yt = native.matmul_wt(pools[2], wtype, wt, n_out, n_in, x)
+    assert_within(yt, *matmul_reference(wt64.T, x), path)
+    native.simd_select("scalar")
+    np.testing.assert_array_equal(y, native.matmul(pools[1], wtype, stored, n_out, n_in, x))
+    np.testing.assert_array_equal(yt, native.matmul_wt(pools[4], wtype, wt, n_out, n_in, x))
 
 
 # ---- paths -------------------------------------------------------------------------------------------------------

@@ -67,15 +67,25 @@ RS_API int rs_pool_n_threads(const rs_pool *pool);
  *   w: (n_out, n_in) in `type`, rows contiguous (rs_row_bytes(type, n_in) bytes each)
  *   x: (n_tok, n_in) float32
  *   y: (n_tok, n_out) float32, must not overlap x
- * F32 and F16 weights multiply float activations: results stay within float rounding of the exact product. Q8_0 and
- * Q4_0 weights multiply the activations rounded to int8 per block of 32 (scale: the block's largest |x| / 127, as
+ * n_tok = 1 is decode (a matrix-vector product). F32 and F16 weights multiply the float activations; Q8_0 and Q4_0
+ * weights multiply the activations rounded to int8 per block of 32 (scale: the block's largest |x| / 127, as
  * llama.cpp rounds them for these types), with exact integer block products: results stay within that rounding (at
  * most 1/254 of the block's largest activation, per activation) plus float rounding of the exact product of the
- * dequantized weights. A block of x holding a NaN or an infinity makes every output of its token NaN.
- * n_tok = 1 is decode (a matrix-vector product); n_tok > 1 is prefill, where each weight row is read once for all
- * tokens. Threads split n_out into contiguous slices. */
+ * dequantized weights. Threads split n_out into contiguous slices.
+ * n_tok > 1 is prefill: a float GEMM of the dequantized weights (exact in float) with the float activations, each
+ * output summed over the input channels in order with one fused multiply-add each: the same bits on every path and
+ * thread count, within float rounding of the exact product (closer than decode for Q8_0 and Q4_0).
+ * A NaN or an infinity in a token's activations makes outputs of that token NaN (every one, for Q8_0 and Q4_0
+ * decode). */
 RS_API int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
                      const float *x, int64_t n_tok, float *y);
+
+/* The same product from the input-channel-major layout of rs_sparse_matvec's wt: (n_in, n_out) in `type`, rows of
+ * rs_row_bytes(type, n_out) bytes, quantization blocks along the outputs. Prefill's arithmetic for any n_tok (a
+ * float GEMM of the dequantized weights), so a model with an R-Sparse companion runs every product of a block
+ * linear from the companion's copy and never reads the base's. */
+RS_API int rs_matmul_wt(rs_pool *pool, int type, const void *wt, int64_t n_out, int64_t n_in,
+                        const float *x, int64_t n_tok, float *y);
 
 /* Dequantize selected rows (embedding lookup, "get_rows").
  *   w:    (n_rows_total, n_in) in `type`
@@ -108,7 +118,7 @@ RS_API int64_t rs_sparse_scratch_bytes(int64_t n_in, int64_t rank);
  * the output dimension to add the buffers): results may differ in the last bits between thread counts. With
  * RSPARSE_SPARSE_SPLIT=outputs they split the output dimension instead (bit-identical for any thread count). The
  * low-rank product splits the rank, then the output dimension.
- * With colnorm NULL and tau < 0 every channel is kept: a dense matrix-vector product over this layout. */
+ * tau < 0 keeps every channel (NaN activations included): a dense matrix-vector product over this layout. */
 RS_API int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_out, int64_t n_in,
                             const float *colnorm, float tau, int ftype, const void *u, const void *vs, int64_t rank,
                             const float *x, float *y, int64_t *n_kept, void *scratch, int64_t scratch_bytes);
@@ -197,8 +207,10 @@ typedef struct rs_state {
  * when logits_all. Each step reads as the math (forward.c): x = embd[token]; per block, xb = rmsnorm(x) * w;
  * q, k, v = linears(xb); RoPE(q, k); cache k, v; attn = softmax(q K^T / sqrt(head_dim)) V (causal, GQA);
  * x += o(attn); xb = rmsnorm(x) * w; x += down(silu(gate(xb)) * up(xb)).
- * sparse != 0 runs every block linear through rs_sparse_matvec (each must have its R-Sparse form, and n must be 1);
- * otherwise through rs_matmul: one product of each weight row with all n tokens (prefill).
+ * sparse != 0 runs every block linear through rs_sparse_matvec (each must have its R-Sparse form, and n must be 1).
+ * Otherwise a linear with an R-Sparse form reads only that form's wt: rs_sparse_matvec keeping every channel for
+ * one token, rs_matmul_wt for a prompt; so with a companion the base's block weights (w) are never read, and
+ * their pages of a mapped file never become resident. A linear without one runs rs_matmul on w.
  * Checks: n in [1, n_batch], pos + n <= n_ctx, token ids in [0, n_vocab), every linear's shape against the
  * model's sizes; RS_ERR_INDEX for a bad token id, before anything is written. */
 RS_API int rs_forward(rs_pool *pool, const rs_model *m, const rs_state *s, const int64_t *tokens, int64_t n,

@@ -58,6 +58,11 @@ static void init(void)
         FILL(axpy_f16);
         FILL(axpy_q4_0);
         FILL(axpy_q8_0);
+        if (!p->gemm) {  /* the tile and its size go together */
+            f->gemm = rs_kernels_scalar.gemm;
+            f->gemm_mr = rs_kernels_scalar.gemm_mr;
+            f->gemm_nr = rs_kernels_scalar.gemm_nr;
+        }
 #ifdef RS_EMULATED_SIMD
         /* Test builds only (native/tests/run_simde.sh): the AVX-512 and VNNI paths are compiled on SIMDe, which
          * emulates them with AVX2, so every path runs on the AVX2 CPU that the script requires. */

@@ -77,15 +77,22 @@ static void add(float *x, const float *y, int64_t n)
 /* Linears run as one group at most: q, k and v. */
 #define RS_FORWARD_GROUP 3
 
-/* ys[i] (n, n_out) = linears first[0 .. count) of x (n, n_in), which they all read: the R-Sparse kernel for one
- * token (as one group, sharing the pool's wake-ups; each linear takes a third of the scratch), or dense products. */
+/* ys[i] (n, n_out) = linears first[0 .. count) of x (n, n_in), which they all read. With an R-Sparse form (a
+ * companion), every product reads the companion's copy, so the base's block weights are never paged in: the
+ * rank-aware kernel for a sparse token, the same kernel keeping every channel for a dense one (as one group,
+ * sharing the pool's wake-ups; each linear takes a third of the scratch), the GEMM over its layout for a prompt.
+ * Without one, the base's: decode's matrix-vector product, or the GEMM. */
 static int linears(rs_pool *pool, const rs_linear *first, int count, const rs_state *s, int sparse, const float *x,
                    int64_t n, float *const *ys, int64_t *n_kept)
 {
-    if (!sparse) {
+    int all_wt = 1;
+    for (int i = 0; i < count; i++)
+        all_wt &= first[i].wt != NULL;
+    if (n > 1 || !all_wt) {
         for (int i = 0; i < count; i++) {
             const rs_linear *l = &first[i];
-            const int st = rs_matmul(pool, l->type, l->w, l->n_out, l->n_in, x, n, ys[i]);
+            const int st = l->wt ? rs_matmul_wt(pool, l->wtype, l->wt, l->n_out, l->n_in, x, n, ys[i])
+                                 : rs_matmul(pool, l->type, l->w, l->n_out, l->n_in, x, n, ys[i]);
             if (st != RS_OK)
                 return st;
         }
@@ -95,8 +102,11 @@ static int linears(rs_pool *pool, const rs_linear *first, int count, const rs_st
     rs_sparse_args a[RS_FORWARD_GROUP];
     for (int i = 0; i < count; i++) {
         const rs_linear *l = &first[i];
-        a[i] = (rs_sparse_args){l->wtype, l->wt, l->n_out, l->n_in, l->colnorm, l->tau, l->ftype, l->u, l->vs,
-                                l->rank, x, ys[i], n_kept ? n_kept + i : NULL, (char *)s->scratch + i * part, part};
+        a[i] = sparse ? (rs_sparse_args){l->wtype, l->wt, l->n_out, l->n_in, l->colnorm, l->tau, l->ftype, l->u,
+                                         l->vs, l->rank, x, ys[i], n_kept ? n_kept + i : NULL,
+                                         (char *)s->scratch + i * part, part}
+                      : (rs_sparse_args){l->wtype, l->wt, l->n_out, l->n_in, NULL, -1.0f, RS_TYPE_F32, NULL, NULL,
+                                         0, x, ys[i], NULL, (char *)s->scratch + i * part, part};
     }
     return rs_sparse_group(pool, a, count);
 }

@@ -48,6 +48,16 @@ typedef void (*rs_mm_fn)(const void *w, int64_t rb, int64_t n_rows, const rs_act
 typedef void (*rs_axpy_fn)(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
                            int64_t o0, int64_t n, float *y);
 
+/* One register tile of the prefill GEMM (gemm.c): for i < gemm_mr, j < gemm_nr,
+ *   c[i * ldc + j] = (load ? c[i * ldc + j] : 0) + sum_k a[i][k] * b[k * gemm_nr + j],  k in [0, kc)
+ * a: gemm_mr pointers to token rows (float activations); b: a packed panel of kc x gemm_nr dequantized weights,
+ * 64-byte aligned. The sum runs k = 0, 1, ... in turn, one fused multiply-add each, so every path, thread count
+ * and tile position gives the same bits. */
+typedef void (*rs_gemm_fn)(const float *const *a, const float *b, int64_t kc, float *c, int64_t ldc, int load);
+
+#define RS_GEMM_MR_MAX 16
+#define RS_GEMM_NR_MAX 64
+
 typedef struct rs_kernels {
     const char *name;       /* what rs_simd_path() reports, and what RSPARSE_SIMD selects */
     int (*cpu_ok)(void);    /* can this CPU run these kernels? NULL: always */
@@ -59,6 +69,8 @@ typedef struct rs_kernels {
     rs_axpy_fn axpy_f16;
     rs_axpy_fn axpy_q4_0;
     rs_axpy_fn axpy_q8_0;
+    rs_gemm_fn gemm;        /* NULL: the scalar tile (with the scalar gemm_mr, gemm_nr) */
+    int gemm_mr, gemm_nr;   /* its tile: tokens x outputs, at most RS_GEMM_MR_MAX x RS_GEMM_NR_MAX */
 } rs_kernels;
 
 extern const rs_kernels rs_kernels_scalar;

@@ -191,6 +191,25 @@ static void axpy_int8(int (*weight)(const uint8_t *, int), int64_t bsize, int R,
 AXPY_Q(q4_0, Q4_0)
 AXPY_Q(q8_0, Q8_0)
 
+/* ---- the prefill GEMM's register tile (kernels.h): 4 tokens x 8 outputs ------------------------------------ */
+#define GEMM_MR 4
+#define GEMM_NR 8
+
+static void gemm(const float *const *a, const float *b, int64_t kc, float *c, int64_t ldc, int load)
+{
+    float acc[GEMM_MR][GEMM_NR];
+    for (int i = 0; i < GEMM_MR; i++)
+        for (int j = 0; j < GEMM_NR; j++)
+            acc[i][j] = load ? c[i * ldc + j] : 0.0f;
+    for (int64_t k = 0; k < kc; k++)
+        for (int i = 0; i < GEMM_MR; i++)
+            for (int j = 0; j < GEMM_NR; j++)
+                acc[i][j] = fmaf(a[i][k], b[k * GEMM_NR + j], acc[i][j]);
+    for (int i = 0; i < GEMM_MR; i++)
+        for (int j = 0; j < GEMM_NR; j++)
+            c[i * ldc + j] = acc[i][j];
+}
+
 const rs_kernels rs_kernels_scalar = {
     .name = "scalar",
     .cpu_ok = NULL,
@@ -202,4 +221,7 @@ const rs_kernels rs_kernels_scalar = {
     .axpy_f16 = axpy_f16,
     .axpy_q4_0 = axpy_q4_0,
     .axpy_q8_0 = axpy_q8_0,
+    .gemm = gemm,
+    .gemm_mr = GEMM_MR,
+    .gemm_nr = GEMM_NR,
 };

@@ -436,6 +436,31 @@ static inline __attribute__((always_inline)) void prefill_quant(int q4, const ui
 MM_QUANT(q8_0, 0)
 MM_QUANT(q4_0, 1)
 
+/* ---- the prefill GEMM's register tile (kernels.h): GEMM_MR tokens x GEMM_NV vectors of outputs ------------- */
+/* Each step loads GEMM_NV vectors of the packed panel and broadcasts one activation per token: GEMM_MR x GEMM_NV
+ * independent FMA chains, enough to cover the FMA latency on both pipes, with GEMM_NV + 1 loads per GEMM_MR x
+ * GEMM_NV FMAs. */
+static void gemm(const float *const *a, const float *b, int64_t kc, float *c, int64_t ldc, int load)
+{
+    vf acc[GEMM_MR][GEMM_NV];
+    for (int i = 0; i < GEMM_MR; i++)
+        for (int v = 0; v < GEMM_NV; v++)
+            acc[i][v] = load ? vf_load(c + i * ldc + v * VL) : vf_zero();
+    for (int64_t k = 0; k < kc; k++) {
+        vf bv[GEMM_NV];
+        for (int v = 0; v < GEMM_NV; v++)
+            bv[v] = vf_load(b + k * (GEMM_NV * VL) + v * VL);
+        for (int i = 0; i < GEMM_MR; i++) {
+            const vf av = vf_set1(a[i][k]);
+            for (int v = 0; v < GEMM_NV; v++)
+                acc[i][v] = vf_fma(av, bv[v], acc[i][v]);
+        }
+    }
+    for (int i = 0; i < GEMM_MR; i++)
+        for (int v = 0; v < GEMM_NV; v++)
+            vf_store(c + i * ldc + v * VL, acc[i][v]);
+}
+
 /* ---- sparse: y[0..n) += sum_k xk[k] * wt[idx[k]][o0 ..) -------------------------------------------------------- */
 /* The group of n kept rows from k, each from byte off on (a short last group repeats its first row with activation
  * 0: weights are finite), their activations xs, and the rows AHEAD groups on, what to prefetch (past the end of the
@@ -556,6 +581,9 @@ const rs_kernels RS_CAT(rs_kernels_, PATH) = {
     .axpy_f16 = axpy_f16,
     .axpy_q4_0 = AXPY_Q4_0_FN,
     .axpy_q8_0 = AXPY_Q8_0_FN,
+    .gemm = gemm,
+    .gemm_mr = GEMM_MR,
+    .gemm_nr = GEMM_NV * VL,
 };
 
 #endif /* RS_KERNELS_SIMD_H */

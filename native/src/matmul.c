@@ -2,6 +2,7 @@
 #include <stdint.h>
 
 #include "check.h"
+#include "gemm.h"
 #include "kernels.h"
 #include "pool.h"
 #include "quant.h"
@@ -70,7 +71,10 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
         return RS_ERR_SHAPE;
     if (!rs_aligned(x, _Alignof(float)) || !rs_aligned(y, _Alignof(float)))
         return RS_ERR_ALIGN;
-    struct matmul_job job = {.mm = rs_mm_for(rs_kernels_now(), type), .w = w, .row_bytes = rb, .n_out = n_out,
+    const rs_kernels *k = rs_kernels_now();
+    if (n_tok > 1)
+        return rs_gemm(pool, k, type, w, rb, 0, n_out, n_in, x, n_tok, y);
+    struct matmul_job job = {.mm = rs_mm_for(k, type), .w = w, .row_bytes = rb, .n_out = n_out,
                              .n_in = n_in, .n_tok = n_tok, .x = {.f = x}, .y = y};
     if (type != RS_TYPE_Q8_0 && type != RS_TYPE_Q4_0) {
         rs_pool_run(pool, matmul_slice, &job);
@@ -97,6 +101,23 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
     rs_pool_run(pool, matmul_slice, &job);
     rs_pool_arena_release(pool);
     return RS_OK;
+}
+
+int rs_matmul_wt(rs_pool *pool, int type, const void *wt, int64_t n_out, int64_t n_in, const float *x,
+                 int64_t n_tok, float *y)
+{
+    if (!pool || !x || !y)
+        return RS_ERR_NULL;
+    int64_t rb;
+    const int st = rs_check_weights(type, wt, n_in, n_out, &rb);
+    if (st != RS_OK)
+        return st;
+    if (n_tok <= 0 || !rs_fits(n_in, sizeof(float)) || !rs_fits(n_tok, n_in * (int64_t)sizeof(float)) ||
+        !rs_fits(n_tok, n_out * (int64_t)sizeof(float)))
+        return RS_ERR_SHAPE;
+    if (!rs_aligned(x, _Alignof(float)) || !rs_aligned(y, _Alignof(float)))
+        return RS_ERR_ALIGN;
+    return rs_gemm(pool, rs_kernels_now(), type, wt, rb, 1, n_out, n_in, x, n_tok, y);
 }
 
 int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,

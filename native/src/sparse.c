@@ -180,17 +180,19 @@ static int prepare(const rs_sparse_args *a, const rs_kernels *k, struct sparse_j
 
 /* Step 1 on channels [c0, c1): the kept ones listed from idx[c0], xk[c0] on, xd[c0..c1) the dropped activations;
  * returns how many were kept. Branch-free: every channel is written to the next slot, which only advances if it
- * is kept. NaN scores compare false: dropped. */
+ * is kept. NaN scores compare false: dropped, unless tau < 0, which keeps every channel (a dense product, NaN
+ * included, so it reaches the output as it would in any dense product). */
 static int64_t score_channels(const struct sparse_job *j, int64_t c0, int64_t c1)
 {
     const float *x = j->x, *colnorm = j->colnorm;
     const float tau = j->tau;
+    const int keep_all = tau < 0.0f;
     int32_t *idx = j->idx + c0;
     float *xk = j->xk + c0, *xd = j->xd;
     int64_t kept = 0;
     for (int64_t i = c0; i < c1; i++) {
         const float score = colnorm ? fabsf(x[i]) * colnorm[i] : fabsf(x[i]);
-        const int keep = score > tau;
+        const int keep = keep_all | (score > tau);
         idx[kept] = (int32_t)i;
         xk[kept] = x[i];
         xd[i] = keep ? 0.0f : x[i];

@@ -1,10 +1,12 @@
 """model.py's decode loop on torch tensors: weights, KV cache and activations live on `device` ("cuda" or "cpu").
 
 The math is model.py's, op for op (RMSNorm, RoPE on adjacent pairs, GQA attention, SwiGLU), so the logits agree
-with the numpy Model to float32 rounding. Prefill and dense decode multiply by the base weights dequantized to
-float32 on the device (by the native library's own dequantizer, so the values are exactly the ones the CPU kernels
-use): one cuBLAS GEMM per linear and exact agreement with the CPU path, at 4 bytes a weight. R-Sparse decode reads
-the companion instead, through one of two interchangeable sparse linears:
+with the numpy Model to float32 rounding. Prefill and dense decode multiply by the weights dequantized to float32 on
+the device (by the native library's own dequantizer, so the values are exactly the ones the CPU kernels use): one
+cuBLAS GEMM per linear, at 4 bytes a weight. As in the native Model, those are the companion's weights when one is
+loaded (its rsparse_weight, W^T quantized along the outputs) and the base's otherwise, so the base's block weights
+are never read with a companion. R-Sparse decode reads the companion through one of two interchangeable sparse
+linears:
   "kernel"  the CUDA kernel rs_cuda_sparse_matvec over the companion's tensors copied to the GPU as they are in the
             file (quantized rows of the kept channels: the bytes whose reading sparsity saves);
   "torch"   the same semantics in torch ops over the companion dequantized to float32: any device; the reference
@@ -97,6 +99,14 @@ class TorchSparse(KeptStats):
                     put(c.u.astype(np.float32)) if c.rank else None,  # (out, rank)
                     put(c.vs.astype(np.float32)) if c.rank else None))  # (rank, in)
 
+    def dense_weight(self, slot: int):
+        """W^T (n_in, n_out) of linear `slot` in float32 on the device, for dense products: the "torch" linear's
+        own tensor (no second copy), or the companion's weight dequantized for the "kernel" one."""
+        if self.impl == "torch":
+            return self._linears[slot][0]
+        c = self.companion.linear(slot // len(LINEARS), LINEARS[slot % len(LINEARS)])
+        return _put(dequantize(c.weight_type, c.weight, c.n_in, c.n_out), self.device)
+
     def __call__(self, slot: int, x, stream: int):
         """y (1, n_out) = the R-Sparse product of linear `slot` (bid * 7 + LINEARS index) with x (1, n_in)."""
         if self.impl == "kernel":
@@ -139,8 +149,12 @@ class TorchModel:
         self.token_embd = dense(weights.token_embd)
         self.output = self.token_embd if weights.output is weights.token_embd else dense(weights.output)
         self.output_norm = put(weights.output_norm)
+        # block linears as W^T (n_in, n_out): the companion's when there is one (model.py's rule), else the base's
+        # transposed view (cuBLAS takes it as it is)
         self.layers = [{"attn_norm": put(lw.attn_norm), "ffn_norm": put(lw.ffn_norm),
-                        **{name: dense(getattr(lw, name)) for name in LINEARS}} for lw in weights.layers]
+                        **{name: sparse.dense_weight(li * len(LINEARS) + i) if sparse is not None
+                           else dense(getattr(lw, name)).T for i, name in enumerate(LINEARS)}}
+                       for li, lw in enumerate(weights.layers)]
         # KV cache (layer, kv head, position, head_dim), as model.py's RunState
         shape = (cfg.n_layer, cfg.n_head_kv, n_ctx, cfg.head_dim)
         self.key_cache = torch.zeros(shape, dtype=torch.float32, device=device)
@@ -204,7 +218,7 @@ class TorchModel:
 
         def lin(li: int, name: str, x):
             if sparse is None:
-                return x @ self.layers[li][name].T
+                return x @ self.layers[li][name]  # W^T
             return sparse(li * len(LINEARS) + LINEARS.index(name), x, stream)
 
         x = self.token_embd[torch.tensor(tokens, device=self.device)]  # (n, n_embd)

@@ -1,0 +1,15 @@
+/* gemm.h -- the prefill GEMM (gemm.c), for rs_matmul and rs_matmul_wt. */
+#ifndef RS_GEMM_H
+#define RS_GEMM_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+#include "rsparse.h"
+
+/* y (n_tok, n_out) = x (n_tok, n_in) W^T on kernel table k. rows_in = 0: w is (n_out, n_in), rows rb bytes apart
+ * (rs_matmul's layout); rows_in = 1: w is (n_in, n_out) (rs_sparse_matvec's wt). Arguments already checked. */
+int rs_gemm(rs_pool *pool, const rs_kernels *k, int type, const void *w, int64_t rb, int rows_in, int64_t n_out,
+            int64_t n_in, const float *x, int64_t n_tok, float *y);
+
+#endif /* RS_GEMM_H */
