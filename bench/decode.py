@@ -2,7 +2,8 @@
 companion's sparsity, all on the same base GGUF (so the same weight type).
 
 Each configuration runs in its own subprocess (peak RSS is its own), round-robin over --repeats rounds so drift on
-a noisy machine hits all of them alike; the table gives each one's median round. The memory read bandwidth is
+a noisy machine hits all of them alike; the table gives each one's median round. After the generation each one
+also prefills a long prompt (--long-prompt-tokens, 1024) alone from an empty cache. The memory read bandwidth is
 measured before every round (numpy, one process per thread: bench_kernels.memory_bandwidth) and printed beside
 the table: on a VM it moves by 2x within minutes, so only ratios from one run mean anything. Every runtime goes through its own
 generate loop with greedy sampling, so Python overhead is counted on both sides. Prefill is dense everywhere.
@@ -36,8 +37,10 @@ def prompt_tokens(tokenize, n: int) -> list[int]:
     return toks[:n]
 
 
-def worker(kind: str, model: str, companion: str | None, threads: int, n_prompt: int, n_gen: int) -> dict:
+def worker(kind: str, model: str, companion: str | None, threads: int, n_prompt: int, n_gen: int,
+           n_long: int) -> dict:
     stats = {}
+    n_ctx = max(n_prompt + n_gen, n_long) + 8
     if kind == "ours":
         import numpy as np
 
@@ -45,14 +48,14 @@ def worker(kind: str, model: str, companion: str | None, threads: int, n_prompt:
         from rsparse_cpp.llama import Llama
         from rsparse_cpp.sampler import SamplingParams
 
-        llm = Llama(model, n_ctx=n_prompt + n_gen + 8, n_threads=threads, companion_path=companion,
+        llm = Llama(model, n_ctx=n_ctx, n_threads=threads, companion_path=companion,
                     sparse=companion is not None)
         prompt = prompt_tokens(lambda b: llm.tokenize(b, add_bos=True), n_prompt)
         gen = generate(llm.model, prompt, SamplingParams(temperature=0), np.random.default_rng(0), n_gen + 1)
     else:
         import llama_cpp
 
-        llm = llama_cpp.Llama(model, n_ctx=n_prompt + n_gen + 8, n_threads=threads, n_threads_batch=threads,
+        llm = llama_cpp.Llama(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                               n_batch=512, verbose=False)
         prompt = prompt_tokens(lambda b: llm.tokenize(b, add_bos=True), n_prompt)
         gen = llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True)
@@ -66,6 +69,17 @@ def worker(kind: str, model: str, companion: str | None, threads: int, n_prompt:
         sp = llm.model.sparse
         stats = {"read_fraction": sp.read_fraction(), "kept_channels": float(sp.kept_fraction().mean()),
                  "sparse_tokens": sp.tokens}
+    if n_long:  # a long prompt alone, from an empty cache: prefill only (the logits of its last token)
+        long_prompt = (prompt * (n_long // len(prompt) + 1))[:n_long]
+        if kind == "ours":
+            llm.model.reset()
+            t3 = time.perf_counter()
+            llm.model.forward(long_prompt)
+        else:
+            llm.reset()
+            t3 = time.perf_counter()
+            llm.eval(long_prompt)
+        stats["prefill_long_tps"] = n_long / (time.perf_counter() - t3)
     return {"prefill_tps": len(prompt) / (t1 - t0), "decode_tps": n_gen / (t2 - t1), "peak_rss_mb": peak_rss_mb(),
             **stats}
 
@@ -81,7 +95,8 @@ def peak_rss_mb() -> float:
 
 def run_worker(kind: str, companion: str | None, args, model: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "-m", model, "--threads", str(args.threads),
-           "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
+           "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens),
+           "--long-prompt-tokens", str(args.long_prompt_tokens)]
     if companion:
         cmd += ["--companion", companion]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -109,6 +124,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--gen-tokens", type=int, default=128)
+    p.add_argument("--long-prompt-tokens", type=int, default=1024,
+                   help="also time the prefill of a prompt this long, alone (0: skip)")
     p.add_argument("--repeats", type=int, default=3, help="rounds; each configuration's median is reported")
     p.add_argument("--no-llamacpp", action="store_true", help="skip llama-cpp-python")
     p.add_argument("--worker", choices=["ours", "llamacpp"], help=argparse.SUPPRESS)
@@ -116,7 +133,7 @@ def main() -> int:
     if args.worker:
         comp = args.companion[0] if args.companion else None
         print(json.dumps(worker(args.worker, args.model[0], comp, args.threads, args.prompt_tokens,
-                                args.gen_tokens)))
+                                args.gen_tokens, args.long_prompt_tokens)))
         return 0
 
     from bench_kernels import memory_bandwidth  # beside this file
@@ -128,9 +145,13 @@ def main() -> int:
           f"median of {args.repeats} rounds")
     print("# read = fraction of decoder-block linear weights read per decoded token (kept rows + low-rank factors);"
           " kept = mean fraction of input channels kept")
+    long = args.long_prompt_tokens
+    print(f"# prefill {long} = a {long}-token prompt alone, from an empty cache; the last three columns are ratios "
+          f"to llama-cpp-python's (prefill {args.prompt_tokens} / {long}, peak RSS)")
     print(f"| {'model':<28} | {'runtime':<22} | {'decode tok/s':>12} | {'vs our dense':>12} | {'vs llama.cpp':>12} | "
-          f"{'prefill tok/s':>13} | {'peak RSS MB':>11} | {'read':>5} | {'kept':>5} |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"{'prefill tok/s':>13} | {'peak RSS MB':>11} | {'read':>5} | {'kept':>5} | {f'prefill {long}':>12} | "
+          f"{'prefill vs llama.cpp':>20} | {'RSS vs llama.cpp':>16} |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model in args.model:
         if args.companion:
             comps = [tuple(c.split("=", 1)) if "=" in c else (os.path.basename(c), c) for c in args.companion]
@@ -150,14 +171,21 @@ def main() -> int:
               f"{', '.join(f'{b:.1f}' for b in bandwidth)} GB/s ({args.threads} processes, numpy)")
         ours = med["ours dense"]["decode_tps"]
         llama = med.get("llama-cpp-python", {}).get("decode_tps")
+        ref = med.get("llama-cpp-python")
         for name, _, _ in configs:
             r = med[name]
             vs_llama = f"{r['decode_tps'] / llama:.2f}" if llama else "-"
             read = f"{r['read_fraction']:.3f}" if "read_fraction" in r else "1"
             kept = f"{r['kept_channels']:.3f}" if "kept_channels" in r else "1"
+            pre_long = f"{r['prefill_long_tps']:.1f}" if "prefill_long_tps" in r else "-"
+            pre_vs = (f"{r['prefill_tps'] / ref['prefill_tps']:.2f}" + (
+                f" / {r['prefill_long_tps'] / ref['prefill_long_tps']:.2f}" if "prefill_long_tps" in r else "")
+                if ref else "-")
+            rss_vs = f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}" if ref else "-"
             print(f"| {os.path.basename(model):<28} | {name:<22} | {r['decode_tps']:>12.1f} | "
                   f"{r['decode_tps'] / ours:>12.2f} | {vs_llama:>12} | {r['prefill_tps']:>13.1f} | "
-                  f"{r['peak_rss_mb']:>11.0f} | {read:>5} | {kept:>5} |", flush=True)
+                  f"{r['peak_rss_mb']:>11.0f} | {read:>5} | {kept:>5} | {pre_long:>12} | {pre_vs:>20} | "
+                  f"{rss_vs:>16} |", flush=True)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import sys
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ MAX_STRING = 1 << 24  # 16 MiB: a chat template is a few KiB; nothing legitimate
 MAX_NAME = 256  # llama.cpp's GGML_MAX_NAME is 64; leave room, refuse absurd ones
 MAX_ELEMENTS = 1 << 40
 
+
+
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; Python names it from 3.13 on
 
 class GGUFError(ValueError):
     """A GGUF file is malformed, hostile, or not what the runtime needs. The message names file, field and value."""
@@ -258,6 +262,23 @@ class GGUFFile:
         block, block_bytes = BLOCK[info.type]
         rows = info.nbytes // (info.shape[-1] // block * block_bytes)
         return np.frombuffer(self._mmap, dtype=np.uint8, count=info.nbytes, offset=info.offset).reshape(rows, -1)
+
+    def populate(self, names=None) -> bool:
+        """Map in the pages of these tensors (all of the file: None) now, in one system call per tensor, rather
+        than one page fault at a time on first use, as llama.cpp populates its mapping at load. Pages stay
+        evictable (no lock). False where the kernel cannot (before Linux 5.14, other systems): pages then fault
+        in on first use, as before."""
+        if not isinstance(self._mmap, mmap.mmap) or not sys.platform.startswith("linux"):
+            return False
+        spans = [(0, self.size)] if names is None else [(self.tensors[n].offset, self.tensors[n].nbytes) for n in names]
+        try:
+            for offset, nbytes in spans:
+                start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+                if nbytes > 0:
+                    self._mmap.madvise(MADV_POPULATE_READ, start, offset + nbytes - start)
+        except (OSError, ValueError):
+            return False
+        return True
 
     def tensor_copy(self, name: str) -> np.ndarray:
         """A copy of a small tensor, read from the file rather than through the map: touching the map would fault

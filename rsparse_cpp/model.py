@@ -97,7 +97,19 @@ class Model:
         model = cls(f, cfg, weights, pool, RunState(cfg, n_ctx, n_batch, weights), n_ctx, n_batch)
         model._bind_decode(comp)
         model.sparse_prefill = sparse_prefill
+        model._populate(comp)
         return model
+
+    def _populate(self, companion: Companion | None) -> None:
+        """Map in now what every step reads, as llama.cpp does at load, so the first prompt does not pay a page
+        fault per 4 KiB: the block linears (the companion's copy when there is one: the base's then stay
+        unread) and the head. Token embeddings are looked up a row at a time, and fault in as used."""
+        w = self.weights
+        if companion is not None:
+            companion.file.populate()
+            self.file.populate([w.output.name])
+        else:
+            self.file.populate([getattr(lw, n).name for lw in w.layers for n in LINEARS] + [w.output.name])
 
     def _bind_decode(self, companion: Companion | None) -> None:
         """Bind rs_forward to the weights, the companion's sparse forms and the run state's buffers, once."""

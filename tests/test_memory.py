@@ -77,3 +77,15 @@ def test_base_block_weights_resident_without_one(wide_base):
     lins = block_linears(model)
     total, resident = sum(a.nbytes for a in lins), sum(resident_bytes(a) for a in lins)
     assert resident >= 0.95 * total, f"{resident} of {total}"
+
+
+def test_load_maps_in_what_every_step_reads(wide_base):
+    """Model.load populates the companion and the head (GGUFFile.populate, as llama.cpp populates its mapping), so
+    the first prompt pays no page faults for them; the base's block linears stay out."""
+    model = Model.load(wide_base, n_ctx=64, n_threads=2)
+    if not model.sparse.companion.file.populate([]):
+        pytest.skip("this kernel cannot populate a mapping (MADV_POPULATE_READ: Linux 5.14)")
+    wts = [c.weight for lin in model.sparse.companion.layers for c in lin.values()]
+    assert sum(resident_bytes(a) for a in wts) >= 0.99 * sum(a.nbytes for a in wts)
+    assert resident_bytes(model.weights.output.data) >= 0.99 * model.weights.output.data.nbytes
+    assert sum(resident_bytes(a) for a in block_linears(model)) <= 4 * FAULT_AROUND

@@ -45,9 +45,9 @@ struct gemm_job {
 enum { THREAD_FLOATS = NC * KC + (NC > KC ? NC : KC) };
 
 /* Elements [e0, e0 + n) of a stored row as floats; e0 is a multiple of the type's block. */
-static void dequant(int type, const uint8_t *row, int64_t e0, int64_t n, float *out)
+static void dequant(const struct gemm_job *j, const uint8_t *row, int64_t e0, int64_t n, float *out)
 {
-    rs_dequant_row(type, row + (e0 > 0 ? rs_row_bytes(type, e0) : 0), out, n);
+    j->k->dequant(j->type, row + (e0 > 0 ? rs_row_bytes(j->type, e0) : 0), out, n);
 }
 
 /* The panel of outputs [o0, o0 + nc) x input channels [k0, k0 + kc): strip s holds outputs o0 + s * nr .. as
@@ -59,7 +59,7 @@ static void pack(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, i
         memset(p + (strips - 1) * kc * nr, 0, (size_t)(kc * nr) * sizeof *p);
     if (j->rows_in) {  /* a stored row is one input channel: its outputs, split over the strips */
         for (int64_t k = 0; k < kc; k++) {
-            dequant(j->type, j->w + (k0 + k) * j->rb, o0, nc, buf);
+            dequant(j, j->w + (k0 + k) * j->rb, o0, nc, buf);
             for (int64_t s = 0; s < strips; s++) {
                 const int64_t n = nc - s * nr < nr ? nc - s * nr : nr;
                 memcpy(p + (s * kc + k) * nr, buf + s * nr, (size_t)n * sizeof *p);
@@ -67,7 +67,7 @@ static void pack(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, i
         }
     } else {  /* a stored row is one output: its input channels go down one column of its strip */
         for (int64_t o = 0; o < nc; o++) {
-            dequant(j->type, j->w + (o0 + o) * j->rb, k0, kc, buf);
+            dequant(j, j->w + (o0 + o) * j->rb, k0, kc, buf);
             float *col = p + (o / nr) * kc * nr + o % nr;
             for (int64_t k = 0; k < kc; k++)
                 col[k * nr] = buf[k];

@@ -55,6 +55,10 @@ typedef void (*rs_axpy_fn)(const void *wt, int64_t rb, const int32_t *idx, const
  * and tile position gives the same bits. */
 typedef void (*rs_gemm_fn)(const float *const *a, const float *b, int64_t kc, float *c, int64_t ldc, int load);
 
+/* n elements of a stored row of `type` from row (a block boundary) as floats: the exact values (rs_dequant_row's),
+ * in the path's instructions, for the GEMM's panels. */
+typedef void (*rs_dequant_fn)(int type, const void *row, float *out, int64_t n);
+
 #define RS_GEMM_MR_MAX 16
 #define RS_GEMM_NR_MAX 64
 
@@ -69,6 +73,7 @@ typedef struct rs_kernels {
     rs_axpy_fn axpy_f16;
     rs_axpy_fn axpy_q4_0;
     rs_axpy_fn axpy_q8_0;
+    rs_dequant_fn dequant;
     rs_gemm_fn gemm;        /* NULL: the scalar tile (with the scalar gemm_mr, gemm_nr) */
     int gemm_mr, gemm_nr;   /* its tile: tokens x outputs, at most RS_GEMM_MR_MAX x RS_GEMM_NR_MAX */
 } rs_kernels;

@@ -221,6 +221,7 @@ const rs_kernels rs_kernels_scalar = {
     .axpy_f16 = axpy_f16,
     .axpy_q4_0 = axpy_q4_0,
     .axpy_q8_0 = axpy_q8_0,
+    .dequant = rs_dequant_row,
     .gemm = gemm,
     .gemm_mr = GEMM_MR,
     .gemm_nr = GEMM_NR,

@@ -436,6 +436,38 @@ static inline __attribute__((always_inline)) void prefill_quant(int q4, const ui
 MM_QUANT(q8_0, 0)
 MM_QUANT(q4_0, 1)
 
+/* ---- the prefill GEMM's panels: rows as floats (kernels.h) -------------------------------------------------- */
+/* rs_dequant_row's values (exact products), in loops the compiler vectorizes with the path's instructions. */
+static void dequant(int type, const void *row, float *out, int64_t n)
+{
+    if (type == RS_TYPE_Q8_0) {
+        const block_q8_0 *b = row;
+        for (int64_t k = 0; k < n / RS_QK; k++, out += RS_QK) {
+            const float d = half_to_float(b[k].d);
+            for (int i = 0; i < RS_QK; i++)
+                out[i] = (float)b[k].qs[i] * d;
+        }
+    } else if (type == RS_TYPE_Q4_0) {
+        const block_q4_0 *b = row;
+        for (int64_t k = 0; k < n / RS_QK; k++, out += RS_QK) {
+            const float d = half_to_float(b[k].d);
+            for (int i = 0; i < RS_QK / 2; i++) {
+                out[i] = (float)((int)(b[k].qs[i] & 0x0F) - 8) * d;
+                out[i + RS_QK / 2] = (float)((int)(b[k].qs[i] >> 4) - 8) * d;
+            }
+        }
+    } else if (type == RS_TYPE_F16) {
+        const uint16_t *h = row;
+        int64_t e = 0;
+        for (; e + VL <= n; e += VL)
+            vf_store(out + e, vf_load_f16(h + e));
+        for (; e < n; e++)
+            out[e] = half_to_float(h[e]);
+    } else {
+        memcpy(out, row, (size_t)n * sizeof *out);
+    }
+}
+
 /* ---- the prefill GEMM's register tile (kernels.h): GEMM_MR tokens x GEMM_NV vectors of outputs ------------- */
 /* Each step loads GEMM_NV vectors of the packed panel and broadcasts one activation per token: GEMM_MR x GEMM_NV
  * independent FMA chains, enough to cover the FMA latency on both pipes, with GEMM_NV + 1 loads per GEMM_MR x
@@ -581,6 +613,7 @@ const rs_kernels RS_CAT(rs_kernels_, PATH) = {
     .axpy_f16 = axpy_f16,
     .axpy_q4_0 = AXPY_Q4_0_FN,
     .axpy_q8_0 = AXPY_Q8_0_FN,
+    .dequant = dequant,
     .gemm = gemm,
     .gemm_mr = GEMM_MR,
     .gemm_nr = GEMM_NV * VL,
