@@ -150,8 +150,8 @@ class Model:
         sparse, batch = step_mode(n, self.sparse_enabled, self.sparse_prefill, self.n_batch)
         for start in range(0, n, batch):
             chunk = tokens[start:start + batch]
-            last = start + len(chunk) == n
-            logits = self._step(chunk, logits_all=logits_all or not last, sparse=sparse)
+            # a chunk before the last computes its last token's logits only (one row of the head, not n_batch)
+            logits = self._step(chunk, logits_all=logits_all, sparse=sparse)
             if logits_all:
                 out[start:start + len(chunk)] = logits
         return out if logits_all else logits[-1]

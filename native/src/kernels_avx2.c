@@ -39,8 +39,6 @@ static inline vf vf_load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loa
 
 /* ---- dense Q8_0 and Q4_0: one block of 32 bytes per step, against int8 activations ------------------------- */
 #define QB 1
-#define MRQ 2  /* quantized prefill tile: 2 rows x 2 tokens, 4 weight + 4 activation + 4 accumulator registers */
-#define NTQ 2
 
 typedef __m256i vq;
 

@@ -49,8 +49,6 @@ static inline vf vf_load_i8(const int8_t *p)
 /* ---- dense Q8_0 and Q4_0: two blocks of 32 bytes per step, against int8 activations -------------------------- */
 /* Two blocks fill a zmm register: block k's int32 sums in lanes 0-7, block k + 1's in lanes 8-15. */
 #define QB 2
-#define MRQ 4  /* quantized prefill tile: 4 rows x 4 tokens, 16 accumulators */
-#define NTQ 4
 
 typedef __m512i vq;
 

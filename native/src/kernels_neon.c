@@ -64,8 +64,6 @@ static inline vf vf_load_q4(const uint8_t *p, int hi)
 
 /* ---- dense Q8_0 and Q4_0: one block per step, against int8 activations --------------------------------------- */
 #define QB 1
-#define MRQ 2  /* quantized prefill tile: 2 rows x 2 tokens, 4 weight + 4 activation + 4 accumulator registers */
-#define NTQ 2
 
 /* A block's 32 bytes: elements 0-15 and 16-31. */
 typedef struct {

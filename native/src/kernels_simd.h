@@ -2,7 +2,9 @@
  *
  * Included by kernels_avx2.c, kernels_avx512.c and kernels_neon.c after they define, for their vector type:
  *   VL                      floats per vector (4, 8 or 16: it divides a quantization block of 32)
- *   MR, NT                  prefill micro-tile: MR weight rows x NT tokens of vector accumulators in registers
+ *   MR                      rows a dense decode step streams at once
+ *   NT                      F32/F16 products of several tokens (attention's heads): MR rows x NT tokens in registers
+ *   GEMM_MR, GEMM_NV        the prefill GEMM's register tile: GEMM_MR tokens x GEMM_NV vectors of outputs
  *   vf                      the vector type
  *   vf_zero() vf_load(p) vf_store(p, v) vf_set1(s) vf_fma(a, b, c) (= a * b + c)
  *   vf_hsum(v)              sum of the lanes, in a fixed order
@@ -24,7 +26,6 @@
  *   vf_dot_q4(n, x)         the same for nibbles n: the block's sum of (n - 8) x
  *   vf_wscale(d0, d1)       the binary16 weight scales of a step's blocks, each in its block's lanes (d1: QB 2)
  *   vf_xscale(xd, n)        the activation scales of n blocks, likewise (a missing block's are 0)
- *   MRQ, NTQ                quantized prefill micro-tile: MRQ rows (dividing MR) x NTQ tokens
  *   half_to_float(h)        one binary16 -> float (exact), in one instruction where the CPU has one
  *   vf_half_set1(h)         the same in every lane
  *   vf_mul(a, b)            a * b
@@ -35,11 +36,11 @@
  *
  * Dense (standard (n_out, n_in) layout), F32 and F16. Decode (one token) streams MR rows at once, converting in
  * registers: one vector accumulator per row, so the rows are independent FMA chains and share each load of x.
- * Prefill (two or more tokens) is a small GEMM: MR rows are converted chunk by chunk into an L1 buffer and multiplied
- * with NT tokens at a time from a tile of tokens small enough to stay in cache, so weights come from memory once per
- * tile rather than once per token, and each weight load feeds NT FMAs. Both orders give every (row, token) the same
- * arithmetic -- acc = fma(w[e..e+VL), x[e..e+VL), acc) for e = 0, VL, ... in turn, then the leftover elements one
- * by one with fmaf, then hsum(acc) + leftover -- so prefill equals decode bit for bit.
+ * Several tokens (attention scores a KV group's query heads in one call; model prompts go through gemm.c instead)
+ * run as a small GEMM: MR rows are converted chunk by chunk into an L1 buffer and multiplied with NT tokens at a time
+ * from a tile of tokens small enough to stay in cache. Both orders give every (row, token) the same arithmetic --
+ * acc = fma(w[e..e+VL), x[e..e+VL), acc) for e = 0, VL, ... in turn, then the leftover elements one by one with
+ * fmaf, then hsum(acc) + leftover -- so the tile equals decode bit for bit.
  *
  * Dense Q8_0 and Q4_0 take int8 activations (kernels.h): per step of QB blocks, acc = fma(dot(blocks, x),
  * d_w * d_x, acc), the dot exact in integers. Converting each int8 weight to float and scaling it cost two float
@@ -47,9 +48,8 @@
  * took about half the instructions, but Q4_0's nibbles still had to be widened to int16. With int8 activations the
  * bytes go straight into byte dot products (vpmaddubsw, vpdpbusd, sdot): Q4_0's unsigned nibbles multiply the
  * signed activations directly, and the -8 offset costs one integer add per block and row (or none, folded into
- * vpdpbusd's accumulator), from the block sums rs_quantize_act keeps. Prefill runs decode's arithmetic for each
- * (row, token) in decode's order, so they agree bit for bit, reading a group of rows from memory once for a tile of
- * tokens.
+ * vpdpbusd's accumulator), from the block sums rs_quantize_act keeps. They serve decode only: prompts run through
+ * the float GEMM of gemm.c, whose register tile (gemm) and panel dequantizer (dequant) are also defined here.
  *
  * Sparse (input-channel-major layout). Each kept channel's row slice is scaled by its activation and added to y,
  * GROUP rows per pass over the slice of y (which stays in L1), while later groups' rows are prefetched: the rows
@@ -65,9 +65,9 @@
 #include "quant.h"
 
 /* Tuning knobs (each may be overridden with -D for an experiment; bench/bench_kernels.py measures the effect). */
-#define KC 512               /* prefill: elements of a row dequantized at a time (MR x KC floats in L1) */
-#define TILE_BYTES (1 << 20) /* prefill: bytes of activations per token tile: fits L2 on most laptops, L3 on all */
-#define TMAX 64              /* prefill: most tokens per tile (bounds the accumulator buffer) */
+#define KC 512               /* F32/F16 tiles: elements of a row converted at a time (MR x KC floats in L1) */
+#define TILE_BYTES (1 << 20) /* F32/F16 tiles: bytes of activations per token tile: fits L2 on most laptops */
+#define TMAX 64              /* F32/F16 tiles: most tokens per tile (bounds the accumulator buffer) */
 #ifndef GROUP
 #define GROUP 8              /* sparse: kept rows added per pass over y (4 and 16: see below) */
 #endif
@@ -102,7 +102,7 @@
 #define DENSE_PF prefetch    /* dense decode hint target */
 #endif
 
-_Static_assert(RS_QK % VL == 0 && KC % RS_QK == 0 && TMAX % NT == 0 && MR % MRQ == 0, "tile sizes must nest");
+_Static_assert(RS_QK % VL == 0 && KC % RS_QK == 0 && TMAX % NT == 0, "tile sizes must nest");
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -219,7 +219,7 @@ STEP_QUANT(q4_0)
 ROWS_QUANT(q8_0)
 ROWS_QUANT(q4_0)
 
-/* ---- dense prefill: the tiled GEMM ----------------------------------------------------------------------------- */
+/* ---- dense F32/F16, several tokens: the tiled product ----------------------------------------------------------------------------- */
 /* Elements [k0, k0 + len) of an F16 row as floats into out (len a multiple of VL, except at the row's end). */
 static void chunk_f16(const uint8_t *row, int64_t k0, int64_t len, float *out)
 {
@@ -316,125 +316,23 @@ static void prefill(chunk_fn chunk, const uint8_t *w, int64_t rb, int64_t n_rows
 MM(f32, NULL)
 MM(f16, chunk_f16)
 
-/* Quantized prefill: tiles of tokens whose activations stay in cache. A group of MR rows is read from memory once per
- * tile, KC elements at a time; Q4_0 chunks are first unpacked to blocks of nibble bytes (0..15, in the layout of a
- * Q8_0 block: vq_load_q8 on them gives what vq_load_q4 gives on the packed blocks, lane for lane), so the nibbles
- * are not unpacked again for every token. Each (row, token) then runs decode's arithmetic in decode's order,
- * carried across chunks in acc: chunks hold whole steps (QC % QB == 0), so the steps are decode's. */
-static void unpack_q4_0(const block_q4_0 *b, int64_t n, block_q8_0 *out)
-{
-    typedef uint8_t u8x16 __attribute__((vector_size(16)));  /* GCC/Clang vectors: one SSE/NEON register */
-    for (int64_t k = 0; k < n; k++) {
-        u8x16 v, lo, hi;
-        memcpy(&v, b[k].qs, sizeof v);
-        lo = v & 0x0F;
-        hi = v >> 4;
-        out[k].d = b[k].d;
-        memcpy(out[k].qs, &lo, sizeof lo);
-        memcpy(out[k].qs + RS_QK / 2, &hi, sizeof hi);
-    }
-}
-
-enum { QC = KC / RS_QK };  /* blocks per prefill chunk */
-_Static_assert(QC % QB == 0, "prefill chunks must hold whole steps");
-
-/* MRQ rows (weights cb, unpacked if q4) x NTQ tokens (xq, xd, xs) over blocks [0, nk) of a chunk, into a. */
-static inline __attribute__((always_inline)) void tile_quant(int q4, const block_q8_0 *const *cb, int64_t nk,
-                                                             const int8_t *const *xq, const float *const *xd,
-                                                             const int32_t *const *xs, vf a[MRQ][NTQ])
-{
-    for (int64_t k = 0; k < nk; k += QB) {
-        const int n = (int)min64(QB, nk - k);
-        vq wv[MRQ];
-        vf dw[MRQ];
-        for (int i = 0; i < MRQ; i++) {
-            wv[i] = vq_load_q8(cb[i] + k, n);
-            dw[i] = WSCALE(cb[i] + k, n);
-        }
-        for (int j = 0; j < NTQ; j++) {
-            const xa xv = q4 ? xa_q4(xq[j] + k * RS_QK, xs[j] + k, n) : xa_q8(xq[j] + k * RS_QK, xs[j] + k, n);
-            const vf xsc = vf_xscale(xd[j] + k, n);
-            for (int i = 0; i < MRQ; i++)  /* = decode's fma(dot, wscale * xscale, acc) */
-                a[i][j] = vf_fma(q4 ? vf_dot_q4(wv[i], xv) : vf_dot_q8(wv[i], xv), vf_mul(dw[i], xsc), a[i][j]);
-        }
-    }
-}
-
-static inline __attribute__((always_inline)) void prefill_quant(int q4, const uint8_t *w, int64_t rb,
-                                                                int64_t n_rows, const rs_act *x, int64_t n_in,
-                                                                int64_t n_tok, float *y, int64_t ys)
-{
-    block_q8_0 buf[MR][QC];
-    alignas(64) vf acc[TMAX + NTQ][MR];  /* a short last token group runs past nt */
-    const int64_t nb = n_in / RS_QK;
-    int64_t tile = TILE_BYTES / (n_in + nb * (int64_t)(sizeof(float) + sizeof(int32_t)));
-    tile = tile < 1 ? 1 : tile > TMAX ? TMAX : tile;
-    for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
-        const int64_t nt = min64(tile, n_tok - t0);
-        for (int64_t r = 0; r < n_rows; r += MR) {
-            const uint8_t *rows[MR];
-            const int n_valid = pick_rows(w, rb, r, n_rows, rows);
-            for (int64_t t = 0; t < nt + NTQ; t++)
-                for (int i = 0; i < MR; i++)
-                    acc[t][i] = vf_zero();
-            for (int64_t k0 = 0; k0 < nb; k0 += QC) {
-                const int64_t nk = min64(QC, nb - k0);
-                const block_q8_0 *cb[MR];
-                for (int i = 0; i < MR; i++) {
-                    if (q4) {
-                        unpack_q4_0((const block_q4_0 *)rows[i] + k0, nk, buf[i]);
-                        cb[i] = buf[i];
-                    } else {
-                        cb[i] = (const block_q8_0 *)rows[i] + k0;
-                    }
-                }
-                /* MRQ rows x NTQ tokens in registers: each weight step serves NTQ tokens and each activation step
-                 * MRQ rows. Past nt, the last token is repeated and its results never stored. */
-                for (int64_t t = 0; t < nt; t += NTQ) {
-                    const int8_t *xq[NTQ];
-                    const float *xd[NTQ];
-                    const int32_t *xs[NTQ];
-                    for (int j = 0; j < NTQ; j++) {
-                        const int64_t tt = t0 + min64(t + j, nt - 1);
-                        xq[j] = x->q + tt * n_in + k0 * RS_QK;
-                        xd[j] = x->d + tt * nb + k0;
-                        xs[j] = x->s + tt * nb + k0;
-                    }
-                    for (int i0 = 0; i0 < MR; i0 += MRQ) {
-                        vf a[MRQ][NTQ];
-                        for (int i = 0; i < MRQ; i++)
-                            for (int j = 0; j < NTQ; j++)
-                                a[i][j] = acc[t + j][i0 + i];
-                        tile_quant(q4, cb + i0, nk, xq, xd, xs, a);
-                        for (int i = 0; i < MRQ; i++)
-                            for (int j = 0; j < NTQ; j++)
-                                acc[t + j][i0 + i] = a[i][j];
-                    }
-                }
-            }
-            for (int64_t t = 0; t < nt; t++)
-                for (int i = 0; i < n_valid; i++)
-                    y[(t0 + t) * ys + r + i] = vf_hsum(acc[t][i]) + 0.0f;
-        }
-    }
-}
-
-#define MM_QUANT(type, q4)                                                                                   \
+/* Quantized weights serve decode (matmul.c runs prompts through the GEMM, gemm.c): tokens one at a time. */
+#define MM_QUANT(type)                                                                                       \
     static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,           \
                           int64_t n_tok, float *y, int64_t ys)                                               \
     {                                                                                                        \
-        if (n_tok > 1) {                                                                                     \
-            prefill_quant(q4, w, rb, n_rows, x, n_in, n_tok, y, ys);                                         \
-            return;                                                                                          \
-        }                                                                                                    \
-        for (int64_t r = 0; r < n_rows; r += MR) {                                                           \
-            const uint8_t *rows[MR];                                                                         \
-            const int n_valid = pick_rows(w, rb, r, n_rows, rows);                                           \
-            rows_##type(rows, rb, x, n_in, n_valid, y + r);                                                  \
+        const int64_t nb = n_in / RS_QK;                                                                     \
+        for (int64_t t = 0; t < n_tok; t++) {                                                                \
+            const rs_act xt = {.q = x->q + t * n_in, .d = x->d + t * nb, .s = x->s + t * nb};                \
+            for (int64_t r = 0; r < n_rows; r += MR) {                                                       \
+                const uint8_t *rows[MR];                                                                     \
+                const int n_valid = pick_rows(w, rb, r, n_rows, rows);                                       \
+                rows_##type(rows, rb, &xt, n_in, n_valid, y + t * ys + r);                                   \
+            }                                                                                                \
         }                                                                                                    \
     }
-MM_QUANT(q8_0, 0)
-MM_QUANT(q4_0, 1)
+MM_QUANT(q8_0)
+MM_QUANT(q4_0)
 
 /* ---- the prefill GEMM's panels: rows as floats (kernels.h) -------------------------------------------------- */
 /* rs_dequant_row's values (exact products), in loops the compiler vectorizes with the path's instructions. */

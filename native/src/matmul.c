@@ -1,4 +1,5 @@
-/* matmul.c -- the dense entry points (and rs_strerror): argument checks, then the work split over the pool. */
+/* matmul.c -- the dense entry points (and rs_strerror): argument checks, then decode's matrix-vector product split
+ * over the pool, or the prompt's GEMM (gemm.c). */
 #include <stdint.h>
 
 #include "check.h"
@@ -27,25 +28,11 @@ struct matmul_job {
     rs_mm_fn mm;
     const uint8_t *w;   /* (n_out, row_bytes) */
     int64_t row_bytes;
-    int64_t n_out, n_in, n_tok;
-    rs_act x;           /* what the kernel reads: x.f, the caller's (n_tok, n_in) activations, or those rounded to
-                         * int8 blocks, x.q, x.d and x.s (kernels.h) */
-    int8_t *xq;         /* (n_tok, n_in), (n_tok, n_in / 32) and (n_tok, n_in / 32): the rounded ones, their */
-    float *xd;          /* block scales and block sums, in the pool's arena */
-    int32_t *xs;
-    float *y;           /* (n_tok, n_out) */
+    int64_t n_out, n_in;
+    rs_act x;           /* what the kernel reads: x.f, the caller's activations, or those rounded to int8 blocks,
+                         * x.q, x.d and x.s (kernels.h), in the pool's arena */
+    float *y;           /* (n_out,) */
 };
-
-/* Slice ith of nth rounds a contiguous range of tokens' activations. */
-static void quantize_slice(void *ctx, int ith, int nth)
-{
-    const struct matmul_job *j = ctx;
-    int64_t t0, t1;
-    rs_slice(j->n_tok, 1, ith, nth, &t0, &t1);
-    for (int64_t t = t0; t < t1; t++)
-        rs_quantize_act(j->x.f + t * j->n_in, j->n_in, j->xq + t * j->n_in, j->xd + t * (j->n_in / RS_QK),
-                        j->xs + t * (j->n_in / RS_QK));
-}
 
 /* Slice ith of nth gets a contiguous range of output rows. */
 static void matmul_slice(void *ctx, int ith, int nth)
@@ -54,7 +41,7 @@ static void matmul_slice(void *ctx, int ith, int nth)
     int64_t r0, r1;
     rs_slice(j->n_out, 1, ith, nth, &r0, &r1);
     if (r1 > r0)
-        j->mm(j->w + r0 * j->row_bytes, j->row_bytes, r1 - r0, &j->x, j->n_in, j->n_tok, j->y + r0, j->n_out);
+        j->mm(j->w + r0 * j->row_bytes, j->row_bytes, r1 - r0, &j->x, j->n_in, 1, j->y + r0, j->n_out);
 }
 
 int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
@@ -74,30 +61,25 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
     const rs_kernels *k = rs_kernels_now();
     if (n_tok > 1)
         return rs_gemm(pool, k, type, w, rb, 0, n_out, n_in, x, n_tok, y);
-    struct matmul_job job = {.mm = rs_mm_for(k, type), .w = w, .row_bytes = rb, .n_out = n_out,
-                             .n_in = n_in, .n_tok = n_tok, .x = {.f = x}, .y = y};
+    struct matmul_job job = {.mm = rs_mm_for(k, type), .w = w, .row_bytes = rb, .n_out = n_out, .n_in = n_in,
+                             .x = {.f = x}, .y = y};
     if (type != RS_TYPE_Q8_0 && type != RS_TYPE_Q4_0) {
         rs_pool_run(pool, matmul_slice, &job);
         return RS_OK;
     }
-    /* n_in is a multiple of 32 here (rs_check_weights), and n_tok * n_in * 4 fits: so do these sizes. Each part
-     * starts 64-byte aligned (the arena does), so the scales and sums stay aligned for any n_in. */
-    const size_t q_bytes = ((size_t)(n_tok * n_in) + 63) / 64 * 64;
-    const size_t nb = (size_t)(n_tok * (n_in / RS_QK));
+    /* n_in is a multiple of 32 here (rs_check_weights). Each part starts 64-byte aligned (the arena does), so the
+     * scales and sums stay aligned for any n_in. Rounding one token takes a few microseconds: less than waking the
+     * pool for it. */
+    const size_t q_bytes = ((size_t)n_in + 63) / 64 * 64, nb = (size_t)(n_in / RS_QK);
     const size_t d_bytes = (nb * sizeof(float) + 63) / 64 * 64;
     void *arena = rs_pool_arena_acquire(pool, q_bytes + d_bytes + nb * sizeof(int32_t));
     if (!arena)
         return RS_ERR_NOMEM;
-    job.xq = arena;
-    job.xd = (float *)((char *)arena + q_bytes);
-    job.xs = (int32_t *)((char *)arena + q_bytes + d_bytes);
-    job.x.q = job.xq;
-    job.x.d = job.xd;
-    job.x.s = job.xs;
-    if (n_tok == 1)  /* decode: a few microseconds, less than waking the pool twice */
-        quantize_slice(&job, 0, 1);
-    else
-        rs_pool_run(pool, quantize_slice, &job);
+    int8_t *xq = arena;
+    float *xd = (float *)((char *)arena + q_bytes);
+    int32_t *xs = (int32_t *)((char *)arena + q_bytes + d_bytes);
+    rs_quantize_act(x, n_in, xq, xd, xs);
+    job.x = (rs_act){.q = xq, .d = xd, .s = xs};
     rs_pool_run(pool, matmul_slice, &job);
     rs_pool_arena_release(pool);
     return RS_OK;

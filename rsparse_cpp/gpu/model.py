@@ -201,7 +201,7 @@ class TorchModel:
             for start in range(0, n, batch):
                 chunk = tokens[start:start + batch]
                 last = start + len(chunk) == n
-                logits = self._step(chunk, logits_all or not last, sparse)
+                logits = self._step(chunk, logits_all, sparse)
                 if logits_all or last:
                     out.append(logits)
         logits = np.concatenate(out) if logits_all else out[-1][-1]
