@@ -6,21 +6,21 @@
  * The pool splits the query heads. The products run on the SIMD path's F32 kernels (kernels.h): for one token, the
  * scores of a KV group's heads are one product with the cached keys (each key read once for the group) and each
  * output a sum of value rows (the sparse kernel with every row kept; as a plain C loop it was built for SSE2 only,
- * and SmolLM2's decode at 300 positions took 24% longer, docs/SPEED.md); for a
- * prompt, both are small GEMMs (scores of every token against every key, then the probabilities against V
- * transposed), register-tiled like the linears: as numpy loops the prompt's attention took as long as its linears
- * on the 1B-shaped model. A prompt's scores are computed for every key and the future ones dropped by the softmax
- * (the causal half costs a GEMM's arithmetic, not its structure). */
+ * and SmolLM2's decode at 300 positions took 24% longer, docs/SPEED.md); for a prompt, both are GEMMs on the
+ * linears' tiles (gemm.c), a block of tokens at a time, each block against the keys its last token sees. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "attention.h"
 #include "check.h"
+#include "gemm.h"
 #include "kernels.h"
 #include "pool.h"
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+#define TB 64  /* a prompt's tokens per block of scores: TB x (pos + n) floats per thread */
 
 struct attention_job {
     rs_mm_fn mm;                /* the F32 kernels of the path in use */
@@ -32,7 +32,8 @@ struct attention_job {
     float *out;                 /* (n_tok, n_head, hd) */
     float *scratch;             /* one token: (n_head, s_stride >= pos + 1) scores; a prompt: per thread, the
                                  * buffers of prompt_head, `per_thread` floats apart */
-    int64_t per_thread;
+    int64_t per_thread, s_block;
+    const rs_kernels *kern;
 };
 
 /* e^x for x <= 0 (a softmax's shifted scores), within a few ulp of expf, in plain arithmetic that the compiler
@@ -97,25 +98,27 @@ static void token_heads(const struct attention_job *j, int64_t h, int64_t n, con
     }
 }
 
-/* A prompt, one head: Q (n, hd) gathered, S (n, T) = Q K^T, row i's softmax over its pos + i + 1 keys (the rest
- * zeroed), then out = S V through V^T (hd, T). buf holds n * hd + n * T + hd * T floats. */
+/* A prompt, one head, TB tokens at a time: S = Q K^T over the keys the block's last token sees (pos + i1 of them:
+ * the causal triangle costs only the block's half-filled edge), row i's softmax over its own pos + i + 1 keys (the
+ * rest zeroed), then out = S V. Both products run on gemm.c's tiles, reading q, K and V where they are (V is the
+ * input-major layout of rs_matmul_wt: a key per row). buf holds TB * (pos + n) floats, then the GEMM's scratch. */
 static void prompt_head(const struct attention_job *j, int64_t h, const float *k, const float *v, float *buf)
 {
-    const int64_t n = j->n_tok, hd = j->hd, T = j->pos + n, row = j->n_head * hd;
-    float *qh = buf, *s = qh + n * hd, *vt = s + n * T;
-    for (int64_t i = 0; i < n; i++)
-        memcpy(qh + i * hd, j->q + i * row + h * hd, (size_t)hd * sizeof(float));
-    j->mm(k, hd * (int64_t)sizeof(float), T, &(rs_act){.f = qh}, hd, n, s, T);
-    for (int64_t i = 0; i < n; i++) {
-        const int64_t seen = j->pos + i + 1;
-        softmax(s + i * T, seen, j->scale);
-        for (int64_t t = seen; t < T; t++)
-            s[i * T + t] = 0.0f;
+    const int64_t n = j->n_tok, hd = j->hd, row = j->n_head * hd, rb = hd * (int64_t)sizeof(float);
+    float *s = buf, *gemm_scratch = buf + j->s_block;
+    for (int64_t i0 = 0; i0 < n; i0 += TB) {
+        const int64_t nb = min64(TB, n - i0), keys = j->pos + i0 + nb;
+        rs_gemm_serial(j->kern, RS_TYPE_F32, k, rb, 0, keys, hd, j->q + i0 * row + h * hd, row, nb, s, keys,
+                       gemm_scratch);
+        for (int64_t i = 0; i < nb; i++) {
+            const int64_t seen = j->pos + i0 + i + 1;
+            softmax(s + i * keys, seen, j->scale);
+            for (int64_t t = seen; t < keys; t++)
+                s[i * keys + t] = 0.0f;
+        }
+        rs_gemm_serial(j->kern, RS_TYPE_F32, v, rb, 1, hd, keys, s, keys, nb, j->out + i0 * row + h * hd, row,
+                       gemm_scratch);
     }
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t d = 0; d < hd; d++)
-            vt[d * T + t] = v[t * hd + d];
-    j->mm(vt, T * (int64_t)sizeof(float), hd, &(rs_act){.f = s}, T, n, j->out + h * hd, row);
 }
 
 static void attention_heads(void *ctx, int ith, int nth)
@@ -142,7 +145,7 @@ int rs_attention_tokens(rs_pool *pool, const float *q, const float *k_cache, con
     const rs_kernels *kern = rs_kernels_now();
     struct attention_job job = {rs_mm_for(kern, RS_TYPE_F32), rs_axpy_for(kern, RS_TYPE_F32), NULL, q, k_cache,
                                 v_cache, n_tok, n_head, n_head / n_head_kv, head_dim, n_ctx, pos, scratch_stride,
-                                scale, out, scratch, 0};
+                                scale, out, scratch, 0, 0, kern};
     if (n_tok == 1) {
         if (pos >= INT32_MAX)  /* value rows are listed as int32 */
             return RS_ERR_SHAPE;
@@ -157,8 +160,8 @@ int rs_attention_tokens(rs_pool *pool, const float *q, const float *k_cache, con
         return RS_OK;
     }
     /* a prompt: per-thread Q, S and V^T in the pool's arena (sizes bounded by the callers' checks of n_ctx) */
-    const int64_t T = pos + n_tok;
-    job.per_thread = (n_tok * head_dim + n_tok * T + head_dim * T + 15) / 16 * 16;
+    job.s_block = (TB * (pos + n_tok) + 15) / 16 * 16;  /* 64-byte aligned GEMM scratch after it */
+    job.per_thread = job.s_block + RS_GEMM_SCRATCH_FLOATS;
     const size_t bytes = (size_t)(rs_pool_n_threads(pool) * job.per_thread) * sizeof(float);
     if (!rs_fits(rs_pool_n_threads(pool), job.per_thread * (int64_t)sizeof(float)) ||
         !(job.scratch = rs_pool_arena_acquire(pool, bytes)))

@@ -37,12 +37,13 @@ struct gemm_job {
     const uint8_t *w;
     int64_t rb;              /* bytes per stored row */
     int64_t n_out, n_in, n_tok;
-    const float *x;
-    float *y;
-    float *arena;            /* per thread: a panel (NC x KC) and a row buffer (max(NC, KC)) */
+    const float *x;          /* token t's activations: x + t * ldx */
+    float *y;                /* token t's outputs: y + t * ldy */
+    int64_t ldx, ldy;
+    float *arena;            /* per thread: RS_GEMM_SCRATCH_FLOATS, a panel (NC x KC) and a row buffer */
 };
 
-enum { THREAD_FLOATS = NC * KC + (NC > KC ? NC : KC) };
+_Static_assert(RS_GEMM_SCRATCH_FLOATS >= NC * KC + (NC > KC ? NC : KC), "scratch holds a panel and a row");
 
 /* Elements [e0, e0 + n) of a stored row as floats; e0 is a multiple of the type's block. */
 static void dequant(const struct gemm_job *j, const uint8_t *row, int64_t e0, int64_t n, float *out)
@@ -84,28 +85,26 @@ static void strip(const struct gemm_job *j, const float *b, int64_t o, int64_t n
         const int m = j->n_tok - t0 < mr ? (int)(j->n_tok - t0) : mr;
         const float *a[RS_GEMM_MR_MAX];
         for (int i = 0; i < mr; i++)  /* rows past the last token repeat it; their results are dropped */
-            a[i] = j->x + (t0 + (i < m ? i : m - 1)) * j->n_in + k0;
-        float *c = j->y + t0 * j->n_out + o;
+            a[i] = j->x + (t0 + (i < m ? i : m - 1)) * j->ldx + k0;
+        float *c = j->y + t0 * j->ldy + o;
         if (m == mr && n == nr) {
-            k->gemm(a, b, kc, c, j->n_out, load);
+            k->gemm(a, b, kc, c, j->ldy, load);
             continue;
         }
         float tile[RS_GEMM_MR_MAX * RS_GEMM_NR_MAX];  /* a partial tile goes through a full one */
         if (load)
             for (int i = 0; i < m; i++)
-                memcpy(tile + i * nr, c + i * j->n_out, (size_t)n * sizeof *tile);
+                memcpy(tile + i * nr, c + i * j->ldy, (size_t)n * sizeof *tile);
         k->gemm(a, b, kc, tile, nr, load);
         for (int i = 0; i < m; i++)
-            memcpy(c + i * j->n_out, tile + i * nr, (size_t)n * sizeof *tile);
+            memcpy(c + i * j->ldy, tile + i * nr, (size_t)n * sizeof *tile);
     }
 }
 
-static void gemm_slice(void *ctx, int ith, int nth)
+/* Outputs [o_begin, o_end) of every token, on this thread, with panel scratch. */
+static void run(const struct gemm_job *j, int64_t o_begin, int64_t o_end, float *panel)
 {
-    const struct gemm_job *j = ctx;
-    int64_t o_begin, o_end;
-    rs_slice(j->n_out, RS_QK, ith, nth, &o_begin, &o_end);  /* whole blocks of the companion's rows */
-    float *panel = j->arena + (int64_t)ith * THREAD_FLOATS, *buf = panel + NC * KC;
+    float *buf = panel + NC * KC;
     const int64_t nr = j->k->gemm_nr;
     for (int64_t o0 = o_begin; o0 < o_end; o0 += NC) {
         const int64_t nc = o_end - o0 < NC ? o_end - o0 : NC;
@@ -118,16 +117,32 @@ static void gemm_slice(void *ctx, int ith, int nth)
     }
 }
 
+static void gemm_slice(void *ctx, int ith, int nth)
+{
+    const struct gemm_job *j = ctx;
+    int64_t o_begin, o_end;
+    rs_slice(j->n_out, RS_QK, ith, nth, &o_begin, &o_end);  /* whole blocks of the companion's rows */
+    run(j, o_begin, o_end, j->arena + (int64_t)ith * RS_GEMM_SCRATCH_FLOATS);
+}
+
 int rs_gemm(rs_pool *pool, const rs_kernels *k, int type, const void *w, int64_t rb, int rows_in, int64_t n_out,
             int64_t n_in, const float *x, int64_t n_tok, float *y)
 {
     const int nth = rs_pool_n_threads(pool);
-    float *arena = rs_pool_arena_acquire(pool, (size_t)nth * THREAD_FLOATS * sizeof(float));
+    float *arena = rs_pool_arena_acquire(pool, (size_t)nth * RS_GEMM_SCRATCH_FLOATS * sizeof(float));
     if (!arena)
         return RS_ERR_NOMEM;
     struct gemm_job job = {.k = k, .type = type, .rows_in = rows_in, .w = w, .rb = rb, .n_out = n_out,
-                           .n_in = n_in, .n_tok = n_tok, .x = x, .y = y, .arena = arena};
+                           .n_in = n_in, .n_tok = n_tok, .x = x, .y = y, .ldx = n_in, .ldy = n_out, .arena = arena};
     rs_pool_run(pool, gemm_slice, &job);
     rs_pool_arena_release(pool);
     return RS_OK;
+}
+
+void rs_gemm_serial(const rs_kernels *k, int type, const void *w, int64_t rb, int rows_in, int64_t n_out,
+                    int64_t n_in, const float *x, int64_t ldx, int64_t n_tok, float *y, int64_t ldy, float *scratch)
+{
+    const struct gemm_job job = {.k = k, .type = type, .rows_in = rows_in, .w = w, .rb = rb, .n_out = n_out,
+                                 .n_in = n_in, .n_tok = n_tok, .x = x, .y = y, .ldx = ldx, .ldy = ldy};
+    run(&job, 0, n_out, scratch);
 }

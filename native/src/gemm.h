@@ -9,7 +9,16 @@
 
 /* y (n_tok, n_out) = x (n_tok, n_in) W^T on kernel table k. rows_in = 0: w is (n_out, n_in), rows rb bytes apart
  * (rs_matmul's layout); rows_in = 1: w is (n_in, n_out) (rs_sparse_matvec's wt). Arguments already checked. */
+/* Floats of scratch one thread's share needs: a panel of 128 x 256 weights and a row buffer. */
+#define RS_GEMM_SCRATCH_FLOATS (128 * 256 + 256)
+
 int rs_gemm(rs_pool *pool, const rs_kernels *k, int type, const void *w, int64_t rb, int rows_in, int64_t n_out,
             int64_t n_in, const float *x, int64_t n_tok, float *y);
+
+/* The same on the calling thread, for a caller already inside a pool job (attention's heads): token t's
+ * activations at x + t * ldx, its outputs at y + t * ldy; scratch holds RS_GEMM_SCRATCH_FLOATS floats (64-byte
+ * aligned). */
+void rs_gemm_serial(const rs_kernels *k, int type, const void *w, int64_t rb, int rows_in, int64_t n_out,
+                    int64_t n_in, const float *x, int64_t ldx, int64_t n_tok, float *y, int64_t ldy, float *scratch);
 
 #endif /* RS_GEMM_H */

@@ -24,7 +24,7 @@ src="$here/src"
 flags="-std=gnu11 -O2 -Wall -Wextra -Werror -DRS_HAVE_NEON -DRS_HAVE_NEONDOT -I$here/include -I$src"
 "$cc" $flags -march=armv8.2-a+dotprod -c "$src/kernels_neondot.c" -o "$out/kernels_neondot.o"
 "$cc" $flags "$src/pool.c" "$src/quant.c" "$src/kernels_scalar.c" "$src/kernels_neon.c" "$src/dispatch.c" \
-    "$src/matmul.c" "$src/sparse.c" "$here/tests/test_native.c" "$out/kernels_neondot.o" \
+    "$src/matmul.c" "$src/gemm.c" "$src/sparse.c" "$here/tests/test_native.c" "$out/kernels_neondot.o" \
     -o "$out/test_native_aarch64" -lpthread -lm
 echo "built $out/test_native_aarch64; running under $qemu"
 # -cpu max has dotprod: neondot, neon and scalar all run. A CPU without it (Cortex-A57) must leave neondot out.
