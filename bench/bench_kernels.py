@@ -6,7 +6,8 @@ bandwidth, measured in the same run right before and after each row and path (nu
 pool thread, all at once; the larger of the two; a row during which it moved by over 15% is measured again, up to
 3 times, and marked ~ if it never held still); then the sparse time (rs_sparse_matvec, rank 0, rho = 1: keep
 |x_j| > tau, tau from a quantile of |x|) at kept fractions 90% .. 10%, as a ratio to dense. Then prefill (n_tok
-tokens through one layer) per path against the scalar path, and the issue's targets on Llama-7B shapes.
+tokens through one 4096 x 4096 layer, from the base's layout and from the companion's) per path, in GFLOP/s, and the
+issue's targets on Llama-7B shapes.
 
 Beside each row, the sparse kernel's own speed with its rows in cache ("cached", GB/s of kept rows: the first
 channels of the layer, a few MiB of them kept, read over and over) and what that speed allows at best at 50% kept
@@ -192,16 +193,23 @@ def cached_speed(pool, wtype, p, rb, n_out, n_in, px, py, ps, scratch_bytes, x, 
 
 
 def bench_prefill(pool, n_out: int, n_in: int, wtype: GGMLType, n_tok: int, paths: list[str], reps: int, rng):
+    """{(path, layout): seconds} of one prompt's product: rs_matmul on the base's layout (n_out, n_in) and
+    rs_matmul_wt on the companion's (n_in, n_out), the same GEMM (native/src/gemm.c) after different packing."""
     lib, ffi = native._load(), native.ffi
     w = stored(rng.standard_normal((n_out, n_in)).astype(np.float32), wtype)
+    wt = stored(rng.standard_normal((n_in, n_out)).astype(np.float32), wtype)
     x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
     y = np.empty((n_tok, n_out), np.float32)
-    pw, px, py = ffi.from_buffer(w), ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y)
+    pw, pwt = ffi.from_buffer(w), ffi.from_buffer(wt)
+    px, py = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y)
     times = {}
     for path in paths:
         native.simd_select(path)
-        times[path] = best_time(lambda p: lib.rs_matmul(pool._ptr, int(wtype), p, n_out, n_in, px, n_tok, py), [pw],
-                                reps, min_calls=3)
+        times[path, "base"] = best_time(
+            lambda p: lib.rs_matmul(pool._ptr, int(wtype), p, n_out, n_in, px, n_tok, py), [pw], reps, min_calls=3)
+        times[path, "companion"] = best_time(
+            lambda p: lib.rs_matmul_wt(pool._ptr, int(wtype), p, n_out, n_in, px, n_tok, py), [pwt], reps,
+            min_calls=3)
     return times
 
 
@@ -229,7 +237,7 @@ def main() -> None:
     ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--stream-mb", type=int, default=256, help="weight bytes cycled through per measurement")
-    ap.add_argument("--prefill-tokens", type=int, default=64)
+    ap.add_argument("--prefill-tokens", type=int, default=256)
     ap.add_argument("--no-prefill", action="store_true")
     args = ap.parse_args()
     args.fractions = [float(f) for f in args.fractions.split(",")]
@@ -256,7 +264,7 @@ def main() -> None:
           f"{'bw':>5s} {'%bw':>4s} | sparse/dense at kept {head} | {'cached':>6s} {'floor':>5s}")
     results = []
     with native.Pool(args.threads) as pool:
-        for model in args.models.split(","):
+        for model in filter(None, args.models.split(",")):  # --models "": prefill only
             for layer, n_out, n_in in MODELS[model]:
                 for wtype in types:
                     for r in bench_layer(pool, n_out, n_in, wtype, paths, args, rng):
@@ -270,12 +278,12 @@ def main() -> None:
 
         if not args.no_prefill:
             n_tok = args.prefill_tokens
-            print(f"\nprefill: rs_matmul with {n_tok} tokens, 4096 x 4096 (ms; speed-up over scalar)")
+            print(f"\nprefill: {n_tok} tokens, 4096 x 4096, base layout (rs_matmul) and companion layout "
+                  f"(rs_matmul_wt): ms, GFLOP/s")
             for wtype in types:
                 t = bench_prefill(pool, 4096, 4096, wtype, n_tok, paths, max(2, args.reps // 2), rng)
-                gflops = {p: 2 * 4096 * 4096 * n_tok / s / 1e9 for p, s in t.items()}
-                cells = "  ".join(f"{p} {s * 1e3:7.2f} ms {gflops[p]:6.1f} GFLOP/s"
-                                  + (f" x{t['scalar'] / s:4.1f}" if "scalar" in t else "") for p, s in t.items())
+                cells = "  ".join(f"{p} {lay} {s * 1e3:7.2f} ms {2 * 4096 * 4096 * n_tok / s / 1e9:6.1f}"
+                                  for (p, lay), s in t.items())
                 print(f"  {wtype.name:5s} {cells}", flush=True)
 
     print("\ntargets (Llama-7B shapes, F16 and Q8_0): dense >= 70% of bandwidth, sparse <= 0.6x dense at 50% kept, "
