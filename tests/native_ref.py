@@ -20,8 +20,7 @@ from rsparse_cpp.constants import GGMLType
 QUANT = {GGMLType.Q4_0: gguf.GGMLQuantizationType.Q4_0, GGMLType.Q8_0: gguf.GGMLQuantizationType.Q8_0}
 SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (n_out, n_in): q/o, k/v, gate/up, down
 REL = 1e-5  # float32 rounding over a few thousand terms, with room to spare
-INT8_ACT = (GGMLType.Q8_0, GGMLType.Q4_0)  # the dense kernels of these round activations to int8 blocks
-INT16_ACT = INT8_ACT  # its name before the dense kernels took int8 activations; test_native_sparse.py imports it
+INT8_ACT = (GGMLType.Q8_0, GGMLType.Q4_0)  # the dense decode kernels of these round activations to int8
 COEF_BLOCKS = 16  # blocks of outputs per chunk in the bound: the int16 kernels' chunk, a multiple of RS_I8_CHUNK (4)
 COEF_LEVELS = 127  # the sparse kernels' coefficients are int8: |k| <= 127 (native/src/sparse_int8.h)
 
@@ -92,14 +91,12 @@ def coefficient_steps(w64: np.ndarray, d: np.ndarray, x: np.ndarray, kept: np.nd
     return np.repeat(step, 32) * q.sum(axis=1)
 
 
-def matmul_reference(w64: np.ndarray, x: np.ndarray, int8_act: bool = False,
-                     int16_act: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def matmul_reference(w64: np.ndarray, x: np.ndarray, int8_act: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(x W^T in float64, its rounding bound) for W (n_out, n_in) in float64 and x (..., n_in) float32;
-    int8_act: the kernel rounds x to int8 blocks (dense Q8_0 and Q4_0); int16_act, its old name, means the same
-    (test_native_sparse.py passes it)."""
+    int8_act: the kernel rounds x to int8 blocks (dense Q8_0 and Q4_0 decode)."""
     x64 = x.astype(np.float64)
     bound = REL * (np.abs(x64) @ np.abs(w64).T) + 1e-30
-    if int8_act or int16_act:
+    if int8_act:
         bound = bound + half_steps(x) @ np.abs(w64).T
     return x64 @ w64.T, bound
 
