@@ -270,7 +270,8 @@ class GGUFFile:
         in on first use, as before."""
         if not isinstance(self._mmap, mmap.mmap) or not sys.platform.startswith("linux"):
             return False
-        spans = [(0, self.size)] if names is None else [(self.tensors[n].offset, self.tensors[n].nbytes) for n in names]
+        spans = ([(0, self.size)] if names is None
+                 else [(self.tensors[n].offset, self.tensors[n].nbytes) for n in names])
         try:
             for offset, nbytes in spans:
                 start = offset // mmap.PAGESIZE * mmap.PAGESIZE

@@ -60,17 +60,29 @@ def pools():
 
 
 # ---- matmul ------------------------------------------------------------------------------------------------
+# The companion's layout (matmul_wt): wt is W transposed, (n_in, n_out), quantized along the outputs.
+WT_CASES = [(t, s) for t in GGMLType for s in [(32, 5), (37, 7), (64, 33), (96, 1)] + SMOLLM2
+            if t in (GGMLType.F32, GGMLType.F16) or s[0] % 32 == 0]
+ALL_CASES = [("w", t, s) for t, s in CASES] + [("wt", t, s) for t, s in WT_CASES]
+
+
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
 @pytest.mark.parametrize("n_tok", [1, 2, 7])
-@pytest.mark.parametrize("wtype,shape", CASES, ids=[f"{t.name}-{o}x{i}" for t, (o, i) in CASES])
-def test_matmul_matches_float64(pools, wtype, shape, n_tok, n_threads):
+@pytest.mark.parametrize("layout,wtype,shape", ALL_CASES,
+                         ids=[f"{lay}-{t.name}-{o}x{i}" for lay, t, (o, i) in ALL_CASES])
+def test_matmul_matches_float64(pools, layout, wtype, shape, n_tok, n_threads):
     n_out, n_in = shape
-    w, w64 = weights(wtype, n_out, n_in)
     x = activations(n_tok, n_in)
     out = np.full((n_tok, n_out), np.nan, np.float32)  # stale contents must be overwritten, never read
-    y = native.matmul(pools[n_threads], wtype, w, n_out, n_in, x, out=out)
+    if layout == "w":
+        w, w64 = weights(wtype, n_out, n_in)
+        y = native.matmul(pools[n_threads], wtype, w, n_out, n_in, x, out=out)
+        assert_close(y, w64, x, wtype)
+    else:  # always the float GEMM, whatever n_tok
+        wt, wt64 = weights(wtype, n_in, n_out)
+        y = native.matmul_wt(pools[n_threads], wtype, wt, n_out, n_in, x, out=out)
+        assert_within(y, *matmul_reference(wt64.T, x), f"{wtype.name} {shape} n_tok {n_tok}")
     assert y is out
-    assert_close(y, w64, x, wtype)
 
 
 @pytest.mark.parametrize("wtype", list(GGMLType))
@@ -129,24 +141,6 @@ def test_int8_activations_edge_blocks(pools, wtype):
 
 
 # ---- matmul_wt: the same product from the companion's input-channel-major layout ----------------------------
-WT_CASES = [(t, s) for t in GGMLType for s in [(32, 5), (37, 7), (64, 33), (96, 1)] + SMOLLM2
-            if t in (GGMLType.F32, GGMLType.F16) or s[0] % 32 == 0]
-
-
-@pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
-@pytest.mark.parametrize("n_tok", [1, 2, 7])
-@pytest.mark.parametrize("wtype,shape", WT_CASES, ids=[f"{t.name}-{o}x{i}" for t, (o, i) in WT_CASES])
-def test_matmul_wt_matches_float64(pools, wtype, shape, n_tok, n_threads):
-    """wt is W transposed, (n_in, n_out), quantized along the outputs: the companion's rsparse_weight."""
-    n_out, n_in = shape
-    wt, wt64 = weights(wtype, n_in, n_out)
-    x = activations(n_tok, n_in, seed=11)
-    out = np.full((n_tok, n_out), np.nan, np.float32)
-    y = native.matmul_wt(pools[n_threads], wtype, wt, n_out, n_in, x, out=out)
-    assert y is out
-    assert_within(y, *matmul_reference(wt64.T, x), f"{wtype.name} {shape} n_tok {n_tok}")
-
-
 @pytest.mark.parametrize("wtype", [GGMLType.F32, GGMLType.F16])
 def test_matmul_wt_equals_matmul_bit_for_bit(pools, wtype):
     """Float weights are the same values in either layout, and both layouts pack the same panels: the same bits."""

@@ -17,7 +17,7 @@
 #define MR 4
 #define NT 2  /* 4 x 2 accumulators + 4 weight vectors + 1 activation: 13 of the 16 ymm registers */
 #define GEMM_MR 6
-#define GEMM_NV 2  /* prefill GEMM tile: 6 x 2 accumulators + 2 panel vectors + 1 broadcast: 15 of the 16 ymm registers */
+#define GEMM_NV 2  /* prefill GEMM tile: 6 x 2 accumulators, 2 panel vectors, 1 broadcast: 15 of 16 ymm */
 
 typedef __m256 vf;
 

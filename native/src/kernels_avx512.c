@@ -18,7 +18,7 @@
 #define MR 4
 #define NT 4  /* 4 x 4 accumulators + 4 weight vectors + 1 activation: 21 of the 32 zmm registers */
 #define GEMM_MR 8
-#define GEMM_NV 2  /* prefill GEMM tile: 8 x 2 accumulators + 2 panel vectors + 1 broadcast: 19 of the 32 zmm registers */
+#define GEMM_NV 2  /* prefill GEMM tile: 8 x 2 accumulators, 2 panel vectors, 1 broadcast: 19 of 32 zmm */
 
 typedef __m512 vf;
 

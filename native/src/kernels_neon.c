@@ -22,7 +22,7 @@
 #define MR 4
 #define NT 4  /* 4 x 4 accumulators + 4 weight vectors + 1 activation: 21 of the 32 q registers */
 #define GEMM_MR 6
-#define GEMM_NV 4  /* prefill GEMM tile: 6 x 4 accumulators + 4 panel vectors + 1 broadcast: 29 of the 32 q registers */
+#define GEMM_NV 4  /* prefill GEMM tile: 6 x 4 accumulators, 4 panel vectors, 1 broadcast: 29 of 32 q */
 
 typedef float32x4_t vf;
 

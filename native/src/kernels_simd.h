@@ -219,7 +219,7 @@ STEP_QUANT(q4_0)
 ROWS_QUANT(q8_0)
 ROWS_QUANT(q4_0)
 
-/* ---- dense F32/F16, several tokens: the tiled product ----------------------------------------------------------------------------- */
+/* ---- dense F32/F16, several tokens: the tiled product --------------------------------------------------- */
 /* Elements [k0, k0 + len) of an F16 row as floats into out (len a multiple of VL, except at the row's end). */
 static void chunk_f16(const uint8_t *row, int64_t k0, int64_t len, float *out)
 {

@@ -44,20 +44,32 @@ static void matmul_slice(void *ctx, int ith, int nth)
         j->mm(j->w + r0 * j->row_bytes, j->row_bytes, r1 - r0, &j->x, j->n_in, 1, j->y + r0, j->n_out);
 }
 
-int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
-              const float *x, int64_t n_tok, float *y)
+/* The checks both products share: w holds n_rows stored rows of row_len elements (rs_matmul: n_out rows of n_in,
+ * rs_matmul_wt: n_in rows of n_out); x (n_tok, n_in) and y (n_tok, n_out) fit and are aligned. Stores the row
+ * bytes. */
+static int check_product(const rs_pool *pool, int type, const void *w, int64_t n_rows, int64_t row_len,
+                         int64_t n_out, int64_t n_in, const float *x, int64_t n_tok, const float *y, int64_t *rb)
 {
     if (!pool || !x || !y)
         return RS_ERR_NULL;
-    int64_t rb;
-    const int st = rs_check_weights(type, w, n_out, n_in, &rb);
+    const int st = rs_check_weights(type, w, n_rows, row_len, rb);
     if (st != RS_OK)
         return st;
-    if (n_tok <= 0 || !rs_fits(n_out, sizeof(float)) || !rs_fits(n_tok, n_in * (int64_t)sizeof(float)) ||
-        !rs_fits(n_tok, n_out * (int64_t)sizeof(float)))
+    if (n_tok <= 0 || !rs_fits(n_out, sizeof(float)) || !rs_fits(n_in, sizeof(float)) ||
+        !rs_fits(n_tok, n_in * (int64_t)sizeof(float)) || !rs_fits(n_tok, n_out * (int64_t)sizeof(float)))
         return RS_ERR_SHAPE;
     if (!rs_aligned(x, _Alignof(float)) || !rs_aligned(y, _Alignof(float)))
         return RS_ERR_ALIGN;
+    return RS_OK;
+}
+
+int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
+              const float *x, int64_t n_tok, float *y)
+{
+    int64_t rb;
+    const int st = check_product(pool, type, w, n_out, n_in, n_out, n_in, x, n_tok, y, &rb);
+    if (st != RS_OK)
+        return st;
     const rs_kernels *k = rs_kernels_now();
     if (n_tok > 1)
         return rs_gemm(pool, k, type, w, rb, 0, n_out, n_in, x, n_tok, y);
@@ -88,17 +100,10 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
 int rs_matmul_wt(rs_pool *pool, int type, const void *wt, int64_t n_out, int64_t n_in, const float *x,
                  int64_t n_tok, float *y)
 {
-    if (!pool || !x || !y)
-        return RS_ERR_NULL;
     int64_t rb;
-    const int st = rs_check_weights(type, wt, n_in, n_out, &rb);
+    const int st = check_product(pool, type, wt, n_in, n_out, n_out, n_in, x, n_tok, y, &rb);
     if (st != RS_OK)
         return st;
-    if (n_tok <= 0 || !rs_fits(n_in, sizeof(float)) || !rs_fits(n_tok, n_in * (int64_t)sizeof(float)) ||
-        !rs_fits(n_tok, n_out * (int64_t)sizeof(float)))
-        return RS_ERR_SHAPE;
-    if (!rs_aligned(x, _Alignof(float)) || !rs_aligned(y, _Alignof(float)))
-        return RS_ERR_ALIGN;
     return rs_gemm(pool, rs_kernels_now(), type, wt, rb, 1, n_out, n_in, x, n_tok, y);
 }
 
