@@ -733,6 +733,20 @@ static void test_errors(void)
     CHECK(rs_matmul(pool, RS_TYPE_F32, w, 1, 8, (const float *)((const char *)x + 1), 1, y) == RS_ERR_ALIGN,
           "misaligned x");
 
+    /* rs_matmul_wt: wt holds n_in rows of n_out (blocks along the outputs) */
+    CHECK(rs_matmul_wt(pool, RS_TYPE_Q8_0, w, 64, 2, x, 1, y) == RS_OK, "valid wt call");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_Q8_0, w, 32, 4, x, 2, y) == RS_OK, "valid wt prompt");
+    CHECK(rs_matmul_wt(NULL, RS_TYPE_Q8_0, w, 64, 2, x, 1, y) == RS_ERR_NULL, "wt: NULL pool");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_Q8_0, NULL, 64, 2, x, 1, y) == RS_ERR_NULL, "wt: NULL wt");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_Q8_0, w, 64, 2, NULL, 1, y) == RS_ERR_NULL, "wt: NULL x");
+    CHECK(rs_matmul_wt(pool, 3, w, 64, 2, x, 1, y) == RS_ERR_TYPE, "wt: bad type");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_Q4_0, w, 33, 2, x, 1, y) == RS_ERR_SHAPE, "wt: n_out %% 32");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_Q8_0, w, 64, 0, x, 1, y) == RS_ERR_SHAPE, "wt: n_in 0");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_Q8_0, w, 64, 2, x, 0, y) == RS_ERR_SHAPE, "wt: n_tok 0");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_Q8_0, w, 64, huge, x, 1, y) == RS_ERR_SHAPE, "wt: n_in * row_bytes overflows");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_F32, w, 8, 1, x, huge, y) == RS_ERR_SHAPE, "wt: n_tok * n_out overflows");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_F32, w + 2, 8, 1, x, 1, y) == RS_ERR_ALIGN, "wt: misaligned F32 wt");
+
     CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 32, rows, 1, y) == RS_OK, "valid get_rows");
     CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 32, rows, 2, y) == RS_ERR_INDEX, "row 5 of 4");
     CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 32, rows, 0, y) == RS_ERR_SHAPE, "n 0");
