@@ -36,49 +36,6 @@ struct attention_job {
     const rs_kernels *kern;
 };
 
-/* e^x for x <= 0 (a softmax's shifted scores), within a few ulp of expf, in plain arithmetic that the compiler
- * vectorizes: expf is a library call per element, and 30 layers x 9 heads x a few hundred positions of them cost
- * SmolLM2 about 1 ms a token at 384 positions. x = k ln2 + r, |r| <= ln2 / 2, k rounded by the 1.5 * 2^23 trick
- * (plain adds, vectorized without SSE4.1's round); e^r by its degree-6 Taylor polynomial (2e-8 relative); 2^k
- * built in the exponent bits. Below -87 the result is 0 (what expf would give as subnormals adds nothing to a sum
- * that holds e^0 = 1); NaN stays NaN, with k clamped so that its conversion to int stays defined. */
-static inline float exp_nonpositive(float x)
-{
-    const float big = 12582912.0f;  /* 1.5 * 2^23: v + big - big rounds v to an integer */
-    float k = (x * 1.44269504f + big) - big;
-    k = k > -126.0f ? k : -126.0f;
-    const float r = (x - k * 0.693145752f) - k * 1.42860677e-6f;  /* ln2 in two parts */
-    float p = 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = ((int32_t)k + 127) << 23;
-    float two_k;
-    memcpy(&two_k, &bits, sizeof two_k);
-    return x < -87.0f ? 0.0f : p * two_k;
-}
-
-/* s[0..n) <- softmax(scale * s[0..n)) */
-static void softmax(float *s, int64_t n, float scale)
-{
-    float max = -INFINITY;
-    for (int64_t t = 0; t < n; t++) {
-        s[t] *= scale;
-        max = s[t] > max ? s[t] : max;
-    }
-    for (int64_t t = 0; t < n; t++)  /* a loop of its own: the running sum below would keep it scalar */
-        s[t] = exp_nonpositive(s[t] - max);
-    float sum = 0.0f;
-    for (int64_t t = 0; t < n; t++)
-        sum += s[t];
-    const float inv = 1.0f / sum;
-    for (int64_t t = 0; t < n; t++)
-        s[t] *= inv;
-}
-
 /* One token, query heads [h, h + n) of one KV group: their scores against the n_pos cached keys in one product (the
  * heads' queries are adjacent in q, so they are n tokens to the kernel, and each key row is read once for all of
  * them; within a path the kernel gives each head the bits it would give it alone), then per head the softmax and
@@ -91,7 +48,7 @@ static void token_heads(const struct attention_job *j, int64_t h, int64_t n, con
     j->mm(k, hd * (int64_t)sizeof(float), n_pos, &(rs_act){.f = j->q + h * hd}, hd, n, s, j->s_stride);
     for (int64_t i = 0; i < n; i++) {
         float *o = j->out + (h + i) * hd;
-        softmax(s + i * j->s_stride, n_pos, j->scale);
+        j->kern->softmax(s + i * j->s_stride, n_pos, j->scale);
         for (int64_t d = 0; d < hd; d++)
             o[d] = 0.0f;
         j->axpy(v, hd * (int64_t)sizeof(float), j->iota, s + i * j->s_stride, n_pos, 0, hd, o);
@@ -112,7 +69,7 @@ static void prompt_head(const struct attention_job *j, int64_t h, const float *k
                        gemm_scratch);
         for (int64_t i = 0; i < nb; i++) {
             const int64_t seen = j->pos + i0 + i + 1;
-            softmax(s + i * keys, seen, j->scale);
+            j->kern->softmax(s + i * keys, seen, j->scale);
             for (int64_t t = seen; t < keys; t++)
                 s[i * keys + t] = 0.0f;
         }

@@ -59,6 +59,7 @@ static void init(void)
         FILL(axpy_q4_0);
         FILL(axpy_q8_0);
         FILL(dequant);
+        FILL(softmax);
         if (!p->gemm) {  /* the tile and its size go together */
             f->gemm = rs_kernels_scalar.gemm;
             f->gemm_mr = rs_kernels_scalar.gemm_mr;

@@ -76,6 +76,7 @@ typedef struct rs_kernels {
     rs_axpy_fn axpy_q4_0;
     rs_axpy_fn axpy_q8_0;
     rs_dequant_fn dequant;
+    void (*softmax)(float *s, int64_t n, float scale);  /* s <- softmax(scale * s): softmax.h */
     rs_gemm_fn gemm;        /* NULL: the scalar tile (with the scalar gemm_mr, gemm_nr) */
     int gemm_mr, gemm_nr;   /* its tile: tokens x outputs, at most RS_GEMM_MR_MAX x RS_GEMM_NR_MAX */
 } rs_kernels;

@@ -10,6 +10,7 @@
 
 #include "kernels.h"
 #include "quant.h"
+#include "softmax.h"
 #include "sparse_int8.h"
 
 /* Elements dequantized at a time: 1 KiB of floats, which stays in L1 while every token reads it. A multiple of
@@ -191,6 +192,8 @@ static void axpy_int8(int (*weight)(const uint8_t *, int), int64_t bsize, int R,
 AXPY_Q(q4_0, Q4_0)
 AXPY_Q(q8_0, Q8_0)
 
+static void softmax(float *s, int64_t n, float scale) { rs_softmax(s, n, scale); }
+
 /* ---- the prefill GEMM's register tile (kernels.h): 4 tokens x 8 outputs ------------------------------------ */
 #define GEMM_MR 4
 #define GEMM_NR 8
@@ -222,6 +225,7 @@ const rs_kernels rs_kernels_scalar = {
     .axpy_q4_0 = axpy_q4_0,
     .axpy_q8_0 = axpy_q8_0,
     .dequant = rs_dequant_row,
+    .softmax = softmax,
     .gemm = gemm,
     .gemm_mr = GEMM_MR,
     .gemm_nr = GEMM_NR,

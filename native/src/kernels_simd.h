@@ -63,6 +63,7 @@
 
 #include "kernels.h"
 #include "quant.h"
+#include "softmax.h"
 
 /* Tuning knobs (each may be overridden with -D for an experiment; bench/bench_kernels.py measures the effect). */
 #define KC 512               /* F32/F16 tiles: elements of a row converted at a time (MR x KC floats in L1) */
@@ -334,6 +335,8 @@ MM(f16, chunk_f16)
 MM_QUANT(q8_0)
 MM_QUANT(q4_0)
 
+static void softmax(float *s, int64_t n, float scale) { rs_softmax(s, n, scale); }
+
 /* ---- the prefill GEMM's panels: rows as floats (kernels.h) -------------------------------------------------- */
 /* rs_dequant_row's values (exact products), in loops the compiler vectorizes with the path's instructions. */
 static void dequant(int type, const void *row, float *out, int64_t n)
@@ -512,6 +515,7 @@ const rs_kernels RS_CAT(rs_kernels_, PATH) = {
     .axpy_q4_0 = AXPY_Q4_0_FN,
     .axpy_q8_0 = AXPY_Q8_0_FN,
     .dequant = dequant,
+    .softmax = softmax,
     .gemm = gemm,
     .gemm_mr = GEMM_MR,
     .gemm_nr = GEMM_NV * VL,
