@@ -7,8 +7,9 @@
  * Why floats: dequantized Q8_0 and Q4_0 weights are exact in float (an int8 times a binary16 scale), and the
  * companion's layout has its scales along the outputs, so integer dot products over the input channels (the
  * decode kernels' int8 activations) do not apply to it. A float tile of 6 tokens x 16 outputs (AVX2) runs at about
- * 75% of the FMA peak, which is above what llama.cpp's int8 prefill gets on AVX2 (docs/SPEED.md); and the
- * activations are not rounded, so prefill is closer to the float64 reference than decode.
+ * 75% of the FMA peak: on an AVX2 CPU that beats llama.cpp's int8 prefill of Q8_0 and falls short of its repacked
+ * Q4_0 one (0.9x, docs/SPEED.md), where an integer tile is the next step. The activations are not rounded, so
+ * prefill is closer to the float64 reference than decode.
  *
  * Blocking: each thread takes a contiguous slice of the outputs. For every NC outputs and KC input channels it
  * dequantizes the weights once into a panel (NC x KC floats, 128 KiB: in L2) laid out as NC / NR strips of KC x NR,
