@@ -170,11 +170,10 @@ def main() -> int:
         print(f"# {os.path.basename(model)}: memory read bandwidth before each round "
               f"{', '.join(f'{b:.1f}' for b in bandwidth)} GB/s ({args.threads} processes, numpy)")
         ours = med["ours dense"]["decode_tps"]
-        llama = med.get("llama-cpp-python", {}).get("decode_tps")
-        ref = med.get("llama-cpp-python")
+        ref = med.get("llama-cpp-python")  # None with --no-llamacpp
         for name, _, _ in configs:
             r = med[name]
-            vs_llama = f"{r['decode_tps'] / llama:.2f}" if llama else "-"
+            vs_llama = f"{r['decode_tps'] / ref['decode_tps']:.2f}" if ref else "-"
             read = f"{r['read_fraction']:.3f}" if "read_fraction" in r else "1"
             kept = f"{r['kept_channels']:.3f}" if "kept_channels" in r else "1"
             pre_long = f"{r['prefill_long_tps']:.1f}" if "prefill_long_tps" in r else "-"

@@ -27,10 +27,8 @@ MAX_ALIGNMENT = 1 << 16
 MAX_STRING = 1 << 24  # 16 MiB: a chat template is a few KiB; nothing legitimate comes near this
 MAX_NAME = 256  # llama.cpp's GGML_MAX_NAME is 64; leave room, refuse absurd ones
 MAX_ELEMENTS = 1 << 40
-
-
-
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; Python names it from 3.13 on
+
 
 class GGUFError(ValueError):
     """A GGUF file is malformed, hostile, or not what the runtime needs. The message names file, field and value."""

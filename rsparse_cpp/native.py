@@ -313,25 +313,26 @@ def matmul(pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.n
          passed by pointer (a memory-mapped view stays uncopied)
     x:   (n_in,) or (n_tok, n_in) float32, C-contiguous
     out: (n_out,) or (n_tok, n_out) float32, C-contiguous; allocated when None. Returns out."""
-    return _product("rs_matmul", pool, wtype, w, n_out, n_in, x, out)
+    return _product(pool, wtype, w, n_out, n_in, x, out, rows_in=False)
 
 
 def matmul_wt(pool: Pool, wtype: int, wt: np.ndarray, n_out: int, n_in: int, x: np.ndarray,
               out: np.ndarray | None = None) -> np.ndarray:
     """out = x W^T from W stored input-channel-major (the companion's rsparse_weight, rsparse_matvec's wt):
     wt is (n_in, n_out), n_in * row_bytes(wtype, n_out) bytes. Otherwise as matmul."""
-    return _product("rs_matmul_wt", pool, wtype, wt, n_out, n_in, x, out)
+    return _product(pool, wtype, wt, n_out, n_in, x, out, rows_in=True)
 
 
-def _product(func: str, pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.ndarray,
-             out: np.ndarray | None) -> np.ndarray:
+def _product(pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np.ndarray, out: np.ndarray | None,
+             rows_in: bool) -> np.ndarray:
+    """matmul (rows_in False: w holds n_out rows of n_in) or matmul_wt (True: n_in rows of n_out)."""
     lib = _load()
     _pool(pool)
     wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
-    if func == "rs_matmul":
-        _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
-    else:
+    if rows_in:
         _weights(w, wtype, n_in, _row_bytes(lib, wtype, n_out, "n_out"), "wt")
+    else:
+        _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
     _array("x", x, _F32)
     if x.ndim == 1 and x.shape[0] == n_in:
         n_tok, shape = 1, (n_out,)
@@ -340,8 +341,9 @@ def _product(func: str, pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in:
     else:
         raise ValueError(f"x must have shape ({n_in},) or (n_tok >= 1, {n_in}), got {x.shape}")
     out = _output(out, shape, x)
-    _check(getattr(lib, func)(pool._ptr, wtype, ffi.from_buffer(w), n_out, n_in, ffi.from_buffer("float[]", x),
-                              n_tok, ffi.from_buffer("float[]", out, require_writable=True)), func)
+    func = lib.rs_matmul_wt if rows_in else lib.rs_matmul
+    _check(func(pool._ptr, wtype, ffi.from_buffer(w), n_out, n_in, ffi.from_buffer("float[]", x), n_tok,
+                ffi.from_buffer("float[]", out, require_writable=True)), "rs_matmul_wt" if rows_in else "rs_matmul")
     return out
 
 

@@ -8,9 +8,7 @@
  * output a sum of value rows (the sparse kernel with every row kept; as a plain C loop it was built for SSE2 only,
  * and SmolLM2's decode at 300 positions took 24% longer, docs/SPEED.md); for a prompt, both are GEMMs on the
  * linears' tiles (gemm.c), a block of tokens at a time, each block against the keys its last token sees. */
-#include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "attention.h"
 #include "check.h"
@@ -116,7 +114,8 @@ int rs_attention_tokens(rs_pool *pool, const float *q, const float *k_cache, con
         rs_pool_arena_release(pool);
         return RS_OK;
     }
-    /* a prompt: per-thread Q, S and V^T in the pool's arena (sizes bounded by the callers' checks of n_ctx) */
+    /* a prompt: per thread, a block of scores and the GEMM's scratch in the pool's arena (sizes bounded by the
+     * callers' checks of n_ctx) */
     job.s_block = (TB * (pos + n_tok) + 15) / 16 * 16;  /* 64-byte aligned GEMM scratch after it */
     job.per_thread = job.s_block + RS_GEMM_SCRATCH_FLOATS;
     const size_t bytes = (size_t)(rs_pool_n_threads(pool) * job.per_thread) * sizeof(float);

@@ -102,11 +102,13 @@ static int linears(rs_pool *pool, const rs_linear *first, int count, const rs_st
     rs_sparse_args a[RS_FORWARD_GROUP];
     for (int i = 0; i < count; i++) {
         const rs_linear *l = &first[i];
-        a[i] = sparse ? (rs_sparse_args){l->wtype, l->wt, l->n_out, l->n_in, l->colnorm, l->tau, l->ftype, l->u,
-                                         l->vs, l->rank, x, ys[i], n_kept ? n_kept + i : NULL,
-                                         (char *)s->scratch + i * part, part}
-                      : (rs_sparse_args){l->wtype, l->wt, l->n_out, l->n_in, NULL, -1.0f, RS_TYPE_F32, NULL, NULL,
-                                         0, x, ys[i], NULL, (char *)s->scratch + i * part, part};
+        a[i] = (rs_sparse_args){l->wtype, l->wt, l->n_out, l->n_in, l->colnorm, l->tau, l->ftype, l->u, l->vs,
+                                l->rank, x, ys[i], n_kept ? n_kept + i : NULL, (char *)s->scratch + i * part, part};
+        if (!sparse) {  /* a dense token: every channel kept (tau < 0), no low-rank term, nothing counted */
+            a[i].tau = -1.0f;
+            a[i].rank = 0;
+            a[i].n_kept = NULL;
+        }
     }
     return rs_sparse_group(pool, a, count);
 }

@@ -8,7 +8,7 @@
  * companion's layout has its scales along the outputs, so integer dot products over the input channels (the
  * decode kernels' int8 activations) do not apply to it. A float tile of 6 tokens x 16 outputs (AVX2) runs at about
  * 75% of the FMA peak: on an AVX2 CPU that beats llama.cpp's int8 prefill of Q8_0 and falls short of its repacked
- * Q4_0 one (0.9x, docs/SPEED.md), where an integer tile is the next step. The activations are not rounded, so
+ * Q4_0 one (0.76-0.96x, docs/SPEED.md), where an integer tile is the next step. The activations are not rounded, so
  * prefill is closer to the float64 reference than decode.
  *
  * Blocking: each thread takes a contiguous slice of the outputs. For every NC outputs and KC input channels it
@@ -25,12 +25,11 @@
 #include "pool.h"
 #include "quant.h"
 
-#ifndef KC
-#define KC 256  /* input channels per panel: a multiple of RS_QK, so a quantized base row's chunk is whole blocks */
-#define NC 128  /* outputs per panel: a multiple of RS_QK (the companion's blocks) and of every path's gemm_nr */
-#endif
+#define KC RS_GEMM_KC
+#define NC RS_GEMM_NC
 
-_Static_assert(KC % RS_QK == 0 && NC % RS_QK == 0 && NC % RS_GEMM_NR_MAX == 0, "panel sizes must nest");
+_Static_assert(KC % RS_QK == 0 && NC % RS_QK == 0 && NC % RS_GEMM_NR_MAX == 0 && RS_GEMM_SCRATCH_FLOATS % 16 == 0,
+               "panel sizes must nest");
 
 struct gemm_job {
     const rs_kernels *k;
@@ -43,8 +42,6 @@ struct gemm_job {
     int64_t ldx, ldy;
     float *arena;            /* per thread: RS_GEMM_SCRATCH_FLOATS, a panel (NC x KC) and a row buffer */
 };
-
-_Static_assert(RS_GEMM_SCRATCH_FLOATS >= NC * KC + (NC > KC ? NC : KC), "scratch holds a panel and a row");
 
 /* Elements [e0, e0 + n) of a stored row as floats; e0 is a multiple of the type's block. */
 static void dequant(const struct gemm_job *j, const uint8_t *row, int64_t e0, int64_t n, float *out)

@@ -7,11 +7,15 @@
 #include "kernels.h"
 #include "rsparse.h"
 
+/* Panels of RS_GEMM_KC input channels x RS_GEMM_NC outputs. KC is a multiple of 32, so a quantized base row's chunk
+ * is whole blocks; NC a multiple of 32 (the companion's blocks) and of every path's gemm_nr. */
+#define RS_GEMM_KC 256
+#define RS_GEMM_NC 128
+/* Floats of scratch one thread's share needs: a panel, then a row buffer (a multiple of 16: 64-byte parts). */
+#define RS_GEMM_SCRATCH_FLOATS (RS_GEMM_KC * RS_GEMM_NC + (RS_GEMM_KC > RS_GEMM_NC ? RS_GEMM_KC : RS_GEMM_NC))
+
 /* y (n_tok, n_out) = x (n_tok, n_in) W^T on kernel table k. rows_in = 0: w is (n_out, n_in), rows rb bytes apart
  * (rs_matmul's layout); rows_in = 1: w is (n_in, n_out) (rs_sparse_matvec's wt). Arguments already checked. */
-/* Floats of scratch one thread's share needs: a panel of 128 x 256 weights and a row buffer. */
-#define RS_GEMM_SCRATCH_FLOATS (128 * 256 + 256)
-
 int rs_gemm(rs_pool *pool, const rs_kernels *k, int type, const void *w, int64_t rb, int rows_in, int64_t n_out,
             int64_t n_in, const float *x, int64_t n_tok, float *y);
 

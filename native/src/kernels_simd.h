@@ -338,25 +338,16 @@ MM_QUANT(q4_0)
 static void softmax(float *s, int64_t n, float scale) { rs_softmax(s, n, scale); }
 
 /* ---- the prefill GEMM's panels: rows as floats (kernels.h) -------------------------------------------------- */
-/* rs_dequant_row's values (exact products), in loops the compiler vectorizes with the path's instructions. */
+/* rs_dequant_row's values (exact products): quant.h's block loops, which the compiler vectorizes with the path's
+ * instructions here (quant.c gets none), and F16 through the path's conversion. */
 static void dequant(int type, const void *row, float *out, int64_t n)
 {
     if (type == RS_TYPE_Q8_0) {
-        const block_q8_0 *b = row;
-        for (int64_t k = 0; k < n / RS_QK; k++, out += RS_QK) {
-            const float d = half_to_float(b[k].d);
-            for (int i = 0; i < RS_QK; i++)
-                out[i] = (float)b[k].qs[i] * d;
-        }
+        for (int64_t k = 0; k < n / RS_QK; k++)
+            rs_dequant_q8_0((const block_q8_0 *)row + k, out + k * RS_QK);
     } else if (type == RS_TYPE_Q4_0) {
-        const block_q4_0 *b = row;
-        for (int64_t k = 0; k < n / RS_QK; k++, out += RS_QK) {
-            const float d = half_to_float(b[k].d);
-            for (int i = 0; i < RS_QK / 2; i++) {
-                out[i] = (float)((int)(b[k].qs[i] & 0x0F) - 8) * d;
-                out[i + RS_QK / 2] = (float)((int)(b[k].qs[i] >> 4) - 8) * d;
-            }
-        }
+        for (int64_t k = 0; k < n / RS_QK; k++)
+            rs_dequant_q4_0((const block_q4_0 *)row + k, out + k * RS_QK);
     } else if (type == RS_TYPE_F16) {
         const uint16_t *h = row;
         int64_t e = 0;
