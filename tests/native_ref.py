@@ -102,6 +102,30 @@ def matmul_reference(w64: np.ndarray, x: np.ndarray, int8_act: bool = False) -> 
     return x64 @ w64.T, bound
 
 
+def int8_act(wtype: GGMLType, n_tok: int) -> bool:
+    """Whether a dense product from the base's layout rounds the activations to int8: decode of Q8_0 and Q4_0, and
+    Q4_0's prompts too (gemm.c's integer tile)."""
+    return wtype in INT8_ACT and (n_tok == 1 or wtype == GGMLType.Q4_0)
+
+
+def requant7(w64: np.ndarray) -> np.ndarray:
+    """W (n_out, n_in, float32 values in float64) as a Q4_0 prompt from the companion's layout multiplies it
+    (native/src/gemm.c, ipack_wt): each output's blocks of 32 inputs rounded to nearest even on 7 bits, with the
+    scale m / 63 (m the block's largest |w|), in float32 as the kernels compute it."""
+    v = w64.astype(np.float32).reshape(w64.shape[0], -1, 32)
+    m = np.abs(v).max(axis=-1, keepdims=True)
+    q = np.rint(v * (np.float32(63) / np.maximum(m, np.float32(1e-30))))
+    return (q.astype(np.float64) * (m / np.float32(63)).astype(np.float64)).reshape(w64.shape)
+
+
+def wt_reference(wt64: np.ndarray, x: np.ndarray, wtype: GGMLType) -> tuple[np.ndarray, np.ndarray]:
+    """matmul_reference for the companion's layout (matmul_wt), wt (n_in, n_out) in float64: floats all through,
+    but Q4_0 with n_in a multiple of 32 runs gemm.c's integer tile, on requant7's weights and int8 activations."""
+    if wtype == GGMLType.Q4_0 and wt64.shape[0] % 32 == 0:
+        return matmul_reference(requant7(wt64.T), x, int8_act=True)
+    return matmul_reference(wt64.T, x)
+
+
 def assert_within(y: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str = "") -> None:
     """|y - want| <= bound everywhere; the message names the worst element relative to its bound."""
     err = np.abs(y.astype(np.float64) - want)

@@ -23,7 +23,8 @@ try:
 except native.NativeError as e:  # pragma: no cover - only without a built library
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
-from native_ref import INT8_ACT, SMOLLM2, assert_within, matmul_reference, random_weights  # noqa: E402
+from native_ref import (INT8_ACT, SMOLLM2, assert_within, int8_act, matmul_reference, random_weights,  # noqa: E402
+                        wt_reference)
 
 HEADER = Path(__file__).resolve().parents[1] / "native" / "include" / "rsparse.h"
 SHAPES = {
@@ -46,9 +47,9 @@ def activations(n_tok: int, n_in: int, seed: int = 0) -> np.ndarray:
 
 
 def assert_close(y: np.ndarray, w64: np.ndarray, x: np.ndarray, wtype: GGMLType) -> None:
-    """Decode of Q8_0 and Q4_0 rounds the activations to int8; every other product is float all through."""
-    decode = x.ndim == 1 or x.shape[0] == 1
-    assert_within(y, *matmul_reference(w64, x, int8_act=decode and wtype in INT8_ACT))
+    """Decode of Q8_0 and Q4_0, and Q4_0's prompts, round the activations to int8; every other product is float all
+    through."""
+    assert_within(y, *matmul_reference(w64, x, int8_act=int8_act(wtype, 1 if x.ndim == 1 else x.shape[0])))
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +79,10 @@ def test_matmul_matches_float64(pools, layout, wtype, shape, n_tok, n_threads):
         w, w64 = weights(wtype, n_out, n_in)
         y = native.matmul(pools[n_threads], wtype, w, n_out, n_in, x, out=out)
         assert_close(y, w64, x, wtype)
-    else:  # always the float GEMM, whatever n_tok
+    else:  # always the GEMM, whatever n_tok (Q4_0: the integer tile on weights requantized to 7 bits)
         wt, wt64 = weights(wtype, n_in, n_out)
         y = native.matmul_wt(pools[n_threads], wtype, wt, n_out, n_in, x, out=out)
-        assert_within(y, *matmul_reference(wt64.T, x), f"{wtype.name} {shape} n_tok {n_tok}")
+        assert_within(y, *wt_reference(wt64, x, wtype), f"{wtype.name} {shape} n_tok {n_tok}")
     assert y is out
 
 

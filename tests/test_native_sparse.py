@@ -26,7 +26,7 @@ except native.NativeError as e:  # pragma: no cover - only without a built libra
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
 from native_ref import (INT8_ACT, REL, SMOLLM2, assert_within, block_scales, coefficient_steps,  # noqa: E402
-                        matmul_reference, random_weights)
+                        int8_act, matmul_reference, random_weights, wt_reference)
 
 PATHS = native.simd_paths()
 FRACTIONS = (0.0, 0.1, 0.5, 0.9, 1.0)
@@ -187,17 +187,18 @@ DENSE = [(t, s) for t in GGMLType for s in ([(33, 37), (7, 300)] if t in (GGMLTy
 @pytest.mark.parametrize("wtype,shape", DENSE, ids=[f"{t.name}-{o}x{i}" for t, (o, i) in DENSE])
 def test_dense_every_path(pools, path, wtype, shape, n_tok):
     """Decode (one token) within the float64 reference's bound (with int8 activations for Q8_0 and Q4_0); prefill
-    (the float GEMM) within the float bound, and the scalar path's bits on every path, from both layouts."""
+    within the float bound (Q4_0 from the base's layout: with int8 activations, the integer tile), and the scalar
+    path's bits on every path, from both layouts."""
     n_out, n_in = shape
     stored, w64 = random_weights(wtype, (n_out, n_in), seed=n_out * n_in + n_tok)
     x = np.random.default_rng(n_tok).uniform(-2, 2, (n_tok, n_in)).astype(np.float32)
     y = native.matmul(pools[3], wtype, stored, n_out, n_in, x)
-    assert_within(y, *matmul_reference(w64, x, int8_act=n_tok == 1 and wtype in INT8_ACT), path)
+    assert_within(y, *matmul_reference(w64, x, int8_act=int8_act(wtype, n_tok)), path)
     if n_tok == 1 or wtype in INT8_ACT and n_out % 32:
         return
     wt, wt64 = random_weights(wtype, (n_in, n_out), seed=n_out + n_tok)
     yt = native.matmul_wt(pools[2], wtype, wt, n_out, n_in, x)
-    assert_within(yt, *matmul_reference(wt64.T, x), path)
+    assert_within(yt, *wt_reference(wt64, x, wtype), path)
     native.simd_select("scalar")
     np.testing.assert_array_equal(y, native.matmul(pools[1], wtype, stored, n_out, n_in, x))
     np.testing.assert_array_equal(yt, native.matmul_wt(pools[4], wtype, wt, n_out, n_in, x))

@@ -65,6 +65,13 @@ static void init(void)
             f->gemm_mr = rs_kernels_scalar.gemm_mr;
             f->gemm_nr = rs_kernels_scalar.gemm_nr;
         }
+        if (!p->igemm) {
+            f->igemm = rs_kernels_scalar.igemm;
+            f->igemm7 = rs_kernels_scalar.igemm7;
+            f->requant = rs_kernels_scalar.requant;
+            f->igemm_mr = rs_kernels_scalar.igemm_mr;
+            f->igemm_nr = rs_kernels_scalar.igemm_nr;
+        }
 #ifdef RS_EMULATED_SIMD
         /* Test builds only (native/tests/run_simde.sh): the AVX-512 and VNNI paths are compiled on SIMDe, which
          * emulates them with AVX2, so every path runs on the AVX2 CPU that the script requires. */

@@ -1,22 +1,25 @@
-/* gemm.c -- prefill: y (n_tok, n_out) = x (n_tok, n_in) W^T for two or more tokens, as a float GEMM over weights
- * dequantized a panel at a time, from either layout a model holds:
+/* gemm.c -- prefill: y (n_tok, n_out) = x (n_tok, n_in) W^T for two or more tokens, a panel of weights at a time,
+ * from either layout a model holds:
  *   rows out (the base GGUF's): w is (n_out, n_in), quantization blocks along the input channels;
  *   rows in  (the companion's rsparse_weight): w is (n_in, n_out), blocks along the outputs.
- * Only the packing differs: both become the same panels, so one register tile per SIMD path serves both.
  *
- * Why floats: dequantized Q8_0 and Q4_0 weights are exact in float (an int8 times a binary16 scale), and the
- * companion's layout has its scales along the outputs, so integer dot products over the input channels (the
- * decode kernels' int8 activations) do not apply to it. A float tile of 6 tokens x 16 outputs (AVX2) runs at about
- * 75% of the FMA peak: on an AVX2 CPU that beats llama.cpp's int8 prefill of Q8_0 and falls short of its repacked
- * Q4_0 one (0.76-0.96x, docs/SPEED.md), where an integer tile is the next step. The activations are not rounded, so
- * prefill is closer to the float64 reference than decode.
+ * Two forms. F32, F16 and Q8_0 run as a float GEMM: panels dequantized (exact floats), a float register tile per
+ * path (AVX2: 6 tokens x 16 outputs, about 75% of the FMA peak), the activations as they are; both layouts become
+ * the same panels. Q4_0 runs as an integer GEMM, as llama.cpp runs it: the activations rounded to int8 per block of
+ * 32 once per call (rs_quantize_act, decode's rounding), the weights packed as bytes, and a register tile of byte
+ * dot products (vpmaddubsw, vpdpbusd, sdot), each block's sum exact in integers and then scaled into a float chain
+ * (kernels.h: igemm). From the base's layout the bytes are Q4_0's own nibbles; from the companion's, whose scales
+ * run along the outputs, each output's block of 32 inputs is requantized to 7 bits on one scale (ipack_wt, igemm7).
+ * On AVX2 the integer tile multiplies 32 byte pairs per instruction against the float tile's 8 FMAs: 256 tokens
+ * through a 2048 x 2048 Q4_0 layer ran at 127-131 GFLOP/s on one thread against 73 for the float tile
+ * (docs/SPEED.md). Q8_0 stays float: its bytes times int8 activations overflow vpmaddubsw's int16 pairs, and the
+ * float tile already beats llama.cpp's Q8_0 prefill here.
  *
  * Blocking: each thread takes a contiguous slice of the outputs. For every NC outputs and KC input channels it
- * dequantizes the weights once into a panel (NC x KC floats, 128 KiB: in L2) laid out as NC / NR strips of KC x NR,
- * then runs every tile of MR tokens against each strip (KC x NR floats, 16 KiB on AVX2: in L1). The tokens' rows are
- * read in place (a tile's MR x KC floats stay in L1 across the strips). Each output's sum runs over the input
- * channels in order, one FMA each, carried through y between panels: every thread count, path and tile position
- * gives the same bits. */
+ * packs the weights once into a panel (floats: NC x KC, 128 KiB, in L2; bytes: a quarter of that) laid out as
+ * strips of the tile's width, then runs every tile of tokens against each strip (in L1). The tokens' rows are read
+ * in place. Each output's sum runs over the input channels (or their blocks) in order, carried through y between
+ * panels: every thread count, path and tile position gives the same bits. */
 #include <stdint.h>
 #include <string.h>
 
@@ -30,14 +33,18 @@
 
 _Static_assert(KC % RS_QK == 0 && NC % RS_QK == 0 && NC % RS_GEMM_NR_MAX == 0 && RS_GEMM_SCRATCH_FLOATS % 16 == 0,
                "panel sizes must nest");
+_Static_assert(RS_GEMM_SCRATCH_FLOATS >= KC * NC + (KC > NC ? KC : NC) && KC * NC % 64 == 0,
+               "scratch for the float panel and its row buffer, or the integer panel after the requantized floats");
 
 struct gemm_job {
     const rs_kernels *k;
     int type, rows_in;
+    int integer;             /* Q4_0: an integer tile on x rounded to int8 (xq), not the float one */
     const uint8_t *w;
     int64_t rb;              /* bytes per stored row */
     int64_t n_out, n_in, n_tok;
     const float *x;          /* token t's activations: x + t * ldx */
+    rs_act xq;               /* integer: token t's at xq.q + t * n_in, its block scales and sums at t * (n_in / 32) */
     float *y;                /* token t's outputs: y + t * ldy */
     int64_t ldx, ldy;
     float *arena;            /* per thread: RS_GEMM_SCRATCH_FLOATS, a panel (NC x KC) and a row buffer */
@@ -47,6 +54,31 @@ struct gemm_job {
 static void dequant(const struct gemm_job *j, const uint8_t *row, int64_t e0, int64_t n, float *out)
 {
     j->k->dequant(j->type, row + (e0 > 0 ? rs_row_bytes(j->type, e0) : 0), out, n);
+}
+
+/* A hint to bring the panel of outputs [o0, o0 + nc) x input channels [k0, k0 + kc) into L2 while the one before
+ * it is multiplied. Its rows are short pieces of long stored rows (the companion's: 72 bytes of Q4_0 every 1152
+ * for 2048 outputs), which the hardware prefetcher did not fetch ahead: packing waited on each row in turn, and
+ * took 17% of a 256-token Q4_0 GEMM from the companion's layout, against 2% with the hints (one thread). */
+static void prefetch_panel(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, int64_t kc)
+{
+    const int64_t rows = j->rows_in ? kc : nc, first = j->rows_in ? k0 : o0, e0 = j->rows_in ? o0 : k0;
+    const int64_t from = e0 > 0 ? rs_row_bytes(j->type, e0) : 0, len = rs_row_bytes(j->type, j->rows_in ? nc : kc);
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *p = j->w + (first + r) * j->rb + from;
+        for (int64_t b = 0; b < len; b += 64)
+            __builtin_prefetch(p + b, 0, 2);
+        __builtin_prefetch(p + len - 1, 0, 2);
+    }
+}
+
+/* The next panel after (o0, k0) in run's and irun's order, if any: prefetched. */
+static void prefetch_next(const struct gemm_job *j, int64_t o0, int64_t o_end, int64_t k0)
+{
+    if (k0 + KC < j->n_in)
+        prefetch_panel(j, o0, o_end - o0 < NC ? o_end - o0 : NC, k0 + KC, j->n_in - k0 - KC < KC ? j->n_in - k0 - KC : KC);
+    else if (o0 + NC < o_end)
+        prefetch_panel(j, o0 + NC, o_end - o0 - NC < NC ? o_end - o0 - NC : NC, 0, j->n_in < KC ? j->n_in : KC);
 }
 
 /* The panel of outputs [o0, o0 + nc) x input channels [k0, k0 + kc): strip s holds outputs o0 + s * nr .. as
@@ -99,6 +131,123 @@ static void strip(const struct gemm_job *j, const float *b, int64_t o, int64_t n
     }
 }
 
+/* ---- the integer form: Q4_0 ---------------------------------------------------------------------------------- */
+/* The integer tiles' panel of outputs [o0, o0 + nc) x input channels [k0, k0 + kc): strip s (nr outputs) holds,
+ * for each block of 32 inputs, its weight bytes in kernels.h's order at p + s * (kc / 32) * 8 * nr * 4 and its
+ * scales at pd + s * (kc / 32) * nr.
+ * Rows out (the base's): the nibbles as they are, with the blocks' own scales (igemm); outputs past nc get zero
+ * weights and scales. */
+static void ipack(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, int64_t kc, uint8_t *p, float *pd)
+{
+    const int64_t nr = j->k->igemm_nr, nbk = kc / RS_QK, strips = (nc + nr - 1) / nr;
+    for (int64_t s = 0; s < strips; s++)
+        for (int64_t c = 0; c < nr; c++) {
+            uint8_t *q = p + s * nbk * 8 * nr * 4 + c * 4;
+            float *d = pd + s * nbk * nr + c;
+            const int64_t o = s * nr + c;
+            const block_q4_0 *b = o < nc ? (const block_q4_0 *)(j->w + (o0 + o) * j->rb) + k0 / RS_QK : NULL;
+            for (int64_t k = 0; k < nbk; k++, q += 8 * nr * 4) {
+                d[k * nr] = o < nc ? rs_fp16_to_fp32(b[k].d) : 0.0f;
+                for (int g = 0; g < 4; g++) {  /* bytes 4g.. hold elements 4g.. (low nibbles), 16 + 4g.. (high) */
+                    uint32_t v = 0;
+                    if (o < nc)
+                        memcpy(&v, b[k].qs + 4 * g, sizeof v);
+                    const uint32_t lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu;
+                    memcpy(q + g * nr * 4, &lo, sizeof lo);
+                    memcpy(q + (4 + g) * nr * 4, &hi, sizeof hi);
+                }
+            }
+        }
+}
+
+/* Rows in (the companion's): its blocks run along the outputs, one scale per input channel and 32 outputs, so a
+ * block of 32 inputs of one output has 32 scales, and an integer sum over the inputs cannot carry them. The panel
+ * is dequantized (exact floats, in fv: kc rows of NC) and each output's 32 inputs requantized to 7 bits on one
+ * scale (igemm7; the path's requant): an added error of at most 1/126 of that block's largest weight, under a
+ * tenth of Q4_0's own (1/16 of its block's largest). nc is a multiple of 32 (the thread slices and the companion's
+ * rows are), so of nr. */
+static void ipack_wt(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, int64_t kc, uint8_t *p,
+                     float *pd, float *fv)
+{
+    const int64_t nr = j->k->igemm_nr, nbk = kc / RS_QK;
+    for (int64_t k = 0; k < kc; k++)
+        dequant(j, j->w + (k0 + k) * j->rb, o0, nc, fv + k * NC);
+    for (int64_t s = 0; s * nr < nc; s++)
+        j->k->requant(fv + s * nr, NC, nbk, p + s * nbk * 8 * nr * 4, pd + s * nbk * nr);
+}
+
+/* Tokens [0, n_tok) x one strip's outputs [o, o + n), n <= nr, the blocks of [k0, k0 + kc). */
+static void istrip(const struct gemm_job *j, const uint8_t *b, const float *bd, int64_t o, int64_t n, int64_t k0,
+                   int64_t kc)
+{
+    const rs_kernels *k = j->k;
+    const rs_igemm_fn tile = j->rows_in ? k->igemm7 : k->igemm;
+    const int32_t off = j->rows_in ? 64 : 8;
+    const int mr = k->igemm_mr, nr = k->igemm_nr, load = k0 > 0;
+    const int64_t nb = j->n_in / RS_QK, kb = k0 / RS_QK;
+    for (int64_t t0 = 0; t0 < j->n_tok; t0 += mr) {
+        const int m = j->n_tok - t0 < mr ? (int)(j->n_tok - t0) : mr;
+        const int8_t *a[RS_GEMM_MR_MAX];
+        const float *ad[RS_GEMM_MR_MAX];
+        const int32_t *as[RS_GEMM_MR_MAX];
+        for (int i = 0; i < mr; i++) {  /* rows past the last token repeat it; their results are dropped */
+            const int64_t t = t0 + (i < m ? i : m - 1);
+            a[i] = j->xq.q + t * j->n_in + k0;
+            ad[i] = j->xq.d + t * nb + kb;
+            as[i] = j->xq.s + t * nb + kb;
+        }
+        float *c = j->y + t0 * j->ldy + o;
+        if (m == mr && n == nr) {
+            tile(a, ad, as, b, bd, kc / RS_QK, off, c, j->ldy, load);
+            continue;
+        }
+        float part[RS_GEMM_MR_MAX * RS_GEMM_NR_MAX];  /* a partial tile goes through a full one */
+        if (load)
+            for (int i = 0; i < m; i++)
+                memcpy(part + i * nr, c + i * j->ldy, (size_t)n * sizeof *part);
+        tile(a, ad, as, b, bd, kc / RS_QK, off, part, nr, load);
+        for (int i = 0; i < m; i++)
+            memcpy(c + i * j->ldy, part + i * nr, (size_t)n * sizeof *part);
+    }
+}
+
+/* Outputs [o_begin, o_end) of every token with the integer tiles: scratch holds the panel's requantized floats
+ * (the companion's layout only), then its bytes, then its scales. */
+static void irun(const struct gemm_job *j, int64_t o_begin, int64_t o_end, float *scratch)
+{
+    float *fv = scratch;
+    uint8_t *panel = (uint8_t *)(scratch + KC * NC);
+    float *pd = scratch + KC * NC + KC * NC / 4;
+    const int64_t nr = j->k->igemm_nr;
+    for (int64_t o0 = o_begin; o0 < o_end; o0 += NC) {
+        const int64_t nc = o_end - o0 < NC ? o_end - o0 : NC;
+        for (int64_t k0 = 0; k0 < j->n_in; k0 += KC) {
+            const int64_t kc = j->n_in - k0 < KC ? j->n_in - k0 : KC, nbk = kc / RS_QK;
+            if (j->rows_in)
+                ipack_wt(j, o0, nc, k0, kc, panel, pd, fv);
+            else
+                ipack(j, o0, nc, k0, kc, panel, pd);
+            prefetch_next(j, o0, o_end, k0);
+            for (int64_t s = 0; s * nr < nc; s++)
+                istrip(j, panel + s * nbk * 8 * nr * 4, pd + s * nbk * nr, o0 + s * nr,
+                       nc - s * nr < nr ? nc - s * nr : nr, k0, kc);
+        }
+    }
+}
+
+/* Slice ith of the tokens rounded to int8 blocks, for the integer tile. */
+static void quantize_slice(void *ctx, int ith, int nth)
+{
+    const struct gemm_job *j = ctx;
+    int64_t t0, t1;
+    rs_slice(j->n_tok, 1, ith, nth, &t0, &t1);
+    const int64_t nb = j->n_in / RS_QK;
+    for (int64_t t = t0; t < t1; t++)
+        rs_quantize_act(j->x + t * j->ldx, j->n_in, (int8_t *)j->xq.q + t * j->n_in, (float *)j->xq.d + t * nb,
+                        (int32_t *)j->xq.s + t * nb);
+}
+
+/* ---- the float form ------------------------------------------------------------------------------------------- */
 /* Outputs [o_begin, o_end) of every token, on this thread, with panel scratch. */
 static void run(const struct gemm_job *j, int64_t o_begin, int64_t o_end, float *panel)
 {
@@ -109,6 +258,7 @@ static void run(const struct gemm_job *j, int64_t o_begin, int64_t o_end, float 
         for (int64_t k0 = 0; k0 < j->n_in; k0 += KC) {
             const int64_t kc = j->n_in - k0 < KC ? j->n_in - k0 : KC;
             pack(j, o0, nc, k0, kc, panel, buf);
+            prefetch_next(j, o0, o_end, k0);
             for (int64_t s = 0; s * nr < nc; s++)
                 strip(j, panel + s * kc * nr, o0 + s * nr, nc - s * nr < nr ? nc - s * nr : nr, k0, kc);
         }
@@ -120,18 +270,36 @@ static void gemm_slice(void *ctx, int ith, int nth)
     const struct gemm_job *j = ctx;
     int64_t o_begin, o_end;
     rs_slice(j->n_out, RS_QK, ith, nth, &o_begin, &o_end);  /* whole blocks of the companion's rows */
-    run(j, o_begin, o_end, j->arena + (int64_t)ith * RS_GEMM_SCRATCH_FLOATS);
+    float *scratch = j->arena + (int64_t)ith * RS_GEMM_SCRATCH_FLOATS;
+    if (j->integer)
+        irun(j, o_begin, o_end, scratch);
+    else
+        run(j, o_begin, o_end, scratch);
 }
 
 int rs_gemm(rs_pool *pool, const rs_kernels *k, int type, const void *w, int64_t rb, int rows_in, int64_t n_out,
             int64_t n_in, const float *x, int64_t n_tok, float *y)
 {
     const int nth = rs_pool_n_threads(pool);
-    float *arena = rs_pool_arena_acquire(pool, (size_t)nth * RS_GEMM_SCRATCH_FLOATS * sizeof(float));
+    /* Q4_0 takes the integer tiles where the inputs come in whole blocks of 32 for rs_quantize_act: always in the
+     * base's layout (its rows are blocks of inputs), in the companion's wherever n_in allows (every model's). */
+    const int integer = type == RS_TYPE_Q4_0 && n_in % RS_QK == 0;
+    /* The integer form's activations follow the threads' scratch: int8 rows, then block scales and sums (n_in is a
+     * multiple of 32 for Q4_0), each part 64-byte aligned. */
+    const size_t scratch = (size_t)nth * RS_GEMM_SCRATCH_FLOATS * sizeof(float);
+    const size_t q_bytes = integer ? ((size_t)(n_tok * n_in) + 63) / 64 * 64 : 0;
+    const size_t nbt = integer ? (size_t)(n_tok * (n_in / RS_QK)) : 0, d_bytes = (nbt * sizeof(float) + 63) / 64 * 64;
+    char *arena = rs_pool_arena_acquire(pool, scratch + q_bytes + d_bytes + nbt * sizeof(int32_t));
     if (!arena)
         return RS_ERR_NOMEM;
-    struct gemm_job job = {.k = k, .type = type, .rows_in = rows_in, .w = w, .rb = rb, .n_out = n_out,
-                           .n_in = n_in, .n_tok = n_tok, .x = x, .y = y, .ldx = n_in, .ldy = n_out, .arena = arena};
+    struct gemm_job job = {.k = k, .type = type, .rows_in = rows_in, .integer = integer, .w = w, .rb = rb,
+                           .n_out = n_out, .n_in = n_in, .n_tok = n_tok, .x = x, .y = y, .ldx = n_in, .ldy = n_out,
+                           .arena = (float *)arena};
+    if (integer) {
+        job.xq = (rs_act){.q = (int8_t *)(arena + scratch), .d = (float *)(arena + scratch + q_bytes),
+                          .s = (int32_t *)(arena + scratch + q_bytes + d_bytes)};
+        rs_pool_run(pool, quantize_slice, &job);
+    }
     rs_pool_run(pool, gemm_slice, &job);
     rs_pool_arena_release(pool);
     return RS_OK;

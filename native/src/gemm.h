@@ -11,8 +11,10 @@
  * is whole blocks; NC a multiple of 32 (the companion's blocks) and of every path's gemm_nr. */
 #define RS_GEMM_KC 256
 #define RS_GEMM_NC 128
-/* Floats of scratch one thread's share needs: a panel, then a row buffer (a multiple of 16: 64-byte parts). */
-#define RS_GEMM_SCRATCH_FLOATS (RS_GEMM_KC * RS_GEMM_NC + (RS_GEMM_KC > RS_GEMM_NC ? RS_GEMM_KC : RS_GEMM_NC))
+/* Floats of scratch one thread's share needs (a multiple of 16: 64-byte parts): the float form's panel and a row
+ * buffer; or the integer form's panel (a byte a weight, and a scale per 32) after, for the companion's layout, the
+ * floats it is requantized from. */
+#define RS_GEMM_SCRATCH_FLOATS (RS_GEMM_KC * RS_GEMM_NC + RS_GEMM_KC * RS_GEMM_NC / 4 + RS_GEMM_KC * RS_GEMM_NC / 32)
 
 /* y (n_tok, n_out) = x (n_tok, n_in) W^T on kernel table k. rows_in = 0: w is (n_out, n_in), rows rb bytes apart
  * (rs_matmul's layout); rows_in = 1: w is (n_in, n_out) (rs_sparse_matvec's wt). Arguments already checked. */

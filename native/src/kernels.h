@@ -61,6 +61,26 @@ typedef void (*rs_gemm_fn)(const float *const *a, const float *b, int64_t kc, fl
  * in the path's instructions, for the GEMM's panels. */
 typedef void (*rs_dequant_fn)(int type, const void *row, float *out, int64_t n);
 
+/* The integer tile of the prefill GEMM (gemm.c), against the activations rounded to int8 per block of 32
+ * (rs_quantize_act, as decode's): for i < igemm_mr, j < igemm_nr,
+ *   c[i * ldc + j] = load ? c[i * ldc + j] : 0, then for each block b = 0, 1, .. nb - 1 in turn
+ *   c[i * ldc + j] = fmaf((float)(sum_e q[b][e][j] * a[i][32 b + e] - off * as[i][b]), bd[b * nr + j] * ad[i][b], c)
+ * a, ad, as: the tokens' int8 activations, block scales and block sums, from the panel's first block; q[b][e][j]
+ * the unsigned weight byte of input e of block b for output j, packed by groups of four inputs: the byte of
+ * (b, e, j) at b_[((b * 8 + e / 4) * igemm_nr + j) * 4 + e % 4]; off the bias those bytes carry; bd the weights'
+ * block scales. The block's sum is an exact integer, so every path, thread count and tile position gives the same
+ * bits. Two tiles: igemm for bytes of at most 15 (Q4_0's nibbles, off 8: AVX2 keeps a block's sums in int16) and
+ * igemm7 for bytes of at most 127 (the companion's Q4_0 requantized to 7 bits, off 64: sums in int32). */
+typedef void (*rs_igemm_fn)(const int8_t *const *a, const float *const *ad, const int32_t *const *as,
+                            const uint8_t *b, const float *bd, int64_t nb, int32_t off, float *c, int64_t ldc,
+                            int load);
+
+/* One strip of a companion panel requantized for igemm7: v holds rows k = 0 .. 32 nb - 1 of igemm_nr floats, row k
+ * at v + k * ldv (the exact dequantized weights, input-major). Per output j and block b of 32 rows, with m the
+ * block's largest |v|: bd[b * nr + j] = m / 63, and the byte of (b, e, j) in igemm's order is
+ * 64 + round_nearest_even(v * (63 / max(m, 1e-30))), in 1 .. 127. */
+typedef void (*rs_requant_fn)(const float *v, int64_t ldv, int64_t nb, uint8_t *q, float *bd);
+
 #define RS_GEMM_MR_MAX 16
 #define RS_GEMM_NR_MAX 64
 
@@ -79,6 +99,10 @@ typedef struct rs_kernels {
     void (*softmax)(float *s, int64_t n, float scale);  /* s <- softmax(scale * s): softmax.h */
     rs_gemm_fn gemm;        /* NULL: the scalar tile (with the scalar gemm_mr, gemm_nr) */
     int gemm_mr, gemm_nr;   /* its tile: tokens x outputs, at most RS_GEMM_MR_MAX x RS_GEMM_NR_MAX */
+    rs_igemm_fn igemm;      /* NULL: the scalar integer tiles (with their igemm_mr, igemm_nr) and requant */
+    rs_igemm_fn igemm7;
+    rs_requant_fn requant;
+    int igemm_mr, igemm_nr; /* likewise bounded; igemm_nr divides 32 */
 } rs_kernels;
 
 extern const rs_kernels rs_kernels_scalar;

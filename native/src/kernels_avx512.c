@@ -5,6 +5,7 @@
  * them in fours into an int32 accumulator in one instruction. Skylake-X has AVX-512 without VNNI: it runs this
  * path, with vpmaddubsw. */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "quant.h"
@@ -19,6 +20,8 @@
 #define NT 4  /* 4 x 4 accumulators + 4 weight vectors + 1 activation: 21 of the 32 zmm registers */
 #define GEMM_MR 8
 #define GEMM_NV 2  /* prefill GEMM tile: 8 x 2 accumulators, 2 panel vectors, 1 broadcast: 19 of 32 zmm */
+#define IGEMM_MR 6
+#define IGEMM_NV 2 /* integer tile: 6 x 2 sums and 6 x 2 float chains, 2 panel vectors, 1 broadcast: 27 of 32 */
 
 typedef __m512 vf;
 
@@ -146,6 +149,56 @@ static inline vi vi_nibbles_q4(const uint8_t *q)
     const __m512i w = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q)));
     const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
     return _mm512_and_si512(_mm512_srlv_epi16(w, shift), _mm512_set1_epi16(0x0F));
+}
+
+/* ---- the integer prefill tile (kernels_simd.h's igemm): as AVX2's (kernels_avx2.c), on zmm ------------------ */
+typedef __m512i vw;
+static inline vw vw_load(const uint8_t *p) { return _mm512_loadu_si512(p); }
+static inline vw vw_bcast4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+typedef __m512i vs;
+static inline vs vs_zero(void) { return _mm512_setzero_si512(); }
+static inline vs vs_dot(vs s, vw w, vw x)
+{
+#ifdef RS_AVX512VNNI
+    return _mm512_dpbusd_epi32(s, w, x);
+#else
+    return _mm512_add_epi16(s, _mm512_maddubs_epi16(w, x));  /* int16: at most 8 x 2 x 15 x 127 = 30480 */
+#endif
+}
+static inline vf vs_float(vs s, int32_t off)
+{
+#ifndef RS_AVX512VNNI
+    s = _mm512_madd_epi16(s, _mm512_set1_epi16(1));
+#endif
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(s, _mm512_set1_epi32(off)));
+}
+static inline vs vs_dot_wide(vs s, vw w, vw x)
+{
+#ifdef RS_AVX512VNNI
+    return _mm512_dpbusd_epi32(s, w, x);
+#else
+    return _mm512_add_epi32(s, _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1)));
+#endif
+}
+static inline vf vs_float_wide(vs s, int32_t off) { return _mm512_cvtepi32_ps(_mm512_sub_epi32(s, _mm512_set1_epi32(off))); }
+
+static inline vf vf_absmax(vf m, vf v) { return _mm512_max_ps(m, _mm512_abs_ps(v)); }
+static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+static inline void vw_store_q7(uint8_t *p, vf r0, vf r1, vf r2, vf r3)
+{
+    const __m512i b = _mm512_set1_epi32(64);
+    const __m512i q0 = _mm512_add_epi32(_mm512_cvtps_epi32(r0), b), q1 = _mm512_add_epi32(_mm512_cvtps_epi32(r1), b);
+    const __m512i q2 = _mm512_add_epi32(_mm512_cvtps_epi32(r2), b), q3 = _mm512_add_epi32(_mm512_cvtps_epi32(r3), b);
+    const __m512i v = _mm512_or_si512(_mm512_or_si512(q0, _mm512_slli_epi32(q1, 8)),
+                                      _mm512_or_si512(_mm512_slli_epi32(q2, 16), _mm512_slli_epi32(q3, 24)));
+    _mm512_storeu_si512(p, v);
 }
 
 static inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }

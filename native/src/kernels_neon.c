@@ -23,6 +23,8 @@
 #define NT 4  /* 4 x 4 accumulators + 4 weight vectors + 1 activation: 21 of the 32 q registers */
 #define GEMM_MR 6
 #define GEMM_NV 4  /* prefill GEMM tile: 6 x 4 accumulators, 4 panel vectors, 1 broadcast: 29 of 32 q */
+#define IGEMM_MR 3
+#define IGEMM_NV 4 /* integer tile: 3 x 4 sums and 3 x 4 float chains, 4 panel vectors, 1 broadcast: 29 of 32 q */
 
 typedef float32x4_t vf;
 
@@ -127,6 +129,48 @@ static inline vf vf_xscale(const float *xd, int n)
 {
     (void)n;
     return vdupq_n_f32(xd[0]);
+}
+
+/* ---- the integer prefill tile (kernels_simd.h's igemm) ------------------------------------------------------ */
+/* Nibbles (0..15) are valid signed bytes, so the signed multiplies take them as they are. With dotprod, sdot adds
+ * each lane's four products into int32; without, vmull_s8 gives the products in int16 (at most 15 x 127), a
+ * pairwise add joins each output's pairs (lanes 2j, 2j + 1 of the 16-byte vector's products are output j's), and
+ * vpadalq_s16 adds the pairs of those into the output's int32 lane. */
+typedef int8x16_t vw;
+static inline vw vw_load(const uint8_t *p) { return vld1q_s8((const int8_t *)p); }
+static inline vw vw_bcast4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return vreinterpretq_s8_s32(vdupq_n_s32(v));
+}
+
+typedef int32x4_t vs;
+static inline vs vs_zero(void) { return vdupq_n_s32(0); }
+static inline vs vs_dot(vs s, vw w, vw x)
+{
+#ifdef RS_NEONDOT
+    return vdotq_s32(s, w, x);
+#else
+    const int16x8_t lo = vmull_s8(vget_low_s8(w), vget_low_s8(x)), hi = vmull_high_s8(w, x);
+    return vpadalq_s16(s, vpaddq_s16(lo, hi));
+#endif
+}
+static inline vf vs_float(vs s, int32_t off) { return vcvtq_f32_s32(vsubq_s32(s, vdupq_n_s32(off))); }
+/* Bytes up to 127 are signed bytes too; without dotprod the int16 products (at most 127 x 127) pair up to 32258. */
+#define vs_dot_wide vs_dot
+#define vs_float_wide vs_float
+
+static inline vf vf_absmax(vf m, vf v) { return vmaxq_f32(m, vabsq_f32(v)); }
+static inline vf vf_max(vf a, vf b) { return vmaxq_f32(a, b); }
+static inline vf vf_div(vf a, vf b) { return vdivq_f32(a, b); }
+static inline void vw_store_q7(uint8_t *p, vf r0, vf r1, vf r2, vf r3)
+{
+    const int32x4_t b = vdupq_n_s32(64);
+    const int32x4_t q0 = vaddq_s32(vcvtnq_s32_f32(r0), b), q1 = vaddq_s32(vcvtnq_s32_f32(r1), b);
+    const int32x4_t q2 = vaddq_s32(vcvtnq_s32_f32(r2), b), q3 = vaddq_s32(vcvtnq_s32_f32(r3), b);
+    const int32x4_t v = vorrq_s32(vorrq_s32(q0, vshlq_n_s32(q1, 8)), vorrq_s32(vshlq_n_s32(q2, 16), vshlq_n_s32(q3, 24)));
+    vst1q_s32((int32_t *)(void *)p, v);
 }
 
 static inline float half_to_float(uint16_t h)

@@ -213,6 +213,49 @@ static void gemm(const float *const *a, const float *b, int64_t kc, float *c, in
             c[i * ldc + j] = acc[i][j];
 }
 
+/* ---- the prefill GEMM's integer tiles (kernels.h): 4 tokens x 8 outputs ---------------------------------------- */
+#define IGEMM_MR 4
+#define IGEMM_NR 8
+
+static void igemm(const int8_t *const *a, const float *const *ad, const int32_t *const *as, const uint8_t *b,
+                  const float *bd, int64_t nb, int32_t off, float *c, int64_t ldc, int load)
+{
+    float acc[IGEMM_MR][IGEMM_NR];
+    for (int i = 0; i < IGEMM_MR; i++)
+        for (int j = 0; j < IGEMM_NR; j++)
+            acc[i][j] = load ? c[i * ldc + j] : 0.0f;
+    for (int64_t k = 0; k < nb; k++) {
+        const uint8_t *q = b + k * 8 * IGEMM_NR * 4;
+        for (int i = 0; i < IGEMM_MR; i++) {
+            const int8_t *x = a[i] + k * RS_QK;
+            for (int j = 0; j < IGEMM_NR; j++) {
+                int32_t sum = -off * as[i][k];
+                for (int e = 0; e < RS_QK; e++)
+                    sum += q[((e / 4) * IGEMM_NR + j) * 4 + e % 4] * x[e];
+                acc[i][j] = fmaf((float)sum, bd[k * IGEMM_NR + j] * ad[i][k], acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < IGEMM_MR; i++)
+        for (int j = 0; j < IGEMM_NR; j++)
+            c[i * ldc + j] = acc[i][j];
+}
+
+static void requant(const float *v, int64_t ldv, int64_t nb, uint8_t *q, float *bd)
+{
+    for (int64_t k = 0; k < nb; k++)
+        for (int j = 0; j < IGEMM_NR; j++) {
+            const float *vk = v + k * RS_QK * ldv + j;
+            float m = 0.0f;
+            for (int e = 0; e < RS_QK; e++)
+                m = fmaxf(m, fabsf(vk[e * ldv]));
+            const float inv = 63.0f / fmaxf(m, 1e-30f);
+            bd[k * IGEMM_NR + j] = m / 63.0f;
+            for (int e = 0; e < RS_QK; e++)
+                q[((k * 8 + e / 4) * IGEMM_NR + j) * 4 + e % 4] = (uint8_t)(64 + lrintf(vk[e * ldv] * inv));
+        }
+}
+
 const rs_kernels rs_kernels_scalar = {
     .name = "scalar",
     .cpu_ok = NULL,
@@ -229,4 +272,9 @@ const rs_kernels rs_kernels_scalar = {
     .gemm = gemm,
     .gemm_mr = GEMM_MR,
     .gemm_nr = GEMM_NR,
+    .igemm = igemm,
+    .igemm7 = igemm,
+    .requant = requant,
+    .igemm_mr = IGEMM_MR,
+    .igemm_nr = IGEMM_NR,
 };

@@ -30,6 +30,17 @@
  *   vf_half_set1(h)         the same in every lane
  *   vf_mul(a, b)            a * b
  *   prefetch(p)             a read hint for the cache line holding p, into L1
+ *   IGEMM_MR, IGEMM_NV      the prefill GEMM's integer tile (Q4_0): IGEMM_MR tokens x IGEMM_NV vectors of VL outputs
+ *   vw                      four bytes each of VL outputs (lane j: output j's bytes), from vw_load(p); or one
+ *                           token's four activation bytes in every lane, from vw_bcast4(p)
+ *   vs, vs_zero()           a block's running integer sums, one per output lane
+ *   vs_dot(s, w, x)         s plus, per lane, w's four bytes (unsigned, at most 15) times x's (signed); eight of
+ *                           these (a block) must not overflow whatever s holds them in
+ *   vs_float(s, off)        per lane, the sum minus off, as floats (exact)
+ *   vs_dot_wide, vs_float_wide  the same for weight bytes of at most 127 (igemm7)
+ *   vf_absmax(m, v) vf_max(a, b) vf_div(a, b)   max(m, |v|), max(a, b), a / b (IEEE, for finite inputs)
+ *   vw_store_q7(p, r0, r1, r2, r3)  rounds four vectors to the nearest integer (ties to even), adds 64 and
+ *                           stores them as bytes, lane j's four (r0's first) at p + 4 j
  *   PATH                    the path's name token (avx2, ...): the file defines `const rs_kernels rs_kernels_##PATH`
  *   CPU_OK                  its cpu_ok function, or NULL when every CPU of the architecture runs it
  * Loads never read past the VL elements asked for, so a kernel never touches memory beyond its rows.
@@ -385,6 +396,76 @@ static void gemm(const float *const *a, const float *b, int64_t kc, float *c, in
             vf_store(c + i * ldc + v * VL, acc[i][v]);
 }
 
+/* ---- the prefill GEMM's integer tiles (kernels.h): IGEMM_MR tokens x IGEMM_NV vectors of outputs ------------- */
+/* Per block of 32 input channels, eight steps of four: IGEMM_NV vectors of packed weight bytes loaded, each token's
+ * four activation bytes broadcast against them, the products summed per output in integers (vs); then each sum,
+ * less the bytes' bias times the block's activation sum, goes into the float chain with the two scales. The integer
+ * step multiplies 4 x VL byte pairs per instruction where the float tile multiplies VL. DOT and FLOAT: vs_dot and
+ * vs_float for bytes of at most 15, vs_dot_wide and vs_float_wide for bytes of at most 127.
+ * The step loop is not unrolled: unrolled, GCC reassociates the eight steps' integer adds into a tree and spills
+ * the products to the stack (AVX2, 3 x 2 tile, one thread, 256 tokens through 2048 x 2048: 127 GFLOP/s rolled, 99
+ * unrolled, the latter also with an older, slower packing). */
+#define IGEMM_TILE(name, DOT, FLOAT)                                                                           \
+    static void name(const int8_t *const *a, const float *const *ad, const int32_t *const *as, const uint8_t *b, \
+                     const float *bd, int64_t nb, int32_t off, float *c, int64_t ldc, int load)               \
+    {                                                                                                        \
+        enum { NR = IGEMM_NV * VL };                                                                         \
+        vf acc[IGEMM_MR][IGEMM_NV];                                                                          \
+        for (int i = 0; i < IGEMM_MR; i++)                                                                   \
+            for (int v = 0; v < IGEMM_NV; v++)                                                               \
+                acc[i][v] = load ? vf_load(c + i * ldc + v * VL) : vf_zero();                                \
+        for (int64_t k = 0; k < nb; k++) {                                                                   \
+            const uint8_t *q = b + k * 8 * NR * 4;                                                           \
+            vs s[IGEMM_MR][IGEMM_NV];                                                                        \
+            for (int i = 0; i < IGEMM_MR; i++)                                                               \
+                for (int v = 0; v < IGEMM_NV; v++)                                                           \
+                    s[i][v] = vs_zero();                                                                     \
+            _Pragma("GCC unroll 1")                                                                          \
+            for (int g = 0; g < 8; g++) {                                                                    \
+                vw w[IGEMM_NV];                                                                              \
+                for (int v = 0; v < IGEMM_NV; v++)                                                           \
+                    w[v] = vw_load(q + (g * NR + v * VL) * 4);                                               \
+                for (int i = 0; i < IGEMM_MR; i++) {                                                         \
+                    const vw x = vw_bcast4(a[i] + k * RS_QK + g * 4);                                        \
+                    for (int v = 0; v < IGEMM_NV; v++)                                                       \
+                        s[i][v] = DOT(s[i][v], w[v], x);                                                     \
+                }                                                                                            \
+            }                                                                                                \
+            for (int i = 0; i < IGEMM_MR; i++) {                                                             \
+                const vf dx = vf_set1(ad[i][k]);                                                             \
+                const int32_t o = off * as[i][k];                                                            \
+                for (int v = 0; v < IGEMM_NV; v++)                                                           \
+                    acc[i][v] = vf_fma(FLOAT(s[i][v], o), vf_mul(vf_load(bd + k * NR + v * VL), dx), acc[i][v]); \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int i = 0; i < IGEMM_MR; i++)                                                                   \
+            for (int v = 0; v < IGEMM_NV; v++)                                                               \
+                vf_store(c + i * ldc + v * VL, acc[i][v]);                                                   \
+    }
+IGEMM_TILE(igemm, vs_dot, vs_float)
+IGEMM_TILE(igemm7, vs_dot_wide, vs_float_wide)
+
+/* kernels.h's rs_requant_fn, VL outputs at a time: the block's largest |v| per lane, then four rows' bytes at a
+ * time per lane. */
+static void requant(const float *v, int64_t ldv, int64_t nb, uint8_t *q, float *bd)
+{
+    enum { NR = IGEMM_NV * VL };
+    for (int64_t k = 0; k < nb; k++)
+        for (int u = 0; u < NR; u += VL) {
+            const float *vk = v + k * RS_QK * ldv + u;
+            vf m = vf_zero();
+            for (int e = 0; e < RS_QK; e++)
+                m = vf_absmax(m, vf_load(vk + e * ldv));
+            const vf inv = vf_div(vf_set1(63.0f), vf_max(m, vf_set1(1e-30f)));
+            vf_store(bd + k * NR + u, vf_div(m, vf_set1(63.0f)));
+            for (int g = 0; g < 8; g++) {
+                const float *r = vk + 4 * g * ldv;
+                vw_store_q7(q + ((k * 8 + g) * NR + u) * 4, vf_mul(vf_load(r), inv), vf_mul(vf_load(r + ldv), inv),
+                            vf_mul(vf_load(r + 2 * ldv), inv), vf_mul(vf_load(r + 3 * ldv), inv));
+            }
+        }
+}
+
 /* ---- sparse: y[0..n) += sum_k xk[k] * wt[idx[k]][o0 ..) -------------------------------------------------------- */
 /* The group of n kept rows from k, each from byte off on (a short last group repeats its first row with activation
  * 0: weights are finite), their activations xs, and the rows AHEAD groups on, what to prefetch (past the end of the
@@ -510,6 +591,11 @@ const rs_kernels RS_CAT(rs_kernels_, PATH) = {
     .gemm = gemm,
     .gemm_mr = GEMM_MR,
     .gemm_nr = GEMM_NV * VL,
+    .igemm = igemm,
+    .igemm7 = igemm7,
+    .requant = requant,
+    .igemm_mr = IGEMM_MR,
+    .igemm_nr = IGEMM_NV * VL,
 };
 
 #endif /* RS_KERNELS_SIMD_H */

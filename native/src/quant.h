@@ -82,13 +82,15 @@ static inline void rs_dequant_q8_0(const block_q8_0 *b, float *out /* (32,) */)
         out[i] = (float)b->qs[i] * d;
 }
 
+/* Two loops, not one writing out[i] and out[i + 16]: GCC vectorizes these and kept that one scalar (a 256-token
+ * prefill from the companion's layout spent 18% of its time here, 1B-shaped Q4_0). */
 static inline void rs_dequant_q4_0(const block_q4_0 *b, float *out /* (32,) */)
 {
     const float d = rs_fp16_to_fp32(b->d);
-    for (int i = 0; i < RS_QK / 2; i++) {
+    for (int i = 0; i < RS_QK / 2; i++)
         out[i] = (float)((int)(b->qs[i] & 0x0F) - 8) * d;
+    for (int i = 0; i < RS_QK / 2; i++)
         out[i + RS_QK / 2] = (float)((int)(b->qs[i] >> 4) - 8) * d;
-    }
 }
 
 #endif /* RS_QUANT_H */

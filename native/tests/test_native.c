@@ -621,6 +621,19 @@ static void test_quant_paths(rs_pool *pool, const char *path)
                           (long long)n_in, (long long)t, (long long)r, got, pre);
                 }
             }
+            /* The companion's layout: (n_in, 64) weights, the same tokens, bit for bit with the scalar path. */
+            uint8_t *wt = malloc((size_t)(n_in * rs_row_bytes(wtype, 64)));
+            float *yt = malloc((size_t)(N_TOK * 64) * sizeof *yt), *yts = malloc((size_t)(N_TOK * 64) * sizeof *yts);
+            fill_weights(wtype, wt, n_in, 64);
+            CHECK(rs_simd_select("scalar") == RS_OK, "select scalar");
+            CHECK(rs_matmul_wt(pool, wtype, wt, 64, n_in, x, N_TOK, yts) == RS_OK, "scalar matmul_wt");
+            CHECK(rs_simd_select(path) == RS_OK, "select %s", path);
+            CHECK(rs_matmul_wt(pool, wtype, wt, 64, n_in, x, N_TOK, yt) == RS_OK, "%s matmul_wt", path);
+            int same = 1;
+            for (int64_t i = 0; i < N_TOK * 64; i++)
+                same &= same_bits(yt[i], yts[i]);
+            CHECK(same, "%s type %d n_in %lld: matmul_wt differs from scalar", path, wtype, (long long)n_in);
+            free(wt), free(yt), free(yts);
             free(w), free(x), free(y), free(y1), free(ys), free(y1s), free(q), free(d), free(s);
         }
     }
