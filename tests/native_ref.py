@@ -3,8 +3,8 @@
 Weights are quantized and dequantized with gguf-py (llama.cpp's own Python code), so the reference shares no code
 with the kernels; products are then taken in float64. F32 and F16 weights multiply float32 activations, so they agree
 with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound used throughout, and so does every
-prompt (the float GEMM of native/src/gemm.c). The dense Q8_0 and Q4_0 decode kernels round the activations to int8
-per block of 32, as llama.cpp does (native/src/kernels.h); their bound
+F32, F16 and Q8_0 prompt (the float GEMM of native/src/gemm.c). The dense Q8_0 and Q4_0 decode kernels, and Q4_0
+prompts, round the activations to int8 per block of 32, as llama.cpp does (native/src/kernels.h); their bound
 adds |W| @ (half a step per activation), a step being the block's largest |x| / 127. The sparse Q8_0 and Q4_0
 kernels (every path but AVX-512: native/src/sparse_int8.h) round each group of kept rows' coefficients x_j * d_j to
 int8, on one scale per chunk of 4 blocks of outputs (AVX-512's Q4_0 kernel to int16, per chunk of 16: axpy_int16.h);

@@ -2,7 +2,9 @@
 
 The reference (tests/native_ref.py): weights quantized and dequantized by gguf-py, the product taken in float64,
 every type within float rounding, |y - ref| <= 1e-5 * (|W| @ |x|), plus the int8 rounding of the activations for
-Q8_0 and Q4_0 decode (one token). Prefill (two or more tokens) is a float GEMM of the dequantized weights.
+Q8_0 and Q4_0 decode (one token) and for Q4_0 prefill (gemm.c's integer tile), whose companion-layout prefill
+also requantizes the weights to 7 bits (native_ref.requant7). Other prefill is a float GEMM of the dequantized
+weights.
 """
 from __future__ import annotations
 

@@ -14,8 +14,9 @@
  * row one float activation; the Q8_0 and Q4_0 ones then round each group of rows' (16, or 8 for Q8_0)
  * activation-times-scale to int8 per chunk of blocks and sum the rows in integers (sparse_int8.h; every path but
  * AVX-512, which keeps int16 coefficients for Q4_0 and floats for Q8_0). Prompts (two or more tokens, either layout)
- * run through gemm.c: panels of weights dequantized to float (dequant) times the float activations, one register
- * tile (gemm) at a time. */
+ * run through gemm.c: F32, F16 and Q8_0 as panels of weights dequantized to float (dequant) times the float
+ * activations, one register tile (gemm) at a time; Q4_0 as packed weight bytes against the activations rounded to
+ * int8 (igemm, igemm7 and requant for the companion's layout). */
 #ifndef RS_KERNELS_H
 #define RS_KERNELS_H
 

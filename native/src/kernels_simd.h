@@ -60,7 +60,7 @@
  * bytes go straight into byte dot products (vpmaddubsw, vpdpbusd, sdot): Q4_0's unsigned nibbles multiply the
  * signed activations directly, and the -8 offset costs one integer add per block and row (or none, folded into
  * vpdpbusd's accumulator), from the block sums rs_quantize_act keeps. They serve decode only: prompts run through
- * the float GEMM of gemm.c, whose register tile (gemm) and panel dequantizer (dequant) are also defined here.
+ * gemm.c, whose register tiles (gemm, igemm, igemm7) and panel packers (dequant, requant) are also defined here.
  *
  * Sparse (input-channel-major layout). Each kept channel's row slice is scaled by its activation and added to y,
  * GROUP rows per pass over the slice of y (which stays in L1), while later groups' rows are prefetched: the rows
