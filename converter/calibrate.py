@@ -3,7 +3,8 @@
 
 Text: `pydoc_data.topics`, the help texts shipped inside every CPython (about 460 k characters of English prose
 and code). Nothing is downloaded. Topics are split by position in sorted key order: every 4th topic is held out
-for evaluation, the rest is calibration, so the two never share a sentence.
+for evaluation, the rest is calibration, so the two never share a sentence. Or the user's own text (--calib-file,
+converter/calib_text.py), which then serves for calibration and validation both.
 
 Activations are sampled, not stored whole: a fixed random subset of at most `max_tokens` calibration tokens
 (seeded) is kept per input site, so memory is bounded by max_tokens * (3 n_embd + n_ff) floats per block whatever
@@ -371,19 +372,22 @@ def apply_plan(model, plan: Plan) -> None:
                                              plan.u.get((bid, i)), plan.vs.get((bid, i)))
 
 
-def validation_windows(tokenizer, skip_tokens: int, n_tokens: int, seq_len: int) -> torch.Tensor:
-    """ceil(n_tokens / seq_len) windows of the calibration split past its first `skip_tokens` (those calibrate tau
-    and factors), spread evenly over the rest of the split: many topics rather than the few that happen to follow.
-    Never the evaluation split."""
+def validation_windows(tokenizer, skip_tokens: int, n_tokens: int, seq_len: int, text: str | None = None) -> torch.Tensor:
+    """ceil(n_tokens / seq_len) windows of the calibration text past its first `skip_tokens` (those calibrate tau
+    and factors), spread evenly over the rest of the text: many topics rather than the few that happen to follow.
+    `text`: the user's (--calib-file), or None for the calibration split. Never the evaluation split."""
     n = max(1, math.ceil(n_tokens / seq_len))
     skip = math.ceil(skip_tokens / seq_len)
-    rest = token_windows(tokenizer, corpus_text("calibration"), seq_len)[skip:]
+    rest = token_windows(tokenizer, corpus_text("calibration") if text is None else text, seq_len)[skip:]
     if len(rest) == 0:
-        raise ValueError(f"the calibration split has no tokens left after the first {skip_tokens}")
+        raise ValueError(f"the calibration text has no tokens left after the first {skip_tokens}, which calibrate "
+                         f"tau and the factors: the search's finalists are compared on what follows (give more "
+                         f"text, or --val-tokens 0)")
     pick = np.unique(np.linspace(0, len(rest) - 1, min(n, len(rest))).round().astype(np.int64))
     return rest[torch.from_numpy(pick)]
 
 
-def calibration_windows(tokenizer, n_tokens: int, seq_len: int) -> torch.Tensor:
-    """The first ceil(n_tokens / seq_len) windows of the calibration split."""
-    return token_windows(tokenizer, corpus_text("calibration"), seq_len, math.ceil(n_tokens / seq_len))
+def calibration_windows(tokenizer, n_tokens: int, seq_len: int, text: str | None = None) -> torch.Tensor:
+    """The first ceil(n_tokens / seq_len) windows of the calibration text (`text`, or the calibration split)."""
+    return token_windows(tokenizer, corpus_text("calibration") if text is None else text, seq_len,
+                         math.ceil(n_tokens / seq_len))

@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.outfile or args.hf_dir / f"{args.hf_dir.name}-{args.outtype}.gguf"
     try:
+        if args.sparsity is not None and args.calib_file is not None:  # refused before the conversion, not after
+            from .calib_text import read_calib_file
+            from .calibrate import load_tokenizer
+
+            read_calib_file(args.calib_file, load_tokenizer(args.hf_dir))
         convert(args.hf_dir, out, args.outtype, progress=not args.no_progress)
         if args.sparsity is not None:
             from .rsparse_cli import make_companion

@@ -44,6 +44,7 @@ class BuildConfig:
     seq_len: int = 256
     search: SearchConfig = field(default_factory=SearchConfig)
     checkpoint: Path | None = None  # the search's best-so-far JSON
+    calib_file: Path | None = None  # the user's calibration text (converter/calib_text.py); None: Python's docs
 
 
 def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None):
@@ -61,7 +62,15 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
     t0 = time.time()
     state = rsparse_model(model)
     n_layer = len(model.model.layers)
-    windows = calibration_windows(tokenizer, cfg.calib_tokens, cfg.seq_len)
+    if cfg.calib_file is not None:
+        from .calib_text import calib_file_provenance, read_calib_file
+
+        text = read_calib_file(cfg.calib_file, tokenizer)
+        source, sha = calib_file_provenance(cfg.calib_file, text)
+    else:
+        text = None
+        source, sha = corpus_provenance("calibration")
+    windows = calibration_windows(tokenizer, cfg.calib_tokens, cfg.seq_len, text)
     if calib is None:
         calib = Calibration(model, windows, max_tokens=cfg.calib_tokens, progress=progress)
     if cfg.tau not in ("dense", "sequential"):
@@ -120,7 +129,7 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
                 candidates[f"searched#{i}"] = rho_i
         validation, plans = {}, {}
         if cfg.val_tokens > 0:
-            val_windows = validation_windows(tokenizer, cfg.calib_tokens, cfg.val_tokens, cfg.seq_len)
+            val_windows = validation_windows(tokenizer, cfg.calib_tokens, cfg.val_tokens, cfg.seq_len, text)
             for name, r in candidates.items():
                 plans[name] = make_plan(r)
                 apply_plan(model, plans[name])
@@ -140,7 +149,6 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
     info["planned_model_sparsity"] = model_sparsity(shapes_from_config(model.config), n_layer, cfg.sparsity, rho)
     info["rho_grid"] = list(cfg.search.grid)
     info["seconds"] = round(time.time() - t0, 1)
-    source, sha = corpus_provenance("calibration")
     provenance = {"source": source, "sha256": sha, "tokens": calib.n_tokens, "seq_len": cfg.seq_len}
     info["calibration"] = provenance
     return plan, info, provenance
@@ -161,6 +169,9 @@ def add_rsparse_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--tau", default=DEFAULT_TAU, choices=("dense", "sequential"), help="threshold calibration")
     g.add_argument("--paper-faithful", action="store_true", help="the paper's method: --factors svd --tau dense")
     g.add_argument("--calib-tokens", type=int, default=2048)
+    g.add_argument("--calib-file", type=Path,
+                   help="calibration text: plain UTF-8, or .jsonl chat conversations ({\"messages\": [...]} a line) "
+                        "rendered with the model's chat template (default: Python's own documentation, offline)")
     g.add_argument("--fit-tokens", type=int, default=1024, help="calibration tokens scored by the search")
     g.add_argument("--val-tokens", type=int, default=BuildConfig.val_tokens,
                    help="other calibration tokens on which the search's finalists are compared (0: take its best)")
@@ -181,7 +192,8 @@ def build_config(args, companion_out: Path) -> BuildConfig:
         fit_tokens=args.fit_tokens, val_tokens=args.val_tokens, seq_len=args.seq_len,
         search=SearchConfig(population=args.population, generations=args.generations, groups=args.groups,
                             seed=args.seed, grid=RHO_GRID),
-        checkpoint=args.checkpoint or companion_out.with_name(companion_out.name + ".search.json"))
+        checkpoint=args.checkpoint or companion_out.with_name(companion_out.name + ".search.json"),
+        calib_file=getattr(args, "calib_file", None))
 
 
 def make_companion(base: Path, hf_dir: Path, args, progress: bool = True) -> Path:
@@ -195,7 +207,12 @@ def make_companion(base: Path, hf_dir: Path, args, progress: bool = True) -> Pat
     torch.set_num_threads(args.threads)
     out = args.companion_out or companion_path(base)
     cfg = build_config(args, out)
-    model, tok = load_model(hf_dir), load_tokenizer(hf_dir)
+    tok = load_tokenizer(hf_dir)
+    if cfg.calib_file is not None:  # a bad file is refused before the model loads
+        from .calib_text import read_calib_file
+
+        read_calib_file(cfg.calib_file, tok)
+    model = load_model(hf_dir)
     plan, info, provenance = build(model, tok, cfg, progress)
     write_companion(out, base, model, plan, cfg.recipe, info, provenance, progress=progress)
     return out
