@@ -237,26 +237,27 @@ class Calibration:
     def inputs(self, bid: int, name: str) -> torch.Tensor:
         return self.acts[(bid, SITE[name])]  # (n_tokens, in) float32
 
-    def score(self, bid: int, name: str, rho: float) -> torch.Tensor:
+    def score(self, bid: int, name: str, rho: float, score_all: bool = False) -> torch.Tensor:
+        """|x| * colnorm, or |x| alone where rho == 1 unless score_all (WINA's score there too)."""
         x = self.inputs(bid, name).abs()
-        return x if rho >= 1.0 else x * self.colnorm[(bid, name)].float()
+        return x if rho >= 1.0 and not score_all else x * self.colnorm[(bid, name)].float()
 
-    def tau(self, bid: int, name: str, sparsity: float, rho: float) -> float:
-        return quantile_tau(self.score(bid, name, rho), (1.0 - sparsity) * rho)
+    def tau(self, bid: int, name: str, sparsity: float, rho: float, score_all: bool = False) -> float:
+        return quantile_tau(self.score(bid, name, rho, score_all), (1.0 - sparsity) * rho)
 
     def svd(self, bid: int, name: str):
         return self._svd.get((bid, name), lambda: torch.linalg.svd(self.weights[(bid, name)].double(),
                                                                    full_matrices=False))
 
-    def linear_plan(self, bid: int, name: str, sparsity: float, rho: float, factors: str):
+    def linear_plan(self, bid: int, name: str, sparsity: float, rho: float, factors: str, score_all: bool = False):
         """(tau, u, vs) for one linear at one (sparsity, rho), cached: the search revisits the same grid values."""
-        return self._cache.get((bid, name, sparsity, rho, factors),
-                               lambda: self._make_plan(bid, name, sparsity, rho, factors))
+        return self._cache.get((bid, name, sparsity, rho, factors, score_all),
+                               lambda: self._make_plan(bid, name, sparsity, rho, factors, score_all))
 
-    def _make_plan(self, bid: int, name: str, sparsity: float, rho: float, factors: str):
+    def _make_plan(self, bid: int, name: str, sparsity: float, rho: float, factors: str, score_all: bool):
         w = self.weights[(bid, name)]
         out, in_ = w.shape
-        tau = self.tau(bid, name, sparsity, rho)
+        tau = self.tau(bid, name, sparsity, rho, score_all)
         rank = rank_for(in_, out, sparsity, rho)
         u = vs = None
         if rank:
@@ -264,7 +265,7 @@ class Calibration:
                 u, vs = svd_factors(*self.svd(bid, name), rank)
             else:
                 x = self.inputs(bid, name)
-                u, vs = data_aware_factors(w, x * (self.score(bid, name, rho) <= tau), rank)
+                u, vs = data_aware_factors(w, x * (self.score(bid, name, rho, score_all) <= tau), rank)
         return tau, u, vs
 
 
@@ -284,6 +285,7 @@ class Plan:
     rank: np.ndarray  # (n_layer, 7) int
     factors: str = "svd"
     tau_mode: str = "dense"
+    score_all: bool = False  # |x| * colnorm at rho == 1 too (the companion's rsparse.score abs_x_colnorm_all)
     u: dict = field(default_factory=dict)  # (bid, linear index) -> (out, rank) float32
     vs: dict = field(default_factory=dict)  # (bid, linear index) -> (rank, in) float32
 
@@ -301,14 +303,16 @@ def empty_plan(model, sparsity: float, rho: np.ndarray, factors: str, tau_mode: 
     return Plan(sparsity, rho, np.zeros(rho.shape), keep, rank, factors, tau_mode)
 
 
-def dense_plan(calib: Calibration, sparsity: float, rho: np.ndarray, factors: str = "svd") -> Plan:
+def dense_plan(calib: Calibration, sparsity: float, rho: np.ndarray, factors: str = "svd",
+               score_all: bool = False) -> Plan:
     """The paper's calibration: every tau (and data-aware factor) from the dense model's activations."""
     if factors not in FACTORS:
         raise ValueError(f"factors {factors!r}: choose one of {FACTORS}")
     plan = empty_plan(calib.model, sparsity, rho, factors, "dense")
+    plan.score_all = score_all
     for bid, name, _ in iter_linears(calib.model):
         i = LINEARS.index(name)
-        tau, u, vs = calib.linear_plan(bid, name, sparsity, float(plan.rho[bid, i]), factors)
+        tau, u, vs = calib.linear_plan(bid, name, sparsity, float(plan.rho[bid, i]), factors, score_all)
         plan.tau[bid, i] = tau
         if u is not None:
             plan.u[(bid, i)], plan.vs[(bid, i)] = u, vs
@@ -321,6 +325,7 @@ def sequential_plan(model, state: SparseState, windows: torch.Tensor, calib: Cal
     linears are already sparse, so every linear keeps its targeted fraction in the sparse model. One forward pass
     over `windows`: each linear calibrates itself on first use, in execution order."""
     plan = empty_plan(model, sparsity, rho, factors, "sequential")
+    plan.score_all = state.score_all  # the reference's linears score with it (reference.py)
 
     def calibrate(lin, x, score):
         i = LINEARS.index(lin.name)

@@ -70,7 +70,7 @@ def write_companion(out_path: str | os.PathLike, base_path: str | os.PathLike, m
         w.add_string(RSparseKey.RECIPE_JSON, json.dumps(recipe_info, sort_keys=True))
         w.add_string(RSparseKey.FACTORS, plan.factors)
         w.add_string(RSparseKey.TAU_CALIBRATION, plan.tau_mode)
-        w.add_string(RSparseKey.SCORE, "abs_x_colnorm")
+        w.add_string(RSparseKey.SCORE, "abs_x_colnorm_all" if plan.score_all else "abs_x_colnorm")
         w.add_string(RSparseKey.CALIB_SOURCE, str(calibration["source"]))
         w.add_string(RSparseKey.CALIB_SHA256, str(calibration["sha256"]))
         w.add_uint32(RSparseKey.CALIB_TOKENS, int(calibration["tokens"]))

@@ -1,7 +1,8 @@
 """The reference R-Sparse linear (PyTorch): the ground truth the runtime's kernels are compared with.
 
 For y = W x with W (out, in), per token (R-Sparse, arXiv 2504.19449, Eq. 4):
-    score = |x| * colnorm           (|x| alone where rho == 1: plain magnitude sparsity)
+    score = |x| * colnorm           (|x| alone where rho == 1: plain magnitude sparsity; WINA's |x| * colnorm there
+                                     too with SparseState.score_all)
     m     = score > tau             (tau: one scalar per linear)
     y     = W[:, m] x[m] + U_r (S_r V_r^T ((1 - m) * x))
 U_r is (out, rank) and `vs` = S_r V_r^T is (rank, in). With rank 0 the second term is absent.
@@ -41,6 +42,7 @@ class SparseState:
     # set during sequential calibration: called as calibrate(linear, x2d, score2d) when linear.tau is None
     calibrate: Callable | None = None
     modules: list = field(default_factory=list)
+    score_all: bool = False  # |x| * colnorm at rho == 1 too (rsparse.score abs_x_colnorm_all, WINA's score)
 
     def reset_counts(self) -> None:
         for m in self.modules:
@@ -87,7 +89,7 @@ class RSparseLinear(nn.Module):
         self.vs = None if vs is None else vs.to(self.weight.dtype).contiguous()
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        return x.abs() if self.rho >= 1.0 else x.abs() * self.colnorm
+        return x.abs() if self.rho >= 1.0 and not self.state.score_all else x.abs() * self.colnorm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., n_pos, in)
         st = self.state
@@ -170,6 +172,7 @@ def apply_companion(model, companion) -> SparseState:
         with torch.no_grad():
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
         m.colnorm = torch.from_numpy(np.asarray(c.colnorm, dtype=np.float32).copy())
+        state.score_all = companion.score == "abs_x_colnorm_all"
         m.set(float(c.tau), float(c.rho), None if u is None else torch.from_numpy(np.array(u, dtype=np.float32)),
               None if u is None else torch.from_numpy(np.asarray(c.vs, dtype=np.float32).copy()))
     return state

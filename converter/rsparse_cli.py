@@ -28,6 +28,7 @@ from .search import RHO_GRID, SearchConfig
 
 RECIPES = ("sparse-only", "uniform", "searched")
 UNIFORM_RHO = 0.95
+SCORE_CHOICES = ("x", "wina")  # the score where rho = 1: |x|, or |x| * colnorm (WINA)
 DEFAULT_FACTORS = "data-aware"
 DEFAULT_TAU = "sequential"
 
@@ -45,6 +46,7 @@ class BuildConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     checkpoint: Path | None = None  # the search's best-so-far JSON
     calib_file: Path | None = None  # the user's calibration text (converter/calib_text.py); None: Python's docs
+    score: str = "x"  # at rho == 1: "x" (|x|, the paper's and TEAL's) or "wina" (|x| * colnorm); rho < 1: always the latter
 
 
 def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None):
@@ -75,14 +77,18 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
         calib = Calibration(model, windows, max_tokens=cfg.calib_tokens, progress=progress)
     if cfg.tau not in ("dense", "sequential"):
         raise ValueError(f"tau calibration {cfg.tau!r}: choose dense or sequential")
+    if cfg.score not in SCORE_CHOICES:
+        raise ValueError(f"score {cfg.score!r}: choose one of {SCORE_CHOICES}")
+    state.score_all = score_all = cfg.score == "wina"
 
     def make_plan(rho: np.ndarray):
         """tau and factors for this rho: what the companion ships."""
         if cfg.tau == "sequential":
             return sequential_plan(model, state, windows, calib, cfg.sparsity, rho, cfg.factors)
-        return dense_plan(calib, cfg.sparsity, rho, cfg.factors)
+        return dense_plan(calib, cfg.sparsity, rho, cfg.factors, score_all)
 
-    info: dict = {"recipe": cfg.recipe, "sparsity": cfg.sparsity, "factors": cfg.factors, "tau_calibration": cfg.tau}
+    info: dict = {"recipe": cfg.recipe, "sparsity": cfg.sparsity, "factors": cfg.factors, "tau_calibration": cfg.tau,
+                  "score": cfg.score}
     plan = None
 
     if cfg.recipe == "sparse-only" or (cfg.recipe == "searched" and cfg.sparsity == 0.0):
@@ -95,7 +101,7 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
         fit_windows = windows[:n_fit]
 
         def fitness(rho: np.ndarray) -> float:
-            apply_plan(model, dense_plan(calib, cfg.sparsity, rho, cfg.factors))
+            apply_plan(model, dense_plan(calib, cfg.sparsity, rho, cfg.factors, score_all))
             if cfg.tau == "sequential":
                 # thresholds re-calibrated in the sparse model on the scored windows themselves, in the same
                 # forward pass: the fitness sees the sequential thresholds at the cost of a dense-tau evaluation
@@ -167,7 +173,10 @@ def add_rsparse_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="rho per linear: sparse-only (rho=1, TEAL-like), uniform (rho=0.95) or searched (default)")
     g.add_argument("--factors", default=DEFAULT_FACTORS, choices=("svd", "data-aware"))
     g.add_argument("--tau", default=DEFAULT_TAU, choices=("dense", "sequential"), help="threshold calibration")
-    g.add_argument("--paper-faithful", action="store_true", help="the paper's method: --factors svd --tau dense")
+    g.add_argument("--paper-faithful", action="store_true",
+                   help="the paper's method: --factors svd --tau dense --score x")
+    g.add_argument("--score", default=BuildConfig.score, choices=SCORE_CHOICES,
+                   help="channel score where rho = 1: x (|x|, the paper's and TEAL's) or wina (|x| * column norm)")
     g.add_argument("--calib-tokens", type=int, default=2048)
     g.add_argument("--calib-file", type=Path,
                    help="calibration text: plain UTF-8, or .jsonl chat conversations ({\"messages\": [...]} a line) "
@@ -193,7 +202,8 @@ def build_config(args, companion_out: Path) -> BuildConfig:
         search=SearchConfig(population=args.population, generations=args.generations, groups=args.groups,
                             seed=args.seed, grid=RHO_GRID),
         checkpoint=args.checkpoint or companion_out.with_name(companion_out.name + ".search.json"),
-        calib_file=getattr(args, "calib_file", None))
+        calib_file=getattr(args, "calib_file", None),
+        score="x" if args.paper_faithful else args.score)
 
 
 def make_companion(base: Path, hf_dir: Path, args, progress: bool = True) -> Path:

@@ -9,8 +9,8 @@ Per decoder-block linear y = W x, W (out, in):
     rsparse_colnorm (in,)       ||W[:, j]||_2              F32
 and the metadata arrays rsparse.tau / rho / rank / keep, indexed [bid * 7 + LINEARS.index(name)]. Rows of
 attn_q/attn_k outputs (rsparse_weight columns, rsparse_u rows) are in the base's permuted Q/K order.
-Semantics: score = |x| * colnorm (|x| alone where rho == 1), kept = score > tau,
-y = W[:, kept] x[kept] + U (VS ((1 - kept) * x)).
+Semantics: score = |x| * colnorm (|x| alone where rho == 1, unless rsparse.score says abs_x_colnorm_all),
+kept = score > tau, y = W[:, kept] x[kept] + U (VS ((1 - kept) * x)).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .constants import (COMPANION_ARCH, COMPANION_SUFFIX, COMPANION_VERSION, LINEARS, GGMLType, Key, RSparseKey,
-                        RSparseTensor, Tensor)
+                        SCORES, RSparseTensor, Tensor)
 from .gguf_file import GGUFError, GGUFFile
 
 FINGERPRINT_SAMPLE = 4096  # bytes hashed at the start, middle and end of every tensor
@@ -73,6 +73,7 @@ class CompanionLinear:
     rho: float
     rank: int
     keep: int  # nominal kept channels
+    weighted: bool  # the score is |x| * colnorm (rho < 1, or rsparse.score abs_x_colnorm_all); else |x|
 
 
 class Companion:
@@ -104,6 +105,9 @@ class Companion:
         self.recipe = f.get_str(RSparseKey.RECIPE)
         self.factors = f.get_str(RSparseKey.FACTORS)
         self.tau_calibration = f.get_str(RSparseKey.TAU_CALIBRATION)
+        self.score = f.get_str(RSparseKey.SCORE)
+        if self.score not in SCORES:
+            raise GGUFError(f.path, RSparseKey.SCORE, f"{self.score!r}: this runtime knows {', '.join(SCORES)}")
         try:
             self.recipe_info = json.loads(f.get_str(RSparseKey.RECIPE_JSON))
         except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; deep nesting recurses
@@ -168,7 +172,8 @@ class Companion:
         if int(self.keep[bid, i]) > n_in:
             raise GGUFError(f.path, RSparseKey.KEEP, f"blk.{bid}.{name}: keep {self.keep[bid, i]} > in {n_in}")
         return CompanionLinear(bid, name, n_out, n_in, f.tensor(w.name), w.type, u, vs, colnorm,
-                               float(self.tau[bid, i]), float(self.rho[bid, i]), rank, int(self.keep[bid, i]))
+                               float(self.tau[bid, i]), float(self.rho[bid, i]), rank, int(self.keep[bid, i]),
+                               bool(self.rho[bid, i] < 1.0 or self.score == "abs_x_colnorm_all"))
 
     def linear(self, bid: int, name: str) -> CompanionLinear:
         return self.layers[bid][name]

@@ -133,7 +133,7 @@ class RSparseKey:
     RECIPE_JSON = "rsparse.recipe.json"  # str, the full recipe (rho grid, search settings, fitness) as JSON
     FACTORS = "rsparse.factors"  # str: svd (the paper's top-r SVD of W) | data-aware
     TAU_CALIBRATION = "rsparse.tau.calibration"  # str: dense (the paper's) | sequential
-    SCORE = "rsparse.score"  # str: "abs_x_colnorm" (|x|*colnorm, |x| alone where rho == 1)
+    SCORE = "rsparse.score"  # str: one of SCORES
     CALIB_SOURCE = "rsparse.calibration.source"  # str, text source and split
     CALIB_SHA256 = "rsparse.calibration.sha256"  # str, sha256 of the calibration text
     CALIB_TOKENS = "rsparse.calibration.tokens"  # u32, calibration tokens used for tau and factors
@@ -156,3 +156,9 @@ class RSparseTensor:
     @staticmethod
     def blk(name: str, bid: int, linear: str) -> str:
         return name.format(bid=bid, linear=linear)
+
+
+# rsparse.score: the channel score the thresholds compare. abs_x_colnorm: |x| * colnorm, and |x| alone where
+# rho == 1 (plain magnitude sparsity, the paper's and TEAL's); abs_x_colnorm_all: |x| * colnorm on every linear
+# (at rho == 1 too: WINA's weight-informed score).
+SCORES = ("abs_x_colnorm", "abs_x_colnorm_all")

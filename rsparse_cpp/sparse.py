@@ -1,7 +1,7 @@
 """The R-Sparse decode path: every decoder-block linear of a Model bound to the native rank-aware kernel.
 
 For one decoded token each linear y = W x runs as (R-Sparse, Eq. 4)
-    score = |x| * colnorm   (|x| where rho == 1)      m = score > tau
+    score = |x| * colnorm   (|x| where rho == 1, unless rsparse.score is abs_x_colnorm_all)   m = score > tau
     y     = W[:, m] x[m] + U_r (S_r V_r^T ((1 - m) * x))
 reading only the kept channels' rows of the companion's input-channel-major weights, plus the low-rank factors.
 rs_forward (model.py) runs them all in one native call per token; each linear reports how many channels it kept,
@@ -64,5 +64,5 @@ class SparseDecode(KeptStats):
     def linear_args(self, bid: int, name: str) -> tuple:
         """(wtype, wt, colnorm, tau, U, VS) of one linear: rs_sparse_matvec's weights and threshold."""
         c = self.companion.linear(bid, name)
-        colnorm = None if c.rho >= 1.0 else c.colnorm  # rho = 1: plain magnitude score |x|
+        colnorm = c.colnorm if c.weighted else None  # else the plain magnitude score |x|
         return c.weight_type, c.weight, colnorm, c.tau, c.u, c.vs

@@ -141,6 +141,7 @@ def tiny_companion(fingerprint: str, rank: int = 4, n_layer: int = 1, skip_kv: s
         ("rsparse.recipe.json", STR, '{"recipe": "uniform"}'),
         ("rsparse.factors", STR, "svd"),
         ("rsparse.tau.calibration", STR, "dense"),
+        ("rsparse.score", STR, "abs_x_colnorm"),
         ("rsparse.tau", ARR, (F32, [0.1] * n)),
         ("rsparse.rho", ARR, (F32, [0.5] * n)),
         ("rsparse.rank", ARR, (U32, [rank] * n)),

@@ -24,7 +24,7 @@ from rsparse_cpp.model import Model
 from rsparse_cpp.perplexity import perplexity, window_nll
 
 SMALL = dict(calib_tokens=256, fit_tokens=128, val_tokens=256, seq_len=64, search=SearchConfig(population=4, generations=1, groups=2))
-RECIPES = ("sparse-only", "uniform", "searched", "mixed")
+RECIPES = ("sparse-only", "uniform", "searched", "mixed", "sparse-only-wina")  # wina: |x| * colnorm at rho = 1
 
 
 def rel_err(got, want) -> float:
@@ -42,7 +42,9 @@ def make_companion(hf_dir, base, recipe: str, sparsity: float = 0.5):
         plan, info = dense_plan(calib, sparsity, rho, "svd"), {"recipe": "mixed", "sparsity": sparsity}
         prov = {"source": "test", "sha256": "", "tokens": 256, "seq_len": 64}
     else:
-        plan, info, prov = build(model, tok, BuildConfig(sparsity=sparsity, recipe=recipe, **SMALL), progress=False)
+        wina = recipe.endswith("-wina")
+        cfg = BuildConfig(sparsity=sparsity, recipe=recipe.removesuffix("-wina"), score="wina" if wina else "x", **SMALL)
+        plan, info, prov = build(model, tok, cfg, progress=False)
     return write_companion(companion_path(base), base, model, plan, recipe, info, prov)
 
 
@@ -116,7 +118,12 @@ def test_strict_logits_match_reference(tiny, recipe):
     path = make_companion(d, base, recipe)
     model = Model.load(base, n_ctx=128, n_threads=2, sparse_prefill=True)
     assert model.sparse is not None and model.sparse.companion.path == path
-    ref, _ = reference(d, Companion(path, base), "strict")
+    c = Companion(path, base)
+    weighted = [c.linear(b, n).weighted for b in range(c.n_layer) for n in LINEARS]
+    assert c.score == ("abs_x_colnorm_all" if recipe.endswith("-wina") else "abs_x_colnorm")
+    assert all(weighted) if recipe.endswith("-wina") else weighted == [c.linear(b, n).rho < 1 for b in range(c.n_layer)
+                                                                       for n in LINEARS]
+    ref, _ = reference(d, c, "strict")
     ids = torch.randint(3, ref.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
     assert_matches_reference(model, ref, ids)
     # every token went through the sparse kernel: it kept a fraction of the channels, not all of them

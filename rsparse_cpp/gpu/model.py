@@ -85,7 +85,7 @@ class TorchSparse(KeptStats):
             need = max(native_cuda.scratch_bytes(c.n_out, c.n_in, c.rank) for c in lins)
             scratch = torch.empty(need, dtype=torch.uint8, device=device)  # shared: calls run one at a time
             for slot, c in enumerate(lins):
-                colnorm = None if c.rho >= 1.0 else put(c.colnorm)  # rho = 1: plain magnitude score |x|
+                colnorm = put(c.colnorm) if c.weighted else None  # else the plain magnitude score |x|
                 u, vs = (put(c.u), put(c.vs)) if c.rank else (None, None)
                 self._linears.append(native_cuda.BoundSparse(
                     int(c.weight_type), put(c.weight.view(np.uint8)), c.n_out, c.n_in, colnorm, c.tau, u, vs,
@@ -94,7 +94,7 @@ class TorchSparse(KeptStats):
             for c in lins:
                 self._linears.append((
                     put(dequantize(c.weight_type, c.weight, c.n_in, c.n_out)),  # wt (in, out): row j = channel j
-                    None if c.rho >= 1.0 else put(c.colnorm),
+                    put(c.colnorm) if c.weighted else None,
                     float(np.float32(c.tau)),  # the kernels compare in float32
                     put(c.u.astype(np.float32)) if c.rank else None,  # (out, rank)
                     put(c.vs.astype(np.float32)) if c.rank else None))  # (rank, in)
