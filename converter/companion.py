@@ -43,9 +43,11 @@ def dequantize(data: np.ndarray, ttype: GGMLType, shape: tuple[int, ...]) -> np.
 
 
 def write_companion(out_path: str | os.PathLike, base_path: str | os.PathLike, model, plan: Plan, recipe: str,
-                    recipe_info: dict, calibration: dict, progress: bool = False) -> Path:
+                    recipe_info: dict, calibration: dict, progress: bool = False,
+                    weight_type: GGMLType | None = None) -> Path:
     """Write the companion of `base_path` for the transformers `model` it was converted from.
-    `calibration`: {"source", "sha256", "tokens", "seq_len"}."""
+    `calibration`: {"source", "sha256", "tokens", "seq_len"}. `weight_type`: the sparse-path copy's type (default:
+    each linear's type in the base)."""
     from .reference import iter_linears
 
     base = GGUFFile(base_path)
@@ -95,7 +97,7 @@ def write_companion(out_path: str | os.PathLike, base_path: str | os.PathLike, m
                 weight = permute_qk(weight, heads)
                 u = None if u is None else permute_qk(u, heads)
             wt = np.ascontiguousarray(weight.T)  # (in, out)
-            wtype = tensor_type(wt, base_info.type)
+            wtype = tensor_type(wt, base_info.type if weight_type is None else weight_type)
             name_of = lambda tmpl: RSparseTensor.blk(tmpl, bid, name)  # noqa: E731
             w.add_tensor(name_of(RSparseTensor.WEIGHT), encode(wt, wtype),
                          raw_dtype=gguf.GGMLQuantizationType(int(wtype)))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsparse_cpp.constants import LINEARS
+from rsparse_cpp.constants import LINEARS, GGMLType
 
 from .search import RHO_GRID, SearchConfig
 
@@ -192,6 +192,10 @@ def add_rsparse_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--checkpoint", type=Path, help="search checkpoint JSON (default: <companion>.search.json)")
     g.add_argument("--threads", type=int, default=2, help="torch threads")
     g.add_argument("--companion-out", type=Path, help="companion path (default: <base>.rsparse.gguf)")
+    g.add_argument("--companion-type", choices=("f32", "f16", "q8_0", "q4_0"),
+                   help="type of the companion's copy of the block weights (default: the base's). A Q4_0 base "
+                        "without its HF checkpoint loses much more to a Q4_0 companion (requantized along the other "
+                        "axis) than to q8_0, which reads more bytes a kept row (docs/COMPANION.md)")
 
 
 def build_config(args, companion_out: Path) -> BuildConfig:
@@ -206,7 +210,17 @@ def build_config(args, companion_out: Path) -> BuildConfig:
         score="x" if args.paper_faithful else args.score)
 
 
-def make_companion(base: Path, hf_dir: Path, args, progress: bool = True) -> Path:
+def base_is_q4_0(base: Path) -> bool:
+    """Whether the base's block linears are Q4_0 (its first block's attn_q)."""
+    from rsparse_cpp.gguf_file import GGUFFile
+
+    t = GGUFFile(base).tensors.get("blk.0.attn_q.weight")
+    return t is not None and t.type == GGMLType.Q4_0
+
+
+def make_companion(base: Path, hf_dir: Path | None, args, progress: bool = True) -> Path:
+    """Build and write the companion of `base` from the HF checkpoint it was converted from, or, with hf_dir None,
+    from the base's own dequantized weights and tokenizer (converter/from_gguf.py)."""
     import torch
 
     from rsparse_cpp.companion import companion_path
@@ -217,23 +231,37 @@ def make_companion(base: Path, hf_dir: Path, args, progress: bool = True) -> Pat
     torch.set_num_threads(args.threads)
     out = args.companion_out or companion_path(base)
     cfg = build_config(args, out)
-    tok = load_tokenizer(hf_dir)
+    if hf_dir is None:
+        from .from_gguf import load_from_gguf
+
+        model, tok = load_from_gguf(base)
+        if getattr(args, "companion_type", None) is None and base_is_q4_0(base):
+            print("rsparse-companion: note: a Q4_0 base without its HF checkpoint gives a Q4_0 companion rounded "
+                  "twice (SmolLM2: +24% strict perplexity); --companion-type q8_0 avoids that at the cost of reading "
+                  "more bytes a kept row (docs/COMPANION.md)", file=sys.stderr)
+    else:
+        tok = load_tokenizer(hf_dir)
     if cfg.calib_file is not None:  # a bad file is refused before the model loads
         from .calib_text import read_calib_file
 
         read_calib_file(cfg.calib_file, tok)
-    model = load_model(hf_dir)
+    if hf_dir is not None:
+        model = load_model(hf_dir)
     plan, info, provenance = build(model, tok, cfg, progress)
-    write_companion(out, base, model, plan, cfg.recipe, info, provenance, progress=progress)
+    ctype = getattr(args, "companion_type", None)
+    write_companion(out, base, model, plan, cfg.recipe, info, provenance, progress=progress,
+                    weight_type=None if ctype is None else GGMLType[ctype.upper()])
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """rsparse-companion: add an R-Sparse companion to an existing base GGUF, from the HF checkpoint it was
-    converted from."""
+    converted from, or from the base alone (its weights dequantized)."""
     p = argparse.ArgumentParser(prog="rsparse-companion", description=main.__doc__)
-    p.add_argument("base", type=Path, help="base GGUF written by rsparse-convert")
-    p.add_argument("hf_dir", type=Path, help="the HF checkpoint the base was converted from")
+    p.add_argument("base", type=Path, help="base GGUF (llama architecture; F32, F16, Q8_0 or Q4_0)")
+    p.add_argument("hf_dir", type=Path, nargs="?",
+                   help="the HF checkpoint the base was converted from (optional: without it, the base's own "
+                        "dequantized weights and tokenizer)")
     p.add_argument("--no-progress", action="store_true")
     add_rsparse_args(p, required=True)
     args = p.parse_args(argv)

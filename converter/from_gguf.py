@@ -1,0 +1,30 @@
+"""A base GGUF as the converter's torch model and tokenizer, for a companion made without the HF checkpoint.
+
+transformers reads the GGUF (`from_pretrained(folder, gguf_file=...)`): it dequantizes every tensor to float32,
+undoes llama.cpp's Q/K row permutation and rebuilds the tokenizer from the tokenizer.ggml.* metadata, so the
+calibration, the thresholds and the low-rank factors see exactly the weights the runtime reads from the base. What
+a quantized base has already lost is lost to the companion too: an HF checkpoint, when there is one, gives the
+companion's sparse-path copy the full-precision weights.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def load_from_gguf(base: str | Path):
+    """(model, tokenizer) of the base GGUF, dequantized to float32, in eval mode."""
+    base = Path(base)
+    if not base.is_file():
+        raise FileNotFoundError(f"{base}: no such base GGUF")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file: nothing to fetch
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
+        model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name, dtype=torch.float32)
+    except (ValueError, KeyError, NotImplementedError) as e:  # transformers' words for what it cannot read
+        raise ValueError(f"{base}: cannot read it as a model without its HF checkpoint ({e}); pass the HF folder "
+                         f"it was converted from") from None
+    return model.eval(), tok
