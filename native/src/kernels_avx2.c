@@ -21,7 +21,7 @@
 #define GEMM_NV 2  /* prefill GEMM tile: 6 x 2 accumulators, 2 panel vectors, 1 broadcast: 15 of 16 ymm */
 #define IGEMM_MR 3
 #define IGEMM_NV 2 /* integer tile: 3 x 2 sums and 3 x 2 float chains, 2 panel vectors, 1 broadcast: 15 of 16 ymm
-                    * (4 x 2, 4 x 1, 2 x 2, 6 x 1 measured 9-25% slower) */
+                    * (4 x 2, 4 x 1, 2 x 2, 6 x 1 measured 9-27% slower) */
 
 typedef __m256 vf;
 
