@@ -58,8 +58,9 @@ static void dequant(const struct gemm_job *j, const uint8_t *row, int64_t e0, in
 
 /* A hint to bring the panel of outputs [o0, o0 + nc) x input channels [k0, k0 + kc) into L2 while the one before
  * it is multiplied. Its rows are short pieces of long stored rows (the companion's: 72 bytes of Q4_0 every 1152
- * for 2048 outputs), which the hardware prefetcher did not fetch ahead: packing waited on each row in turn, and
- * took 17% of a 256-token Q4_0 GEMM from the companion's layout, against 2% with the hints (one thread). */
+ * for 2048 outputs), which the hardware prefetcher did not fetch ahead: packing waited on each row in turn (perf,
+ * 256 tokens through 2048 x 2048 Q4_0 from the companion's layout, one thread: dequantizing took 12% of the
+ * samples, 7% with the hints). */
 static void prefetch_panel(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, int64_t kc)
 {
     const int64_t rows = j->rows_in ? kc : nc, first = j->rows_in ? k0 : o0, e0 = j->rows_in ? o0 : k0;
@@ -75,10 +76,11 @@ static void prefetch_panel(const struct gemm_job *j, int64_t o0, int64_t nc, int
 /* The next panel after (o0, k0) in run's and irun's order, if any: prefetched. */
 static void prefetch_next(const struct gemm_job *j, int64_t o0, int64_t o_end, int64_t k0)
 {
-    if (k0 + KC < j->n_in)
-        prefetch_panel(j, o0, o_end - o0 < NC ? o_end - o0 : NC, k0 + KC, j->n_in - k0 - KC < KC ? j->n_in - k0 - KC : KC);
-    else if (o0 + NC < o_end)
-        prefetch_panel(j, o0 + NC, o_end - o0 - NC < NC ? o_end - o0 - NC : NC, 0, j->n_in < KC ? j->n_in : KC);
+    const int64_t k_next = j->n_in - k0 - KC, o_next = o_end - o0 - NC;  /* what is left after this panel */
+    if (k_next > 0)
+        prefetch_panel(j, o0, o_end - o0 < NC ? o_end - o0 : NC, k0 + KC, k_next < KC ? k_next : KC);
+    else if (o_next > 0)
+        prefetch_panel(j, o0 + NC, o_next < NC ? o_next : NC, 0, j->n_in < KC ? j->n_in : KC);
 }
 
 /* The panel of outputs [o0, o0 + nc) x input channels [k0, k0 + kc): strip s holds outputs o0 + s * nr .. as
@@ -106,6 +108,21 @@ static void pack(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, i
     }
 }
 
+/* A partial tile (m tokens, n outputs, fewer than the tile's) goes through a full one, part (nr wide): c's values
+ * in first where the chain goes on from an earlier panel, the tile's out after. */
+static void part_in(float *part, int nr, const float *c, int64_t ldc, int m, int64_t n, int load)
+{
+    if (load)
+        for (int i = 0; i < m; i++)
+            memcpy(part + i * nr, c + i * ldc, (size_t)n * sizeof *part);
+}
+
+static void part_out(float *c, int64_t ldc, const float *part, int nr, int m, int64_t n)
+{
+    for (int i = 0; i < m; i++)
+        memcpy(c + i * ldc, part + i * nr, (size_t)n * sizeof *part);
+}
+
 /* Tokens [0, n_tok) x one strip's outputs [o, o + n), n <= nr, input channels [k0, k0 + kc). */
 static void strip(const struct gemm_job *j, const float *b, int64_t o, int64_t n, int64_t k0, int64_t kc)
 {
@@ -121,13 +138,10 @@ static void strip(const struct gemm_job *j, const float *b, int64_t o, int64_t n
             k->gemm(a, b, kc, c, j->ldy, load);
             continue;
         }
-        float tile[RS_GEMM_MR_MAX * RS_GEMM_NR_MAX];  /* a partial tile goes through a full one */
-        if (load)
-            for (int i = 0; i < m; i++)
-                memcpy(tile + i * nr, c + i * j->ldy, (size_t)n * sizeof *tile);
-        k->gemm(a, b, kc, tile, nr, load);
-        for (int i = 0; i < m; i++)
-            memcpy(c + i * j->ldy, tile + i * nr, (size_t)n * sizeof *tile);
+        float part[RS_GEMM_MR_MAX * RS_GEMM_NR_MAX];
+        part_in(part, nr, c, j->ldy, m, n, load);
+        k->gemm(a, b, kc, part, nr, load);
+        part_out(c, j->ldy, part, nr, m, n);
     }
 }
 
@@ -201,37 +215,10 @@ static void istrip(const struct gemm_job *j, const uint8_t *b, const float *bd, 
             tile(a, ad, as, b, bd, kc / RS_QK, off, c, j->ldy, load);
             continue;
         }
-        float part[RS_GEMM_MR_MAX * RS_GEMM_NR_MAX];  /* a partial tile goes through a full one */
-        if (load)
-            for (int i = 0; i < m; i++)
-                memcpy(part + i * nr, c + i * j->ldy, (size_t)n * sizeof *part);
+        float part[RS_GEMM_MR_MAX * RS_GEMM_NR_MAX];
+        part_in(part, nr, c, j->ldy, m, n, load);
         tile(a, ad, as, b, bd, kc / RS_QK, off, part, nr, load);
-        for (int i = 0; i < m; i++)
-            memcpy(c + i * j->ldy, part + i * nr, (size_t)n * sizeof *part);
-    }
-}
-
-/* Outputs [o_begin, o_end) of every token with the integer tiles: scratch holds the panel's requantized floats
- * (the companion's layout only), then its bytes, then its scales. */
-static void irun(const struct gemm_job *j, int64_t o_begin, int64_t o_end, float *scratch)
-{
-    float *fv = scratch;
-    uint8_t *panel = (uint8_t *)(scratch + KC * NC);
-    float *pd = scratch + KC * NC + KC * NC / 4;
-    const int64_t nr = j->k->igemm_nr;
-    for (int64_t o0 = o_begin; o0 < o_end; o0 += NC) {
-        const int64_t nc = o_end - o0 < NC ? o_end - o0 : NC;
-        for (int64_t k0 = 0; k0 < j->n_in; k0 += KC) {
-            const int64_t kc = j->n_in - k0 < KC ? j->n_in - k0 : KC, nbk = kc / RS_QK;
-            if (j->rows_in)
-                ipack_wt(j, o0, nc, k0, kc, panel, pd, fv);
-            else
-                ipack(j, o0, nc, k0, kc, panel, pd);
-            prefetch_next(j, o0, o_end, k0);
-            for (int64_t s = 0; s * nr < nc; s++)
-                istrip(j, panel + s * nbk * 8 * nr * 4, pd + s * nbk * nr, o0 + s * nr,
-                       nc - s * nr < nr ? nc - s * nr : nr, k0, kc);
-        }
+        part_out(c, j->ldy, part, nr, m, n);
     }
 }
 
@@ -247,20 +234,33 @@ static void quantize_slice(void *ctx, int ith, int nth)
                         (int32_t *)j->xq.s + t * nb);
 }
 
-/* ---- the float form ------------------------------------------------------------------------------------------- */
-/* Outputs [o_begin, o_end) of every token, on this thread, with panel scratch. */
-static void run(const struct gemm_job *j, int64_t o_begin, int64_t o_end, float *panel)
+/* ---- the panel loop ------------------------------------------------------------------------------------------- */
+/* Outputs [o_begin, o_end) of every token, on this thread. scratch holds, for the float form, the panel and then a
+ * row buffer; for the integer form, the requantized floats (the companion's layout only), the panel's bytes and
+ * then its scales. */
+static void run(const struct gemm_job *j, int64_t o_begin, int64_t o_end, float *scratch)
 {
-    float *buf = panel + NC * KC;
-    const int64_t nr = j->k->gemm_nr;
+    float *buf = scratch + NC * KC, *pd = scratch + NC * KC + NC * KC / 4;
+    uint8_t *bytes = (uint8_t *)(scratch + NC * KC);
+    const int64_t nr = j->integer ? j->k->igemm_nr : j->k->gemm_nr;
     for (int64_t o0 = o_begin; o0 < o_end; o0 += NC) {
         const int64_t nc = o_end - o0 < NC ? o_end - o0 : NC;
         for (int64_t k0 = 0; k0 < j->n_in; k0 += KC) {
-            const int64_t kc = j->n_in - k0 < KC ? j->n_in - k0 : KC;
-            pack(j, o0, nc, k0, kc, panel, buf);
+            const int64_t kc = j->n_in - k0 < KC ? j->n_in - k0 : KC, nbk = kc / RS_QK;
+            if (!j->integer)
+                pack(j, o0, nc, k0, kc, scratch, buf);
+            else if (j->rows_in)
+                ipack_wt(j, o0, nc, k0, kc, bytes, pd, scratch);
+            else
+                ipack(j, o0, nc, k0, kc, bytes, pd);
             prefetch_next(j, o0, o_end, k0);
-            for (int64_t s = 0; s * nr < nc; s++)
-                strip(j, panel + s * kc * nr, o0 + s * nr, nc - s * nr < nr ? nc - s * nr : nr, k0, kc);
+            for (int64_t s = 0; s * nr < nc; s++) {
+                const int64_t o = o0 + s * nr, n = nc - s * nr < nr ? nc - s * nr : nr;
+                if (j->integer)
+                    istrip(j, bytes + s * nbk * 8 * nr * 4, pd + s * nbk * nr, o, n, k0, kc);
+                else
+                    strip(j, scratch + s * kc * nr, o, n, k0, kc);
+            }
         }
     }
 }
@@ -270,11 +270,7 @@ static void gemm_slice(void *ctx, int ith, int nth)
     const struct gemm_job *j = ctx;
     int64_t o_begin, o_end;
     rs_slice(j->n_out, RS_QK, ith, nth, &o_begin, &o_end);  /* whole blocks of the companion's rows */
-    float *scratch = j->arena + (int64_t)ith * RS_GEMM_SCRATCH_FLOATS;
-    if (j->integer)
-        irun(j, o_begin, o_end, scratch);
-    else
-        run(j, o_begin, o_end, scratch);
+    run(j, o_begin, o_end, j->arena + (int64_t)ith * RS_GEMM_SCRATCH_FLOATS);
 }
 
 int rs_gemm(rs_pool *pool, const rs_kernels *k, int type, const void *w, int64_t rb, int rows_in, int64_t n_out,

@@ -179,12 +179,16 @@ static inline vs vs_dot(vs s, vw w, vw x)
     return _mm256_add_epi16(s, _mm256_maddubs_epi16(w, x));
 #endif
 }
+static inline vf vs_float_wide(vs s, int32_t off)
+{
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(s, _mm256_set1_epi32(off)));
+}
 static inline vf vs_float(vs s, int32_t off)
 {
 #ifndef RS_AVXVNNI
-    s = _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+    s = _mm256_madd_epi16(s, _mm256_set1_epi16(1));  /* the int16 pairs of each output into its int32 lane */
 #endif
-    return _mm256_cvtepi32_ps(_mm256_sub_epi32(s, _mm256_set1_epi32(off)));
+    return vs_float_wide(s, off);
 }
 /* Bytes up to 127: a step's pair reaches 2 * 127 * 127 = 32258, so without VNNI each step goes into int32 at once. */
 static inline vs vs_dot_wide(vs s, vw w, vw x)
@@ -195,7 +199,6 @@ static inline vs vs_dot_wide(vs s, vw w, vw x)
     return _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
 #endif
 }
-static inline vf vs_float_wide(vs s, int32_t off) { return _mm256_cvtepi32_ps(_mm256_sub_epi32(s, _mm256_set1_epi32(off))); }
 
 static inline vf vf_absmax(vf m, vf v) { return _mm256_max_ps(m, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v)); }
 static inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }

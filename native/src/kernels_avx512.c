@@ -171,12 +171,16 @@ static inline vs vs_dot(vs s, vw w, vw x)
     return _mm512_add_epi16(s, _mm512_maddubs_epi16(w, x));  /* int16: at most 8 x 2 x 15 x 127 = 30480 */
 #endif
 }
+static inline vf vs_float_wide(vs s, int32_t off)
+{
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(s, _mm512_set1_epi32(off)));
+}
 static inline vf vs_float(vs s, int32_t off)
 {
 #ifndef RS_AVX512VNNI
-    s = _mm512_madd_epi16(s, _mm512_set1_epi16(1));
+    s = _mm512_madd_epi16(s, _mm512_set1_epi16(1));  /* the int16 pairs of each output into its int32 lane */
 #endif
-    return _mm512_cvtepi32_ps(_mm512_sub_epi32(s, _mm512_set1_epi32(off)));
+    return vs_float_wide(s, off);
 }
 static inline vs vs_dot_wide(vs s, vw w, vw x)
 {
@@ -186,7 +190,6 @@ static inline vs vs_dot_wide(vs s, vw w, vw x)
     return _mm512_add_epi32(s, _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1)));
 #endif
 }
-static inline vf vs_float_wide(vs s, int32_t off) { return _mm512_cvtepi32_ps(_mm512_sub_epi32(s, _mm512_set1_epi32(off))); }
 
 static inline vf vf_absmax(vf m, vf v) { return _mm512_max_ps(m, _mm512_abs_ps(v)); }
 static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }

@@ -169,7 +169,8 @@ static inline void vw_store_q7(uint8_t *p, vf r0, vf r1, vf r2, vf r3)
     const int32x4_t b = vdupq_n_s32(64);
     const int32x4_t q0 = vaddq_s32(vcvtnq_s32_f32(r0), b), q1 = vaddq_s32(vcvtnq_s32_f32(r1), b);
     const int32x4_t q2 = vaddq_s32(vcvtnq_s32_f32(r2), b), q3 = vaddq_s32(vcvtnq_s32_f32(r3), b);
-    const int32x4_t v = vorrq_s32(vorrq_s32(q0, vshlq_n_s32(q1, 8)), vorrq_s32(vshlq_n_s32(q2, 16), vshlq_n_s32(q3, 24)));
+    const int32x4_t v = vorrq_s32(vorrq_s32(q0, vshlq_n_s32(q1, 8)),
+                                  vorrq_s32(vshlq_n_s32(q2, 16), vshlq_n_s32(q3, 24)));
     vst1q_s32((int32_t *)(void *)p, v);
 }
 
