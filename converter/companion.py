@@ -21,7 +21,7 @@ import numpy as np
 
 from rsparse_cpp.companion import fingerprint
 from rsparse_cpp.constants import (COMPANION_ARCH, COMPANION_VERSION, LINEARS, GGMLType, Key, RSparseKey,
-                                   RSparseTensor, Tensor)
+                                   RSparseTensor, Tensor, companion_type)
 from rsparse_cpp.gguf_file import GGUFFile
 
 from .architectures import permute_qk
@@ -97,7 +97,7 @@ def write_companion(out_path: str | os.PathLike, base_path: str | os.PathLike, m
                 weight = permute_qk(weight, heads)
                 u = None if u is None else permute_qk(u, heads)
             wt = np.ascontiguousarray(weight.T)  # (in, out)
-            wtype = tensor_type(wt, base_info.type if weight_type is None else weight_type)
+            wtype = tensor_type(wt, companion_type(base_info.type) if weight_type is None else weight_type)
             name_of = lambda tmpl: RSparseTensor.blk(tmpl, bid, name)  # noqa: E731
             w.add_tensor(name_of(RSparseTensor.WEIGHT), encode(wt, wtype),
                          raw_dtype=gguf.GGMLQuantizationType(int(wtype)))

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import (COMPANION_ARCH, COMPANION_SUFFIX, COMPANION_VERSION, LINEARS, GGMLType, Key, RSparseKey,
-                        SCORES, RSparseTensor, Tensor)
+from .constants import (COMPANION_ARCH, COMPANION_SUFFIX, COMPANION_VERSION, LINEARS, SCORES, SPARSE_TYPES, GGMLType,
+                        Key, RSparseKey, RSparseTensor, Tensor)
 from .gguf_file import GGUFError, GGUFFile
 
 FINGERPRINT_SAMPLE = 4096  # bytes hashed at the start, middle and end of every tensor
@@ -148,6 +148,9 @@ class Companion:
         w = info(t(RSparseTensor.WEIGHT))
         if len(w.shape) != 2:
             raise GGUFError(f.path, w.name, f"shape {w.shape}, expected (in, out)")
+        if w.type not in SPARSE_TYPES:
+            raise GGUFError(f.path, w.name, f"type {w.type.name}: the sparse kernels read "
+                            f"{', '.join(t.name for t in SPARSE_TYPES)}")
         n_in, n_out = w.shape
         cn = info(t(RSparseTensor.COLNORM))
         if cn.shape != (n_in,) or cn.type != GGMLType.F32:

@@ -22,17 +22,48 @@ class GGMLType(enum.IntEnum):
     F32 = 0
     F16 = 1
     Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
     Q8_0 = 8
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    BF16 = 30
 
 
 # ggml type -> (elements per block, bytes per block). A Q4_0 block: fp16 scale + 16 bytes of nibbles;
-# a Q8_0 block: fp16 scale + 32 int8.
+# a Q8_0 block: fp16 scale + 32 int8; the others' layouts: native/src/quant.h.
 BLOCK = {
     GGMLType.F32: (1, 4),
     GGMLType.F16: (1, 2),
     GGMLType.Q4_0: (32, 18),
+    GGMLType.Q4_1: (32, 20),
+    GGMLType.Q5_0: (32, 22),
+    GGMLType.Q5_1: (32, 24),
     GGMLType.Q8_0: (32, 34),
+    GGMLType.Q4_K: (256, 144),
+    GGMLType.Q5_K: (256, 176),
+    GGMLType.Q6_K: (256, 210),
+    GGMLType.BF16: (1, 2),
 }
+
+# The types we write (rsparse-convert --outtype) and the types of a companion's sparse-path copy, which the
+# input-channel-major kernels read (native/src/quant.h: rs_type_wt_ok). Every type above runs dense.
+WRITE_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.Q8_0, GGMLType.Q4_0)
+SPARSE_TYPES = WRITE_TYPES
+
+
+def companion_type(base_type: GGMLType) -> GGMLType:
+    """The default type of a companion's sparse-path copy of a base linear of base_type: the same where the sparse
+    kernels read it; otherwise the nearest they read at no fewer bits per weight, except that 4.5-5 bit types
+    (Q4_1, Q4_K) go to Q4_0 rather than double their bytes: BF16 -> F16 (exact for weights in F16's range),
+    Q5_0, Q5_1, Q5_K, Q6_K -> Q8_0, Q4_1, Q4_K -> Q4_0."""
+    if base_type in SPARSE_TYPES:
+        return base_type
+    if base_type == GGMLType.BF16:
+        return GGMLType.F16
+    return GGMLType.Q4_0 if base_type in (GGMLType.Q4_1, GGMLType.Q4_K) else GGMLType.Q8_0
 
 
 class Key:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from cffi import FFI
 
-from .constants import GGMLType
+from .constants import SPARSE_TYPES, GGMLType
 
 # Mirrors native/include/rsparse.h (tests/test_native_matmul.py checks that every RS_API function is here).
 CDEF = """
@@ -29,7 +29,14 @@ typedef enum rs_type {
     RS_TYPE_F32 = 0,
     RS_TYPE_F16 = 1,
     RS_TYPE_Q4_0 = 2,
+    RS_TYPE_Q4_1 = 3,
+    RS_TYPE_Q5_0 = 6,
+    RS_TYPE_Q5_1 = 7,
     RS_TYPE_Q8_0 = 8,
+    RS_TYPE_Q4_K = 12,
+    RS_TYPE_Q5_K = 13,
+    RS_TYPE_Q6_K = 14,
+    RS_TYPE_BF16 = 30,
 } rs_type;
 
 typedef enum rs_status {
@@ -129,6 +136,7 @@ ENV_LIB = "RSPARSE_LIB"
 _lib = None
 _load_lock = threading.Lock()
 _TYPES = frozenset(int(t) for t in GGMLType)
+_SPARSE = frozenset(int(t) for t in SPARSE_TYPES)
 _F32 = np.dtype(np.float32)
 _F16 = np.dtype(np.float16)
 _I64 = np.dtype(np.int64)
@@ -208,6 +216,15 @@ def _wtype(wtype) -> int:
     if isinstance(wtype, bool) or not isinstance(wtype, (int, np.integer)) or int(wtype) not in _TYPES:
         raise ValueError(f"wtype must be one of {', '.join(f'{t.name}={int(t)}' for t in GGMLType)}, got {wtype!r}")
     return int(wtype)
+
+
+def _wt_type(wtype) -> int:
+    """A type of the input-channel-major layout (matmul_wt, the sparse kernels)."""
+    wtype = _wtype(wtype)
+    if wtype not in _SPARSE:
+        raise ValueError(f"wtype {GGMLType(wtype).name} runs dense only: the input-channel-major layout takes "
+                         f"{', '.join(t.name for t in SPARSE_TYPES)}")
+    return wtype
 
 
 def _row_bytes(lib, wtype: int, n_in: int, name: str = "n_in") -> int:
@@ -328,7 +345,7 @@ def _product(pool: Pool, wtype: int, w: np.ndarray, n_out: int, n_in: int, x: np
     """matmul (rows_in False: w holds n_out rows of n_in) or matmul_wt (True: n_in rows of n_out)."""
     lib = _load()
     _pool(pool)
-    wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
+    wtype, n_out, n_in = (_wt_type if rows_in else _wtype)(wtype), _int("n_out", n_out), _int("n_in", n_in)
     if rows_in:
         _weights(w, wtype, n_in, _row_bytes(lib, wtype, n_out, "n_out"), "wt")
     else:
@@ -387,7 +404,7 @@ def rsparse_matvec(pool: Pool, wtype: int, wt: np.ndarray, n_out: int, n_in: int
              (the run state) so that a call allocates nothing; allocated when None."""
     lib = _load()
     _pool(pool)
-    wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
+    wtype, n_out, n_in = _wt_type(wtype), _int("n_out", n_out), _int("n_in", n_in)
     _weights(wt, wtype, n_in, _row_bytes(lib, wtype, n_out), "wt")
     if colnorm is not None:
         _vector("colnorm", colnorm, n_in)

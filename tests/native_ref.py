@@ -16,12 +16,15 @@ from __future__ import annotations
 import numpy as np
 import gguf
 
-from rsparse_cpp.constants import GGMLType
+from rsparse_cpp.constants import BLOCK, GGMLType
 
-QUANT = {GGMLType.Q4_0: gguf.GGMLQuantizationType.Q4_0, GGMLType.Q8_0: gguf.GGMLQuantizationType.Q8_0}
+# every quantized type, by gguf-py's name; gguf-py quantizes all but the K types (random_k_blocks makes those)
+QUANT = {t: gguf.GGMLQuantizationType(int(t)) for t in GGMLType if t not in (GGMLType.F32, GGMLType.F16)}
+K_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)
 SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (n_out, n_in): q/o, k/v, gate/up, down
 REL = 1e-5  # float32 rounding over a few thousand terms, with room to spare
-INT8_ACT = (GGMLType.Q8_0, GGMLType.Q4_0)  # the dense decode kernels of these round activations to int8
+# the dense decode kernels of these round activations to int8: every quantized type
+INT8_ACT = tuple(t for t in QUANT if t != GGMLType.BF16)
 COEF_BLOCKS = 16  # blocks of outputs per chunk in the bound: the int16 kernels' chunk, a multiple of RS_I8_CHUNK (4)
 COEF_LEVELS = 127  # the sparse kernels' coefficients are int8: |k| <= 127 (native/src/sparse_int8.h)
 
@@ -34,12 +37,30 @@ def stored(w: np.ndarray, wtype: GGMLType) -> tuple[np.ndarray, np.ndarray]:
     elif wtype == GGMLType.F16:
         out = w.astype(np.float16)
         ref = out.astype(np.float64)
+    elif wtype in K_TYPES:
+        out = random_k_blocks(wtype, w.shape, seed=int(np.abs(w).sum() * 1000) % 2**32)
+        ref = gguf.quants.dequantize(out, QUANT[wtype]).astype(np.float64)
     else:
         out = gguf.quants.quantize(np.ascontiguousarray(w, np.float32), QUANT[wtype])
         ref = gguf.quants.dequantize(out, QUANT[wtype]).astype(np.float64)
     out = np.ascontiguousarray(out)
     out.flags.writeable = False
     return out, ref
+
+
+def random_k_blocks(wtype: GGMLType, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Rows of random K-type super-blocks (gguf-py dequantizes these types but does not quantize them): every byte
+    random but the binary16 scales, set so that the values are of order one (Q4_K/Q5_K: d and dmin, the first four
+    bytes; Q6_K: d, the last two)."""
+    rng = np.random.default_rng(seed)
+    block, nbytes = BLOCK[wtype]
+    raw = rng.integers(0, 256, (*shape[:-1], shape[-1] // block, nbytes), dtype=np.uint8)
+    scales = lambda lo, hi, n: rng.uniform(lo, hi, (*raw.shape[:-1], n)).astype(np.float16).view(np.uint8)  # noqa
+    if wtype == GGMLType.Q6_K:
+        raw[..., 208:210] = scales(-0.004, 0.004, 1)
+    else:
+        raw[..., 0:4] = scales(0.0005, 0.004, 2)
+    return raw.reshape(*shape[:-1], -1)
 
 
 def random_weights(wtype: GGMLType, shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -82,7 +82,8 @@ def forge(kind: str) -> bytes:
     elif kind == "alignment_wrong_type":
         c.add("general.alignment", STR, "32")
     elif kind in ("dims_zero", "dims_five", "dim_is_zero", "element_overflow", "unknown_tensor_type",
-                  "unsupported_q4_1", "q8_row_not_block_multiple", "offset_misaligned", "offset_past_eof",
+                  "unsupported_iq2_xxs", "q8_row_not_block_multiple", "q4_k_row_not_super_block",
+                  "q6_k_truncated_super_block", "offset_misaligned", "offset_past_eof",
                   "overlap", "duplicate_tensor", "empty_tensor_name", "long_tensor_name"):
         _forge_tensor(c, kind)
     elif kind == "truncated_tensor_info":
@@ -111,10 +112,14 @@ def _forge_tensor(c: Craft, kind: str) -> None:
         c.tensor("z", x, ne=[1 << 32, 1 << 32, 1 << 32])
     elif kind == "unknown_tensor_type":
         c.tensor("z", x, ggml_type=99)
-    elif kind == "unsupported_q4_1":
-        c.tensor("z", x, ggml_type=3)
+    elif kind == "unsupported_iq2_xxs":
+        c.tensor("z", x, ggml_type=16)
     elif kind == "q8_row_not_block_multiple":
         c.tensor("z", np.zeros(34, np.uint8), ggml_type=8, ne=[33])
+    elif kind == "q4_k_row_not_super_block":  # 32 elements: a whole block for Q4_0, not for Q4_K's 256
+        c.tensor("z", np.zeros(144, np.uint8), ggml_type=12, ne=[32])
+    elif kind == "q6_k_truncated_super_block":  # two rows of one super-block each, but the file ends mid-block
+        c.tensor("z", np.zeros(210, np.uint8), ggml_type=14, ne=[256, 2])
     elif kind == "offset_misaligned":
         c.tensor("z", x, offset=4)
     elif kind == "offset_past_eof":
@@ -157,8 +162,10 @@ FILE_CASES = {
     "dim_is_zero": "has a zero",
     "element_overflow": "too many elements",
     "unknown_tensor_type": "unsupported tensor type 99",
-    "unsupported_q4_1": "unsupported tensor type 3",
+    "unsupported_iq2_xxs": "unsupported tensor type 16",
     "q8_row_not_block_multiple": "not a multiple of Q8_0's block size",
+    "q4_k_row_not_super_block": "not a multiple of Q4_K's block size 256",
+    "q6_k_truncated_super_block": "past the end of the file",
     "offset_misaligned": "not aligned",
     "offset_past_eof": "past the end of the file",
     "overlap": "overlaps",

@@ -18,15 +18,15 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 native = pytest.importorskip("rsparse_cpp.native")
-from rsparse_cpp.constants import GGMLType  # noqa: E402
+from rsparse_cpp.constants import SPARSE_TYPES, GGMLType  # noqa: E402
 
 try:
     native._load()
 except native.NativeError as e:  # pragma: no cover - only without a built library
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
-from native_ref import (INT8_ACT, SMOLLM2, assert_within, int8_act, matmul_reference, random_weights,  # noqa: E402
-                        wt_reference)
+from native_ref import (INT8_ACT, K_TYPES, SMOLLM2, assert_within, int8_act, matmul_reference,  # noqa: E402
+                        random_weights, wt_reference)
 
 HEADER = Path(__file__).resolve().parents[1] / "native" / "include" / "rsparse.h"
 SHAPES = {
@@ -34,6 +34,9 @@ SHAPES = {
     GGMLType.F16: [(1, 5), (7, 37), (33, 37), (7, 32)] + SMOLLM2,
     GGMLType.Q4_0: [(1, 32), (7, 96), (33, 32), (33, 96)] + SMOLLM2,
     GGMLType.Q8_0: [(1, 32), (7, 96), (33, 32), (33, 96)] + SMOLLM2,
+    GGMLType.BF16: [(1, 5), (7, 37), (33, 37)] + SMOLLM2,
+    **{t: [(1, 32), (7, 96), (33, 96)] + SMOLLM2 for t in (GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1)},
+    **{t: [(1, 256), (7, 512), (33, 256), (576, 1536), (192, 1536)] for t in K_TYPES},
 }
 CASES = [(t, s) for t, shapes in SHAPES.items() for s in shapes]
 
@@ -64,7 +67,7 @@ def pools():
 
 # ---- matmul ------------------------------------------------------------------------------------------------
 # The companion's layout (matmul_wt): wt is W transposed, (n_in, n_out), quantized along the outputs.
-WT_CASES = [(t, s) for t in GGMLType for s in [(32, 5), (37, 7), (64, 33), (96, 1)] + SMOLLM2
+WT_CASES = [(t, s) for t in SPARSE_TYPES for s in [(32, 5), (37, 7), (64, 33), (96, 1)] + SMOLLM2
             if t in (GGMLType.F32, GGMLType.F16) or s[0] % 32 == 0]
 ALL_CASES = [("w", t, s) for t, s in CASES] + [("wt", t, s) for t, s in WT_CASES]
 
@@ -90,7 +93,7 @@ def test_matmul_matches_float64(pools, layout, wtype, shape, n_tok, n_threads):
 
 @pytest.mark.parametrize("wtype", list(GGMLType))
 def test_matmul_1d_equals_one_token_and_allocates(pools, wtype):
-    n_out, n_in = 33, 96
+    n_out, n_in = 33, 256 if wtype in K_TYPES else 96
     w, w64 = weights(wtype, n_out, n_in)
     x = activations(1, n_in, seed=3)
     y1 = native.matmul(pools[2], wtype, w, n_out, n_in, x[0])
@@ -104,7 +107,7 @@ def test_matmul_1d_equals_one_token_and_allocates(pools, wtype):
 def test_matmul_prefill_rows_independent_of_batch_and_threads(pools, wtype):
     """Each token's row of a prefill is the same bits whatever the batch around it and the thread count (every
     output is one in-order sum), and within decode's int8 rounding of what decode gives that token."""
-    n_out, n_in = 192, 576
+    n_out, n_in = 192, 1536 if wtype in K_TYPES else 576
     w, w64 = weights(wtype, n_out, n_in)
     x = activations(7, n_in, seed=5)
     batch = native.matmul(pools[3], wtype, w, n_out, n_in, x)
@@ -118,10 +121,10 @@ def test_matmul_prefill_rows_independent_of_batch_and_threads(pools, wtype):
 
 @pytest.mark.parametrize("wtype", INT8_ACT)
 def test_int8_activations_edge_blocks(pools, wtype):
-    """Q8_0 and Q4_0 decode rounds activations to int8 per block of 32 (native/src/kernels.h). A block holding NaN
+    """Quantized decode rounds activations to int8 per block of 32 (native/src/kernels.h). A block holding NaN
     or inf makes every output NaN, as float arithmetic would make it NaN or inf (prefill: NaN or inf); all-zero,
     subnormal and huge blocks stay within the bound, in decode and in prefill."""
-    n_out, n_in = 33, 160
+    n_out, n_in = 33, 512 if wtype in K_TYPES else 160
     w, w64 = weights(wtype, n_out, n_in)
     x = activations(4, n_in, seed=9)
     x[0, 32:64] = 0.0
@@ -211,7 +214,7 @@ def test_matmul_shared_pool_from_two_threads(pools):
 # ---- get_rows -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("wtype", list(GGMLType))
 def test_get_rows_equals_dequantized_rows(wtype):
-    n_rows, n_in = 50, 96
+    n_rows, n_in = 50, 256 if wtype in K_TYPES else 96
     w, w64 = weights(wtype, n_rows, n_in)
     rows = np.array([0, 49, 3, 3, 17], np.int64)
     out = np.full((5, n_in), np.nan, np.float32)
@@ -275,7 +278,7 @@ def _bad_matmul_calls(pool):
         "n_in 0": ("n_in", lambda: native.matmul(pool, GGMLType.F32, wf, 7, 0, x)),
         "n_out -1": ("n_out", lambda: native.matmul(pool, GGMLType.F32, wf, -1, 37, x)),
         "n_out float": ("n_out", lambda: native.matmul(pool, GGMLType.F32, wf, 7.0, 37, x)),
-        "wtype 3": ("wtype", lambda: native.matmul(pool, 3, w8, 7, 96, x)),
+        "wtype 4": ("wtype", lambda: native.matmul(pool, 4, w8, 7, 96, x)),
         "wtype str": ("wtype", lambda: native.matmul(pool, "Q8_0", w8, 7, 96, x)),
         "wtype bool": ("wtype", lambda: native.matmul(pool, True, w8, 7, 96, x)),
         "out float64": ("out", lambda: native.matmul(pool, GGMLType.Q8_0, w8, 7, 96, x, out=out.astype(np.float64))),

@@ -18,15 +18,15 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 native = pytest.importorskip("rsparse_cpp.native")
-from rsparse_cpp.constants import GGMLType  # noqa: E402
+from rsparse_cpp.constants import BLOCK, SPARSE_TYPES, GGMLType  # noqa: E402
 
 try:
     native._load()
 except native.NativeError as e:  # pragma: no cover - only without a built library
     pytest.skip(f"librsparse not built: {e}", allow_module_level=True)
 
-from native_ref import (INT8_ACT, REL, SMOLLM2, assert_within, block_scales, coefficient_steps,  # noqa: E402
-                        int8_act, matmul_reference, random_weights, wt_reference)
+from native_ref import (INT8_ACT, K_TYPES, REL, SMOLLM2, assert_within, block_scales,  # noqa: E402
+                        coefficient_steps, int8_act, matmul_reference, random_weights, wt_reference)
 
 PATHS = native.simd_paths()
 FRACTIONS = (0.0, 0.1, 0.5, 0.9, 1.0)
@@ -179,8 +179,13 @@ def test_sparse_nothing_kept_is_lowrank_only(pools, path):
 
 
 # ---- the dense kernels on every path (test_native_matmul.py covers the start-up path in depth) ----------------
-DENSE = [(t, s) for t in GGMLType for s in ([(33, 37), (7, 300)] if t in (GGMLType.F32, GGMLType.F16)
-                                            else [(33, 96), (7, 544)]) + [(192, 576)]]
+def dense_shapes(t: GGMLType) -> list[tuple[int, int]]:
+    if t in K_TYPES:
+        return [(33, 256), (7, 768), (192, 1536)]
+    return ([(33, 37), (7, 300)] if BLOCK[t][0] == 1 else [(33, 96), (7, 544)]) + [(192, 576)]
+
+
+DENSE = [(t, s) for t in GGMLType for s in dense_shapes(t)]
 
 
 @pytest.mark.parametrize("n_tok", [1, 3, 70])
@@ -194,7 +199,7 @@ def test_dense_every_path(pools, path, wtype, shape, n_tok):
     x = np.random.default_rng(n_tok).uniform(-2, 2, (n_tok, n_in)).astype(np.float32)
     y = native.matmul(pools[3], wtype, stored, n_out, n_in, x)
     assert_within(y, *matmul_reference(w64, x, int8_act=int8_act(wtype, n_tok)), path)
-    if n_tok == 1 or wtype in INT8_ACT and n_out % 32:
+    if n_tok == 1 or wtype in INT8_ACT and n_out % 32 or wtype not in SPARSE_TYPES:
         return
     wt, wt64 = random_weights(wtype, (n_in, n_out), seed=n_out + n_tok)
     yt = native.matmul_wt(pools[2], wtype, wt, n_out, n_in, x)
@@ -255,7 +260,7 @@ def test_sparse_bad_arguments(pools, monkeypatch):
 
     bad = {
         "pool": [dict(pool=None), dict(pool=closed)],
-        "wtype": [dict(wtype=3), dict(wtype="Q8_0")],
+        "wtype": [dict(wtype=4), dict(wtype="Q8_0"), dict(wtype=GGMLType.Q6_K)],
         "wt": [dict(wt=wt[:-1]), dict(n_in=44), dict(wt=wt.tobytes())],
         "n_out": [dict(n_out=0), dict(n_out=96.0)],
         "colnorm": [dict(colnorm=cn[:-1]), dict(colnorm=cn.astype(np.float64)), dict(colnorm=np.ones(90, np.float32)[::2])],

@@ -7,7 +7,10 @@
  *   - GGUF lists dims innermost first: a weight with ne = [n_in, n_out] is stored as n_out rows of n_in elements,
  *     i.e. row-major (n_out, n_in) in C terms. A row of a quantized type is n_in/32 blocks.
  *   - Types use ggml's numbers (rs_type below) and ggml's block layouts (block_q8_0: fp16 scale + 32 int8;
- *     block_q4_0: fp16 scale + 16 bytes, low nibbles hold elements 0..15, high nibbles 16..31, value = (q - 8) * d).
+ *     block_q4_0: fp16 scale + 16 bytes, low nibbles hold elements 0..15, high nibbles 16..31, value = (q - 8) * d;
+ *     the others in native/src/quant.h). Q4_K, Q5_K and Q6_K blocks hold 256 elements, the others 32 (1 for the
+ *     float types). Every type runs rs_matmul and rs_get_rows; the input-channel-major layout (rs_matmul_wt,
+ *     rs_sparse_matvec) takes F32, F16, Q8_0 and Q4_0, the types of a companion's sparse-path copy.
  *   - Activations are always float32, contiguous.
  */
 #ifndef RSPARSE_H
@@ -30,7 +33,14 @@ typedef enum rs_type {
     RS_TYPE_F32 = 0,
     RS_TYPE_F16 = 1,
     RS_TYPE_Q4_0 = 2,
+    RS_TYPE_Q4_1 = 3,
+    RS_TYPE_Q5_0 = 6,
+    RS_TYPE_Q5_1 = 7,
     RS_TYPE_Q8_0 = 8,
+    RS_TYPE_Q4_K = 12,
+    RS_TYPE_Q5_K = 13,
+    RS_TYPE_Q6_K = 14,
+    RS_TYPE_BF16 = 30,
 } rs_type;
 
 typedef enum rs_status {
@@ -67,23 +77,23 @@ RS_API int rs_pool_n_threads(const rs_pool *pool);
  *   w: (n_out, n_in) in `type`, rows contiguous (rs_row_bytes(type, n_in) bytes each)
  *   x: (n_tok, n_in) float32
  *   y: (n_tok, n_out) float32, must not overlap x
- * n_tok = 1 is decode (a matrix-vector product). F32 and F16 weights multiply the float activations; Q8_0 and Q4_0
- * weights multiply the activations rounded to int8 per block of 32 (scale: the block's largest |x| / 127, as
- * llama.cpp rounds them for these types), with exact integer block products: results stay within that rounding (at
+ * n_tok = 1 is decode (a matrix-vector product). F32, F16 and BF16 weights multiply the float activations; the
+ * quantized types multiply the activations rounded to int8 per block of 32 (scale: the block's largest |x| / 127, as
+ * llama.cpp rounds them for Q8_0 and Q4_0), with exact integer block products: results stay within that rounding (at
  * most 1/254 of the block's largest activation, per activation) plus float rounding of the exact product of the
  * dequantized weights. Threads split n_out into contiguous slices.
  * n_tok > 1 is prefill: a float GEMM of the dequantized weights (exact in float) with the float activations, each
  * output summed over the input channels in order with one fused multiply-add each: the same bits on every path and
- * thread count, within float rounding of the exact product (closer than decode for Q8_0 and Q4_0).
- * A NaN or an infinity in a token's activations makes outputs of that token NaN (every one, for Q8_0 and Q4_0
- * decode). */
+ * thread count, within float rounding of the exact product (closer than decode for the quantized types). Q4_0
+ * prefill instead rounds the activations to int8 as decode does (an integer GEMM: native/src/gemm.c).
+ * A NaN or an infinity in a token's activations makes outputs of that token NaN (every one, for quantized decode). */
 RS_API int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in,
                      const float *x, int64_t n_tok, float *y);
 
 /* The same product from the input-channel-major layout of rs_sparse_matvec's wt: (n_in, n_out) in `type`, rows of
  * rs_row_bytes(type, n_out) bytes, quantization blocks along the outputs. Prefill's arithmetic for any n_tok (a
  * float GEMM of the dequantized weights), so a model with an R-Sparse companion runs every product of a block
- * linear from the companion's copy and never reads the base's. */
+ * linear from the companion's copy and never reads the base's. F32, F16, Q8_0 and Q4_0 only (RS_ERR_TYPE else). */
 RS_API int rs_matmul_wt(rs_pool *pool, int type, const void *wt, int64_t n_out, int64_t n_in,
                         const float *x, int64_t n_tok, float *y);
 

@@ -43,13 +43,34 @@ static char names[N_PATHS * 16];     /* "avx512vnni,avx512,avxvnni,avx2,scalar":
 static _Atomic(const rs_kernels *) current;
 
 #define FILL(field) f->field = p->field ? p->field : rs_kernels_scalar.field
+/* The next path down the list this CPU runs that has the entry (scalar, last, has every one). */
+#define FILL_NEXT(field)                                                                                     \
+    for (size_t j = i + 1; !f->field && j < N_PATHS; j++)                                                    \
+        if (runnable[j])                                                                                     \
+            f->field = PATHS[j]->field;
 
 static void init(void)
 {
     for (size_t i = 0; i < N_PATHS; i++) {
+#ifdef RS_EMULATED_SIMD
+        /* Test builds only (native/tests/run_simde.sh): the AVX-512 and VNNI paths are compiled on SIMDe, which
+         * emulates them with AVX2, so every path runs on the AVX2 CPU that the script requires. */
+        runnable[i] = 1;
+#else
+        runnable[i] = PATHS[i]->cpu_ok == NULL || PATHS[i]->cpu_ok();
+#endif
+    }
+    for (size_t i = 0; i < N_PATHS; i++) {
         const rs_kernels *p = PATHS[i];
         rs_kernels *f = &filled[i];
         *f = *p;
+        FILL_NEXT(mm_bf16);
+        FILL_NEXT(mm_q4_1);
+        FILL_NEXT(mm_q5_0);
+        FILL_NEXT(mm_q5_1);
+        FILL_NEXT(mm_q4_k);
+        FILL_NEXT(mm_q5_k);
+        FILL_NEXT(mm_q6_k);
         FILL(mm_f32);
         FILL(mm_f16);
         FILL(mm_q4_0);
@@ -72,13 +93,6 @@ static void init(void)
             f->igemm_mr = rs_kernels_scalar.igemm_mr;
             f->igemm_nr = rs_kernels_scalar.igemm_nr;
         }
-#ifdef RS_EMULATED_SIMD
-        /* Test builds only (native/tests/run_simde.sh): the AVX-512 and VNNI paths are compiled on SIMDe, which
-         * emulates them with AVX2, so every path runs on the AVX2 CPU that the script requires. */
-        runnable[i] = 1;
-#else
-        runnable[i] = p->cpu_ok == NULL || p->cpu_ok();
-#endif
         if (runnable[i]) {
             if (names[0])
                 strcat(names, ",");
@@ -109,6 +123,13 @@ rs_mm_fn rs_mm_for(const rs_kernels *k, int type)
     case RS_TYPE_F16: return k->mm_f16;
     case RS_TYPE_Q4_0: return k->mm_q4_0;
     case RS_TYPE_Q8_0: return k->mm_q8_0;
+    case RS_TYPE_BF16: return k->mm_bf16;
+    case RS_TYPE_Q4_1: return k->mm_q4_1;
+    case RS_TYPE_Q5_0: return k->mm_q5_0;
+    case RS_TYPE_Q5_1: return k->mm_q5_1;
+    case RS_TYPE_Q4_K: return k->mm_q4_k;
+    case RS_TYPE_Q5_K: return k->mm_q5_k;
+    case RS_TYPE_Q6_K: return k->mm_q6_k;
     default: return NULL;
     }
 }

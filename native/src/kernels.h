@@ -22,9 +22,9 @@
 
 #include <stdint.h>
 
-/* The activations of a dense call, as the weight type needs them: token t's are f + t * n_in (F32, F16 weights),
- * or q + t * n_in with block scales d + t * (n_in / 32) and block sums s + t * (n_in / 32) (Q8_0, Q4_0:
- * rs_quantize_act). */
+/* The activations of a dense call, as the weight type needs them: token t's are f + t * n_in (F32, F16, BF16
+ * weights), or q + t * n_in with block scales d + t * (n_in / 32) and block sums s + t * (n_in / 32) (the quantized
+ * types: rs_quantize_act). */
 typedef struct rs_act {
     const float *f;
     const int8_t *q;
@@ -92,6 +92,13 @@ typedef struct rs_kernels {
     rs_mm_fn mm_f16;
     rs_mm_fn mm_q4_0;
     rs_mm_fn mm_q8_0;
+    rs_mm_fn mm_bf16;       /* the types of llama.cpp's other presets (dense only): any may be NULL, and then */
+    rs_mm_fn mm_q4_1;       /* comes from the next path in dispatch.c's list that this CPU runs (AVX-512 takes */
+    rs_mm_fn mm_q5_0;       /* AVX2's, whose 32-byte blocks its 64-byte registers would hold in pairs) */
+    rs_mm_fn mm_q5_1;
+    rs_mm_fn mm_q4_k;
+    rs_mm_fn mm_q5_k;
+    rs_mm_fn mm_q6_k;
     rs_axpy_fn axpy_f32;
     rs_axpy_fn axpy_f16;
     rs_axpy_fn axpy_q4_0;

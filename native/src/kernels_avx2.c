@@ -40,6 +40,10 @@ static inline float vf_hsum(vf v)
 }
 
 static inline vf vf_load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline vf vf_load_bf16(const uint16_t *p)
+{
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
 
 /* ---- dense Q8_0 and Q4_0: one block of 32 bytes per step, against int8 activations ------------------------- */
 #define QB 1
@@ -124,6 +128,56 @@ static inline vf vf_xscale(const float *xd, int n)
 {
     (void)n;
     return _mm256_set1_ps(xd[0]);
+}
+
+/* ---- dense decode of the other quantized types (kernels_simd.h): a block's 32 bytes in element order ----------- */
+#define VK 1
+typedef __m256i vk;
+static inline vk vk_x(const int8_t *q) { return _mm256_loadu_si256((const __m256i *)q); }
+/* 32 bytes' low nibbles, or high ones (a 16-bit shift: the bits it brings in from the next byte are masked off) */
+static inline vk vk_nib32(const uint8_t *p, int hi)
+{
+    const __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    return _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
+}
+/* 16 bytes' low nibbles (elements 0-15) then high ones (16-31): vq_load_q4's order */
+static inline vk vk_nib16(const uint8_t *p)
+{
+    const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(w, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
+}
+/* w plus ((h[e] >> shift) & mask) << 4 for the 32 bytes h */
+static inline vk vk_hi(vk w, const uint8_t *h, int shift, int mask)
+{
+    const __m256i v = _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)h), _mm_cvtsi32_si128(shift));
+    return _mm256_or_si256(w, _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi8((char)mask)), 4));
+}
+/* w plus 16 where bit e of the 32 bits at qh is set: byte e takes qh's byte e / 8, then tests bit e % 8 */
+static inline vk vk_bits32(vk w, const uint8_t *qh)
+{
+    int32_t h;
+    memcpy(&h, qh, sizeof h);
+    const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(h), _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
+                                                                                 0x0101010101010101LL, 0));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_or_si256(w, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10)));
+}
+static inline vk vk_sub(vk w, int c) { return _mm256_sub_epi8(w, _mm256_set1_epi8((char)c)); }
+/* Unsigned q <= 63: pairs of at most 2 * 63 * 127, no int16 saturation */
+static inline vf vk_dot_u(vk w, vk x)
+{
+#ifdef RS_AVXVNNI
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x));
+#else
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
+#endif
+}
+/* Signed q (|q| <= 64) with the sign trick of vf_dot_q8; vpmaddwd then adds each pair times its half's sub-scale:
+ * the low 128 bits hold elements 0-15, the high ones 16-31. */
+static inline vf vk_dot_s2(vk w, vk x, int s0, int s1)
+{
+    const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0))));
 }
 
 /* ---- int16 blocks, for the sparse kernels (axpy_int16_avx2.h) ------------------------------------------------- */

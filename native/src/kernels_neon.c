@@ -41,6 +41,7 @@ static inline float vf_hsum(vf v)
 }
 
 static inline vf vf_load_f16(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+static inline vf vf_load_bf16(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
 
 /* Exactly 4 bytes read: a wider load could run past the last block of the last row. */
 static inline uint8x8_t load4(const void *p)
@@ -117,6 +118,63 @@ static inline vf vf_dot_q4(vq w, xa x)
 {
     const int8x16_t eight = vdupq_n_s8(8);
     return vf_dot_q8((vq){vsubq_s8(w.lo, eight), vsubq_s8(w.hi, eight)}, x);
+}
+
+/* ---- dense decode of the other quantized types (kernels_simd.h): a block's 32 bytes, elements 0-15 and 16-31 --- */
+#define VK 1
+typedef vq vk;
+static inline vk vk_x(const int8_t *q) { return (vk){vld1q_s8(q), vld1q_s8(q + 16)}; }
+static inline vk vk_nib32(const uint8_t *p, int hi)
+{
+    uint8x16_t a = vld1q_u8(p), b = vld1q_u8(p + 16);
+    if (hi) {
+        a = vshrq_n_u8(a, 4), b = vshrq_n_u8(b, 4);
+    } else {
+        a = vandq_u8(a, vdupq_n_u8(0x0F)), b = vandq_u8(b, vdupq_n_u8(0x0F));
+    }
+    return (vk){vreinterpretq_s8_u8(a), vreinterpretq_s8_u8(b)};
+}
+static inline vk vk_nib16(const uint8_t *p)
+{
+    const uint8x16_t q = vld1q_u8(p);
+    return (vk){vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vreinterpretq_s8_u8(vshrq_n_u8(q, 4))};
+}
+/* w plus ((h[e] >> shift) & mask) << 4 for the 32 bytes h (a negative count shifts right) */
+static inline vk vk_hi(vk w, const uint8_t *h, int shift, int mask)
+{
+    const int8x16_t sh = vdupq_n_s8((int8_t)-shift);
+    const uint8x16_t m = vdupq_n_u8((uint8_t)mask);
+    const uint8x16_t a = vshlq_n_u8(vandq_u8(vshlq_u8(vld1q_u8(h), sh), m), 4);
+    const uint8x16_t b = vshlq_n_u8(vandq_u8(vshlq_u8(vld1q_u8(h + 16), sh), m), 4);
+    return (vk){vorrq_s8(w.lo, vreinterpretq_s8_u8(a)), vorrq_s8(w.hi, vreinterpretq_s8_u8(b))};
+}
+/* w plus 16 where bit e of the 32 bits at qh is set: byte e holds qh's byte e / 8, tested against bit e % 8 */
+static inline vk vk_bits32(vk w, const uint8_t *qh)
+{
+    const uint8x16_t bits = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201ULL)), sixteen = vdupq_n_u8(0x10);
+    const uint8x16_t lo = vcombine_u8(vdup_n_u8(qh[0]), vdup_n_u8(qh[1]));
+    const uint8x16_t hi = vcombine_u8(vdup_n_u8(qh[2]), vdup_n_u8(qh[3]));
+    return (vk){vorrq_s8(w.lo, vreinterpretq_s8_u8(vandq_u8(vtstq_u8(lo, bits), sixteen))),
+                vorrq_s8(w.hi, vreinterpretq_s8_u8(vandq_u8(vtstq_u8(hi, bits), sixteen)))};
+}
+static inline vk vk_sub(vk w, int c)
+{
+    const int8x16_t v = vdupq_n_s8((int8_t)c);
+    return (vk){vsubq_s8(w.lo, v), vsubq_s8(w.hi, v)};
+}
+/* q <= 63 is a valid signed byte: Q8_0's signed products */
+static inline vf vk_dot_u(vk w, vk x) { return vf_dot_q8(w, x); }
+/* Each half's int32 lanes (elements 0-15, then 16-31) times its sub-scale: |q| <= 64, so a lane stays below
+ * 2^23 even before the scale, and the float conversion is exact. */
+static inline vf vk_dot_s2(vk w, vk x, int s0, int s1)
+{
+#ifdef __ARM_FEATURE_DOTPROD
+    const int32x4_t a = vdotq_s32(vdupq_n_s32(0), w.lo, x.lo), b = vdotq_s32(vdupq_n_s32(0), w.hi, x.hi);
+#else
+    const int32x4_t a = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(w.lo), vget_low_s8(x.lo)), w.lo, x.lo));
+    const int32x4_t b = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(w.hi), vget_low_s8(x.hi)), w.hi, x.hi));
+#endif
+    return vcvtq_f32_s32(vmlaq_n_s32(vmulq_n_s32(a, s0), b, s1));
 }
 
 static inline vf vf_wscale(uint16_t d0, uint16_t d1)

@@ -85,6 +85,37 @@ static void dot_f16(const void *row, const float *x, int64_t n_in, int64_t n_tok
 DOT_Q(q8_0, b[k].qs[i])
 DOT_Q(q4_0, ((i < RS_QK / 2 ? b[k].qs[i] & 0x0F : b[k].qs[i - RS_QK / 2] >> 4) - 8))
 
+static void dot_bf16(const void *row, const float *x, int64_t n_in, int64_t n_tok, float *y, int64_t ys)
+{
+    const uint16_t *h = row;
+    float w[CHUNK];
+    zero(y, n_tok, ys);
+    for (int64_t off = 0; off < n_in; off += CHUNK) {
+        const int64_t len = n_in - off < CHUNK ? n_in - off : CHUNK;
+        for (int64_t i = 0; i < len; i++)
+            w[i] = rs_bf16_to_fp32(h[off + i]);
+        chunk_all_tokens(w, len, x, off, n_in, n_tok, y, ys);
+    }
+}
+
+/* The other quantized types, block by block as rs_unpack gives them (value = scale * q + min): the block's sum of
+ * q times the int8 activations exact in int32, then scale * d_x times it, plus min * d_x times the activations'
+ * block sum (sum (scale q + min) x = scale sum q x + min sum x). */
+static float dot_unpacked(int type, const uint8_t *row, const int8_t *xq, const float *xd, const int32_t *xs,
+                          int64_t n_in)
+{
+    float s[8] = {0};
+    for (int64_t k = 0; k < n_in / RS_QK; k++) {
+        int32_t q[RS_QK], isum = 0;
+        float scale, min;
+        rs_unpack(type, row, k, q, &scale, &min);
+        for (int i = 0; i < RS_QK; i++)
+            isum += q[i] * xq[k * RS_QK + i];
+        s[k % 8] += fmaf((float)isum, scale * xd[k], min * (xd[k] * (float)xs[k]));
+    }
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 /* The dense entry points: one row at a time (float weights: each row read once for all tokens). */
 #define MM(type)                                                                                             \
     static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,           \
@@ -95,6 +126,7 @@ DOT_Q(q4_0, ((i < RS_QK / 2 ? b[k].qs[i] & 0x0F : b[k].qs[i - RS_QK / 2] >> 4) -
     }
 MM(f32)
 MM(f16)
+MM(bf16)
 
 #define MMQ(type)                                                                                            \
     static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,           \
@@ -107,6 +139,23 @@ MM(f16)
     }
 MMQ(q8_0)
 MMQ(q4_0)
+
+#define MMU(type, TYPE)                                                                                      \
+    static void mm_##type(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,           \
+                          int64_t n_tok, float *y, int64_t ys)                                               \
+    {                                                                                                        \
+        const int64_t nb = n_in / RS_QK;                                                                     \
+        for (int64_t r = 0; r < n_rows; r++)                                                                 \
+            for (int64_t t = 0; t < n_tok; t++)                                                              \
+                y[t * ys + r] = dot_unpacked(TYPE, (const uint8_t *)w + r * rb, x->q + t * n_in, x->d + t * nb, \
+                                             x->s + t * nb, n_in);                                           \
+    }
+MMU(q4_1, RS_TYPE_Q4_1)
+MMU(q5_0, RS_TYPE_Q5_0)
+MMU(q5_1, RS_TYPE_Q5_1)
+MMU(q4_k, RS_TYPE_Q4_K)
+MMU(q5_k, RS_TYPE_Q5_K)
+MMU(q6_k, RS_TYPE_Q6_K)
 
 /* ---- sparse: y += xk * row, for each kept row ------------------------------------------------------------ */
 static inline void axpy_run(float *restrict y, float s, const float *restrict w, int64_t n)
@@ -263,6 +312,13 @@ const rs_kernels rs_kernels_scalar = {
     .mm_f16 = mm_f16,
     .mm_q4_0 = mm_q4_0,
     .mm_q8_0 = mm_q8_0,
+    .mm_bf16 = mm_bf16,
+    .mm_q4_1 = mm_q4_1,
+    .mm_q5_0 = mm_q5_0,
+    .mm_q5_1 = mm_q5_1,
+    .mm_q4_k = mm_q4_k,
+    .mm_q5_k = mm_q5_k,
+    .mm_q6_k = mm_q6_k,
     .axpy_f32 = axpy_f32,
     .axpy_f16 = axpy_f16,
     .axpy_q4_0 = axpy_q4_0,

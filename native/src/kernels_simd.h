@@ -9,6 +9,7 @@
  *   vf_zero() vf_load(p) vf_store(p, v) vf_set1(s) vf_fma(a, b, c) (= a * b + c)
  *   vf_hsum(v)              sum of the lanes, in a fixed order
  *   vf_load_f16(p)          VL binary16 -> float (exact)
+ *   vf_load_bf16(p)         VL bfloat16 -> float (exact)
  *   vf_load_i8(p)           VL int8 -> float             } only for the generic sparse Q8_0 / Q4_0 kernels: a path
  *   vf_load_q4(p, hi)       VL nibbles of bytes p[0..VL) } with its own (AXPY_Q8_0_FN, AXPY_Q4_0_FN) needs none
  *                           (low ones, or high ones if hi) minus 8 -> float
@@ -41,6 +42,10 @@
  *   vf_absmax(m, v) vf_max(a, b) vf_div(a, b)   max(m, |v|), max(a, b), a / b (IEEE, for finite inputs)
  *   vw_store_q7(p, r0, r1, r2, r3)  rounds four vectors to the nearest integer (ties to even), adds 64 and
  *                           stores them as bytes, lane j's four (r0's first) at p + 4 j
+ *   VK, vk                  (optional) 32 bytes: a block of llama.cpp's other quantized types (Q4_1 .. Q6_K),
+ *   vk_x vk_nib16 vk_nib32  their weights and activations; without them those types come from the next path
+ *   vk_bits32 vk_hi vk_sub  that has them (dispatch.c). See "the other quantized types" below and kernels_avx2.c.
+ *   vk_dot_u vk_dot_s2
  *   PATH                    the path's name token (avx2, ...): the file defines `const rs_kernels rs_kernels_##PATH`
  *   CPU_OK                  its cpu_ok function, or NULL when every CPU of the architecture runs it
  * Loads never read past the VL elements asked for, so a kernel never touches memory beyond its rows.
@@ -121,11 +126,15 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 /* ---- weights, VL at a time: element e (a multiple of VL) of a row -------------------------------------------- */
 static inline vf w_f32(const uint8_t *row, int64_t e) { return vf_load((const float *)row + e); }
 static inline vf w_f16(const uint8_t *row, int64_t e) { return vf_load_f16((const uint16_t *)row + e); }
+static inline vf w_bf16(const uint8_t *row, int64_t e) { return vf_load_bf16((const uint16_t *)row + e); }
 
-/* Scalar element e of an F32 or F16 row: the leftover elements past the last whole vector. */
+/* Scalar element e of an F32, F16 or BF16 row: the leftover elements past the last whole vector. */
 static inline float w_elem(int type, const uint8_t *row, int64_t e)
 {
-    return type == RS_TYPE_F32 ? ((const float *)row)[e] : half_to_float(((const uint16_t *)row)[e]);
+    if (type == RS_TYPE_F32)
+        return ((const float *)row)[e];
+    const uint16_t h = ((const uint16_t *)row)[e];
+    return type == RS_TYPE_F16 ? half_to_float(h) : rs_bf16_to_fp32(h);
 }
 
 /* ---- dense decode: MR rows against one token ---------------------------------------------------------------- */
@@ -183,6 +192,7 @@ static inline void prefetch_ahead(const uint8_t *row, int64_t off, int64_t rb)
     }
 DECODE_FLOAT(f32, RS_TYPE_F32, 4)
 DECODE_FLOAT(f16, RS_TYPE_F16, 2)
+DECODE_FLOAT(bf16, RS_TYPE_BF16, 2)
 
 /* One step's products with int8 activations, and its scales d_w * d_x: decode and prefill build both from these
  * same operations, so each (row, token) gets the same bits either way. */
@@ -232,15 +242,18 @@ ROWS_QUANT(q8_0)
 ROWS_QUANT(q4_0)
 
 /* ---- dense F32/F16, several tokens: the tiled product --------------------------------------------------- */
-/* Elements [k0, k0 + len) of an F16 row as floats into out (len a multiple of VL, except at the row's end). */
-static void chunk_f16(const uint8_t *row, int64_t k0, int64_t len, float *out)
-{
-    const int64_t nv = len / VL * VL;
-    for (int64_t e = 0; e < nv; e += VL)
-        vf_store(out + e, w_f16(row, k0 + e));
-    for (int64_t e = nv; e < len; e++)
-        out[e] = half_to_float(((const uint16_t *)row)[k0 + e]);
-}
+/* Elements [k0, k0 + len) of an F16 (BF16) row as floats into out (len a multiple of VL, except at the row's end). */
+#define CHUNK_HALF(type, TYPE)                                                                               \
+    static void chunk_##type(const uint8_t *row, int64_t k0, int64_t len, float *out)                        \
+    {                                                                                                        \
+        const int64_t nv = len / VL * VL;                                                                    \
+        for (int64_t e = 0; e < nv; e += VL)                                                                 \
+            vf_store(out + e, w_##type(row, k0 + e));                                                        \
+        for (int64_t e = nv; e < len; e++)                                                                   \
+            out[e] = w_elem(TYPE, row, k0 + e);                                                              \
+    }
+CHUNK_HALF(f16, RS_TYPE_F16)
+CHUNK_HALF(bf16, RS_TYPE_BF16)
 
 
 /* acc[i][j] (+)= w[i][0..nv) . x[j][0..nv) for the MR x NT pairs, in registers; nv a multiple of VL. */
@@ -327,6 +340,7 @@ static void prefill(chunk_fn chunk, const uint8_t *w, int64_t rb, int64_t n_rows
     }
 MM(f32, NULL)
 MM(f16, chunk_f16)
+MM(bf16, chunk_bf16)
 
 /* Quantized weights serve decode (matmul.c runs prompts through the GEMM, gemm.c): tokens one at a time. */
 #define MM_QUANT(type)                                                                                       \
@@ -346,6 +360,135 @@ MM(f16, chunk_f16)
 MM_QUANT(q8_0)
 MM_QUANT(q4_0)
 
+#ifdef VK
+/* ---- dense decode of llama.cpp's other quantized types (quant.h: value = scale * q + min per block of 32) -----
+ * The path gives a block of 32 weights as bytes in element order (vk: vk_nib16 for the Q4_0-like order, vk_nib32
+ * for the K types' runs, vk_bits32 and vk_hi add the high bits), and vk_dot_u (q unsigned, at most 63) or
+ * vk_dot_s2 (signed, |q| <= 64, the block's two halves each times its own sub-scale: Q6_K) sums the products with
+ * the block's int8 activations exactly, in lanes. Then, as for Q4_0, one float multiply-add by scale * d_x per
+ * block, and the min once per block and row: min * d_x * (the activations' block sum). A super-block's scales are
+ * unpacked once per row (hdr_*), before its eight blocks. */
+typedef struct {
+    float d[8], m[8];  /* per block of 32: scale and min */
+} kscales;
+
+static inline void hdr_q4_1(const uint8_t *p, kscales *h)
+{
+    const block_q4_1 *b = (const block_q4_1 *)p;
+    h->d[0] = half_to_float(b->d), h->m[0] = half_to_float(b->m);
+}
+/* q - 16 as the unsigned q and a min of -16 d: the unsigned dot is cheaper than the signed one */
+static inline void hdr_q5_0(const uint8_t *p, kscales *h)
+{
+    h->d[0] = half_to_float(((const block_q5_0 *)p)->d), h->m[0] = -16.0f * h->d[0];
+}
+static inline void hdr_q5_1(const uint8_t *p, kscales *h)
+{
+    const block_q5_1 *b = (const block_q5_1 *)p;
+    h->d[0] = half_to_float(b->d), h->m[0] = half_to_float(b->m);
+}
+static inline void hdr_k(const uint8_t *scales, uint16_t d16, uint16_t dmin16, kscales *h)
+{
+    const float d = half_to_float(d16), dmin = half_to_float(dmin16);
+    for (int j = 0; j < 8; j++) {
+        int sc, m;
+        rs_k_scale_min(scales, j, &sc, &m);
+        h->d[j] = d * (float)sc, h->m[j] = -(dmin * (float)m);
+    }
+}
+static inline void hdr_q4_k(const uint8_t *p, kscales *h)
+{
+    const block_q4_K *b = (const block_q4_K *)p;
+    hdr_k(b->scales, b->d, b->dmin, h);
+}
+static inline void hdr_q5_k(const uint8_t *p, kscales *h)
+{
+    const block_q5_K *b = (const block_q5_K *)p;
+    hdr_k(b->scales, b->d, b->dmin, h);
+}
+static inline void hdr_q6_k(const uint8_t *p, kscales *h)
+{
+    const float d = half_to_float(((const block_q6_K *)p)->d);
+    for (int j = 0; j < 8; j++)
+        h->d[j] = d, h->m[j] = 0.0f;
+}
+
+static inline vf dot_q4_1(const uint8_t *p, int j, vk x)
+{
+    (void)j;
+    return vk_dot_u(vk_nib16(((const block_q4_1 *)p)->qs), x);
+}
+static inline vf dot_q5_0(const uint8_t *p, int j, vk x)
+{
+    (void)j;
+    const block_q5_0 *b = (const block_q5_0 *)p;
+    return vk_dot_u(vk_bits32(vk_nib16(b->qs), b->qh), x);
+}
+static inline vf dot_q5_1(const uint8_t *p, int j, vk x)
+{
+    (void)j;
+    const block_q5_1 *b = (const block_q5_1 *)p;
+    return vk_dot_u(vk_bits32(vk_nib16(b->qs), b->qh), x);
+}
+static inline vf dot_q4_k(const uint8_t *p, int j, vk x)
+{
+    return vk_dot_u(vk_nib32(((const block_q4_K *)p)->qs + 32 * (j / 2), j % 2), x);
+}
+static inline vf dot_q5_k(const uint8_t *p, int j, vk x)
+{
+    const block_q5_K *b = (const block_q5_K *)p;
+    return vk_dot_u(vk_hi(vk_nib32(b->qs + 32 * (j / 2), j % 2), b->qh, j, 1), x);
+}
+/* Block j of 8: run r = j % 4 of half j / 4 (quant.h's block_q6_K). */
+static inline vf dot_q6_k(const uint8_t *p, int j, vk x)
+{
+    const block_q6_K *b = (const block_q6_K *)p;
+    const int half = j / 4, r = j % 4;
+    const vk q = vk_hi(vk_nib32(b->ql + 64 * half + 32 * (r % 2), r / 2), b->qh + 32 * half, 2 * r, 3);
+    return vk_dot_s2(vk_sub(q, 32), x, b->scales[2 * j], b->scales[2 * j + 1]);
+}
+
+/* MR rows of blocks of SB x 32 elements, BB bytes each, against one token's int8 activations. */
+#define ROWS_K(type, SB, BB)                                                                                 \
+    static inline void rows_##type(const uint8_t *const *rows, int64_t rb, const rs_act *x, int64_t n_in,     \
+                                   int n_valid, float *y)                                                    \
+    {                                                                                                        \
+        vf acc[MR];                                                                                          \
+        float mn[MR];                                                                                        \
+        for (int i = 0; i < MR; i++)                                                                         \
+            acc[i] = vf_zero(), mn[i] = 0.0f;                                                                \
+        for (int64_t b = 0; b < n_in / (RS_QK * (SB)); b++) {                                                \
+            kscales h[MR];                                                                                   \
+            for (int i = 0; i < MR; i++) {                                                                   \
+                for (int64_t o = 0; o < (BB); o += 64)                                                       \
+                    prefetch_ahead(rows[i], b * (BB) + o, rb);                                               \
+                hdr_##type(rows[i] + b * (BB), &h[i]);                                                       \
+            }                                                                                                \
+            for (int j = 0; j < (SB); j++) {                                                                 \
+                const int64_t k = b * (SB) + j;                                                              \
+                const vk xv = vk_x(x->q + k * RS_QK);                                                        \
+                const float xd = x->d[k], xs = xd * (float)x->s[k];                                          \
+                for (int i = 0; i < MR; i++) {                                                               \
+                    acc[i] = vf_fma(dot_##type(rows[i] + b * (BB), j, xv), vf_set1(h[i].d[j] * xd), acc[i]);  \
+                    mn[i] = fmaf(h[i].m[j], xs, mn[i]);                                                      \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int i = 0; i < n_valid; i++)                                                                    \
+            y[i] = vf_hsum(acc[i]) + mn[i];                                                                  \
+    }                                                                                                        \
+    MM_QUANT(type)
+ROWS_K(q4_1, 1, (int64_t)sizeof(block_q4_1))
+ROWS_K(q5_0, 1, (int64_t)sizeof(block_q5_0))
+ROWS_K(q5_1, 1, (int64_t)sizeof(block_q5_1))
+ROWS_K(q4_k, 8, (int64_t)sizeof(block_q4_K))
+ROWS_K(q5_k, 8, (int64_t)sizeof(block_q5_K))
+ROWS_K(q6_k, 8, (int64_t)sizeof(block_q6_K))
+#define MM_K(type) mm_##type
+#else
+#define MM_K(type) NULL
+#endif /* VK */
+
 static void softmax(float *s, int64_t n, float scale) { rs_softmax(s, n, scale); }
 
 /* ---- the prefill GEMM's panels: rows as floats (kernels.h) -------------------------------------------------- */
@@ -360,14 +503,13 @@ static void dequant(int type, const void *row, float *out, int64_t n)
         for (int64_t k = 0; k < n / RS_QK; k++)
             rs_dequant_q4_0((const block_q4_0 *)row + k, out + k * RS_QK);
     } else if (type == RS_TYPE_F16) {
-        const uint16_t *h = row;
-        int64_t e = 0;
-        for (; e + VL <= n; e += VL)
-            vf_store(out + e, vf_load_f16(h + e));
-        for (; e < n; e++)
-            out[e] = half_to_float(h[e]);
-    } else {
+        chunk_f16(row, 0, n, out);
+    } else if (type == RS_TYPE_BF16) {
+        chunk_bf16(row, 0, n, out);
+    } else if (type == RS_TYPE_F32) {
         memcpy(out, row, (size_t)n * sizeof *out);
+    } else {
+        rs_dequant_row(type, row, out, n);
     }
 }
 
@@ -582,6 +724,13 @@ const rs_kernels RS_CAT(rs_kernels_, PATH) = {
     .mm_f16 = mm_f16,
     .mm_q4_0 = mm_q4_0,
     .mm_q8_0 = mm_q8_0,
+    .mm_bf16 = mm_bf16,
+    .mm_q4_1 = MM_K(q4_1),
+    .mm_q5_0 = MM_K(q5_0),
+    .mm_q5_1 = MM_K(q5_1),
+    .mm_q4_k = MM_K(q4_k),
+    .mm_q5_k = MM_K(q5_k),
+    .mm_q6_k = MM_K(q6_k),
     .axpy_f32 = axpy_f32,
     .axpy_f16 = axpy_f16,
     .axpy_q4_0 = AXPY_Q4_0_FN,

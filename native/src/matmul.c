@@ -75,7 +75,7 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
         return rs_gemm(pool, k, type, w, rb, 0, n_out, n_in, x, n_tok, y);
     struct matmul_job job = {.mm = rs_mm_for(k, type), .w = w, .row_bytes = rb, .n_out = n_out, .n_in = n_in,
                              .x = {.f = x}, .y = y};
-    if (type != RS_TYPE_Q8_0 && type != RS_TYPE_Q4_0) {
+    if (rs_type_block(type) == 1) {  /* F32, F16, BF16: the float activations as they are */
         rs_pool_run(pool, matmul_slice, &job);
         return RS_OK;
     }
@@ -104,6 +104,8 @@ int rs_matmul_wt(rs_pool *pool, int type, const void *wt, int64_t n_out, int64_t
     const int st = check_product(pool, type, wt, n_in, n_out, n_out, n_in, x, n_tok, y, &rb);
     if (st != RS_OK)
         return st;
+    if (!rs_type_wt_ok(type))
+        return RS_ERR_TYPE;
     return rs_gemm(pool, rs_kernels_now(), type, wt, rb, 1, n_out, n_in, x, n_tok, y);
 }
 

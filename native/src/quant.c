@@ -68,6 +68,11 @@ void rs_quantize_act(const float *x, int64_t n, int8_t *q, float *d, int32_t *s)
 
 int rs_type_ok(int type)
 {
+    return rs_type_block(type) > 0;
+}
+
+int rs_type_wt_ok(int type)
+{
     return type == RS_TYPE_F32 || type == RS_TYPE_F16 || type == RS_TYPE_Q4_0 || type == RS_TYPE_Q8_0;
 }
 
@@ -75,9 +80,16 @@ int64_t rs_type_block(int type)
 {
     switch (type) {
     case RS_TYPE_F32:
-    case RS_TYPE_F16: return 1;
+    case RS_TYPE_F16:
+    case RS_TYPE_BF16: return 1;
     case RS_TYPE_Q4_0:
+    case RS_TYPE_Q4_1:
+    case RS_TYPE_Q5_0:
+    case RS_TYPE_Q5_1:
     case RS_TYPE_Q8_0: return RS_QK;
+    case RS_TYPE_Q4_K:
+    case RS_TYPE_Q5_K:
+    case RS_TYPE_Q6_K: return RS_QK_K;
     default: return 0;
     }
 }
@@ -87,20 +99,103 @@ int64_t rs_type_align(int type)
     return type == RS_TYPE_F32 ? 4 : 2;
 }
 
-int64_t rs_row_bytes(int type, int64_t n)
+static int64_t block_bytes(int type)
 {
-    int64_t block_bytes;
     switch (type) {
-    case RS_TYPE_F32: block_bytes = 4; break;
-    case RS_TYPE_F16: block_bytes = 2; break;
-    case RS_TYPE_Q4_0: block_bytes = (int64_t)sizeof(block_q4_0); break;
-    case RS_TYPE_Q8_0: block_bytes = (int64_t)sizeof(block_q8_0); break;
+    case RS_TYPE_F32: return 4;
+    case RS_TYPE_F16:
+    case RS_TYPE_BF16: return 2;
+    case RS_TYPE_Q4_0: return (int64_t)sizeof(block_q4_0);
+    case RS_TYPE_Q4_1: return (int64_t)sizeof(block_q4_1);
+    case RS_TYPE_Q5_0: return (int64_t)sizeof(block_q5_0);
+    case RS_TYPE_Q5_1: return (int64_t)sizeof(block_q5_1);
+    case RS_TYPE_Q8_0: return (int64_t)sizeof(block_q8_0);
+    case RS_TYPE_Q4_K: return (int64_t)sizeof(block_q4_K);
+    case RS_TYPE_Q5_K: return (int64_t)sizeof(block_q5_K);
+    case RS_TYPE_Q6_K: return (int64_t)sizeof(block_q6_K);
     default: return -1;
     }
-    const int64_t block = rs_type_block(type);
-    if (n <= 0 || n % block != 0 || n / block > INT64_MAX / block_bytes)
+}
+
+int64_t rs_row_bytes(int type, int64_t n)
+{
+    const int64_t block = rs_type_block(type), bytes = block_bytes(type);
+    if (block <= 0 || n <= 0 || n % block != 0 || n / block > INT64_MAX / bytes)
         return -1;
-    return n / block * block_bytes;
+    return n / block * bytes;
+}
+
+/* Q4_0's nibble order (element i low nibble of byte i, element i + 16 its high nibble) plus Q5's fifth bits. */
+static void nibbles16(const uint8_t *qs, const uint8_t *qh, int32_t *q)
+{
+    uint32_t h = 0;
+    if (qh)
+        memcpy(&h, qh, sizeof h);
+    for (int i = 0; i < RS_QK / 2; i++) {
+        q[i] = (int32_t)((qs[i] & 0x0F) | (((h >> i) & 1u) << 4));
+        q[i + RS_QK / 2] = (int32_t)((qs[i] >> 4) | (((h >> (i + 16)) & 1u) << 4));
+    }
+}
+
+void rs_unpack(int type, const void *row, int64_t k, int32_t *q, float *scale, float *min)
+{
+    *min = 0.0f;
+    switch (type) {
+    case RS_TYPE_Q4_1: {
+        const block_q4_1 *b = (const block_q4_1 *)row + k;
+        nibbles16(b->qs, NULL, q);
+        *scale = rs_fp16_to_fp32(b->d);
+        *min = rs_fp16_to_fp32(b->m);
+        break;
+    }
+    case RS_TYPE_Q5_0: {
+        const block_q5_0 *b = (const block_q5_0 *)row + k;
+        nibbles16(b->qs, b->qh, q);
+        for (int i = 0; i < RS_QK; i++)
+            q[i] -= 16;
+        *scale = rs_fp16_to_fp32(b->d);
+        break;
+    }
+    case RS_TYPE_Q5_1: {
+        const block_q5_1 *b = (const block_q5_1 *)row + k;
+        nibbles16(b->qs, b->qh, q);
+        *scale = rs_fp16_to_fp32(b->d);
+        *min = rs_fp16_to_fp32(b->m);
+        break;
+    }
+    case RS_TYPE_Q4_K:
+    case RS_TYPE_Q5_K: {
+        const int j = (int)(k % 8);
+        const uint8_t *qs, *qh = NULL, *scales;
+        uint16_t d, dmin;
+        if (type == RS_TYPE_Q4_K) {
+            const block_q4_K *b = (const block_q4_K *)row + k / 8;
+            qs = b->qs, scales = b->scales, d = b->d, dmin = b->dmin;
+        } else {
+            const block_q5_K *b = (const block_q5_K *)row + k / 8;
+            qs = b->qs, qh = b->qh, scales = b->scales, d = b->d, dmin = b->dmin;
+        }
+        int sc, m;
+        rs_k_scale_min(scales, j, &sc, &m);
+        for (int i = 0; i < RS_QK; i++)
+            q[i] = (int32_t)(((qs[(j / 2) * 32 + i] >> (4 * (j % 2))) & 0x0F) | (qh ? ((qh[i] >> j) & 1) << 4 : 0));
+        *scale = rs_fp16_to_fp32(d) * (float)sc;
+        *min = -(rs_fp16_to_fp32(dmin) * (float)m);
+        break;
+    }
+    case RS_TYPE_Q6_K: {
+        const block_q6_K *b = (const block_q6_K *)row + k / 8;
+        const int half = (int)(k % 8) / 4, j = (int)(k % 4);  /* block k is element run j of its half */
+        const uint8_t *ql = b->ql + 64 * half + 32 * (j % 2), *qh = b->qh + 32 * half;
+        const int8_t *sc = b->scales + 8 * half + 2 * j;
+        for (int i = 0; i < RS_QK; i++)
+            q[i] = sc[i / 16] * ((((ql[i] >> (4 * (j / 2))) & 0x0F) | (((qh[i] >> (2 * j)) & 3) << 4)) - 32);
+        *scale = rs_fp16_to_fp32(b->d);
+        break;
+    }
+    default:
+        break;
+    }
 }
 
 void rs_dequant_row(int type, const void *row, float *out, int64_t n)
@@ -113,6 +208,12 @@ void rs_dequant_row(int type, const void *row, float *out, int64_t n)
         const uint16_t *h = row;
         for (int64_t i = 0; i < n; i++)
             out[i] = rs_fp16_to_fp32(h[i]);
+        break;
+    }
+    case RS_TYPE_BF16: {
+        const uint16_t *h = row;
+        for (int64_t i = 0; i < n; i++)
+            out[i] = rs_bf16_to_fp32(h[i]);
         break;
     }
     case RS_TYPE_Q4_0: {
@@ -128,6 +229,14 @@ void rs_dequant_row(int type, const void *row, float *out, int64_t n)
         break;
     }
     default:
+        /* scale * q is exact (at most 24 significant bits), so this is ggml's value: one rounding, of the sum */
+        for (int64_t k = 0; k < n / RS_QK; k++) {
+            int32_t q[RS_QK];
+            float scale, min;
+            rs_unpack(type, row, k, q, &scale, &min);
+            for (int i = 0; i < RS_QK; i++)
+                out[k * RS_QK + i] = (float)q[i] * scale + min;
+        }
         break;
     }
 }

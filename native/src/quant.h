@@ -27,6 +27,78 @@ typedef struct {
 _Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must match ggml's 34-byte layout");
 _Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must match ggml's 18-byte layout");
 
+/* The other types llama.cpp's quantizer writes for its common presets (Q4_K_M, Q5_K_M, Q6_K: a "Q4_K_M" file mixes
+ * Q4_K, Q6_K and, for rows that are not whole super-blocks, Q5_0 and Q8_0). Read only, never written by us. Every
+ * block of 32 elements (of a super-block, for the K types) is, exactly,
+ *     value[e] = scale * q[e] + min
+ * with small integers q (rs_unpack below): the dense kernels multiply the q with int8 activations in integers and
+ * apply scale and min once per block of 32 (min times the activations' block sum). */
+
+/* value[i] = (qs[i] & 0xF) * d + m, value[i + 16] = (qs[i] >> 4) * d + m */
+typedef struct {
+    uint16_t d, m;
+    uint8_t qs[RS_QK / 2];
+} block_q4_1;
+
+/* Q4_0's nibbles with a fifth bit: element e's is bit e of qh (little-endian); value = (q - 16) * d */
+typedef struct {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[RS_QK / 2];
+} block_q5_0;
+
+/* value = q * d + m, q as Q5_0's */
+typedef struct {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[RS_QK / 2];
+} block_q5_1;
+
+#define RS_QK_K 256  /* elements per super-block of the K types */
+
+/* Eight blocks of 32, each with a 6-bit scale and min (rs_k_scale_min): value = d * sc * q - dmin * m. The 256
+ * nibbles come in four runs of 32 bytes: run r's low nibbles are block 2r, its high nibbles block 2r + 1. */
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qs[RS_QK_K / 2];
+} block_q4_K;
+
+/* Q4_K plus a fifth bit: element i of block b has bit b of qh[i]. */
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[RS_QK_K / 8];
+    uint8_t qs[RS_QK_K / 2];
+} block_q5_K;
+
+/* 6-bit q, value = d * scales[e / 16] * (q - 32). Per half of 128: element l + 32 j (l < 32, j < 4) has low bits
+ * from ql[l + 32 (j % 2)] (low nibble for j < 2, high for j >= 2) and high bits (qh[l] >> 2 j) & 3. */
+typedef struct {
+    uint8_t ql[RS_QK_K / 2];
+    uint8_t qh[RS_QK_K / 4];
+    int8_t scales[RS_QK_K / 16];
+    uint16_t d;
+} block_q6_K;
+
+_Static_assert(sizeof(block_q4_1) == 20 && sizeof(block_q5_0) == 22 && sizeof(block_q5_1) == 24,
+               "the 32-element blocks must match ggml's layouts");
+_Static_assert(sizeof(block_q4_K) == 144 && sizeof(block_q5_K) == 176 && sizeof(block_q6_K) == 210,
+               "the K blocks must match ggml's layouts");
+
+/* Block j's 6-bit scale and min from a Q4_K / Q5_K super-block's 12 bytes: j < 4 in the low 6 bits of bytes j and
+ * j + 4; j >= 4 with their low 4 bits in byte j + 4 and their top 2 bits in the spare top bits of bytes j - 4, j. */
+static inline void rs_k_scale_min(const uint8_t *s, int j, int *sc, int *m)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
 static inline float rs_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
 static inline uint32_t rs_bits_from_f32(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
 
@@ -54,8 +126,19 @@ uint16_t rs_fp32_to_fp16(float f);
 /* Known weight type? */
 int rs_type_ok(int type);
 
-/* Elements per block: 1 for F32/F16, 32 for Q4_0/Q8_0; 0 for an unknown type. */
+/* A type of the input-channel-major layout (rs_matmul_wt, the sparse kernels): F32, F16, Q8_0, Q4_0. */
+int rs_type_wt_ok(int type);
+
+/* Elements per block: 1 for F32/F16/BF16, 256 for the K types, 32 for the other quantized ones; 0 if unknown. */
 int64_t rs_type_block(int type);
+
+/* Block k of 32 elements of a row of a quantized type other than Q4_0 and Q8_0 (whose kernels read their blocks
+ * directly) as value[e] = scale * q[e] + min: q exact small integers (|q| <= 4096: Q6_K's carries its 8-bit
+ * sub-scale), scale and min exact products of the stored fp16 numbers. */
+void rs_unpack(int type, const void *row, int64_t k, int32_t *q /* (32,) */, float *scale, float *min);
+
+/* BF16 -> float: the top half of the float's bits. */
+static inline float rs_bf16_to_fp32(uint16_t h) { return rs_f32_from_bits((uint32_t)h << 16); }
 
 /* Alignment the kernels need for a row pointer of this type (its widest scalar): 4 for F32, 2 otherwise. */
 int64_t rs_type_align(int type);

@@ -58,6 +58,11 @@ static inline simde__m512i rs_simde_mm512_cvtepu8_epi16(__m256i a)
     return rs_simde_i512(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(a)),
                          _mm256_cvtepu8_epi16(_mm256_extracti128_si256(a, 1)));
 }
+static inline simde__m512i rs_simde_mm512_cvtepu16_epi32(__m256i a)
+{
+    return rs_simde_i512(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(a)),
+                         _mm256_cvtepu16_epi32(_mm256_extracti128_si256(a, 1)));
+}
 static inline int rs_simde_mm512_reduce_add_epi32(simde__m512i a)
 {
     int32_t v[16];
@@ -98,6 +103,7 @@ static inline simde__m512i rs_simde_mm512_zextsi128_si512(__m128i a)
 #undef _mm512_cvtps_epi32
 #undef _mm512_cvtepi8_epi32
 #undef _mm512_cvtepu8_epi16
+#undef _mm512_cvtepu16_epi32
 #undef _mm512_reduce_add_epi32
 #undef _mm512_reduce_max_epi32
 #undef _mm512_reduce_add_ps
@@ -106,6 +112,7 @@ static inline simde__m512i rs_simde_mm512_zextsi128_si512(__m128i a)
 #define _mm512_cvtps_epi32(a) rs_simde_mm512_cvtps_epi32(a)
 #define _mm512_cvtepi8_epi32(a) rs_simde_mm512_cvtepi8_epi32(a)
 #define _mm512_cvtepu8_epi16(a) rs_simde_mm512_cvtepu8_epi16(a)
+#define _mm512_cvtepu16_epi32(a) rs_simde_mm512_cvtepu16_epi32(a)
 #define _mm512_reduce_add_epi32(a) rs_simde_mm512_reduce_add_epi32(a)
 #define _mm512_reduce_max_epi32(a) rs_simde_mm512_reduce_max_epi32(a)
 #define _mm512_reduce_add_ps(a) rs_simde_mm512_reduce_add_ps(a)

@@ -110,8 +110,81 @@ static double ref_element(int type, const uint8_t *row, int64_t i)
         const int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
         return half_value(read_u16(b)) * (q - 8);
     }
+    case RS_TYPE_BF16: {
+        const uint32_t u = (uint32_t)read_u16(row + 2 * i) << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    case RS_TYPE_Q4_1:
+    case RS_TYPE_Q5_0:
+    case RS_TYPE_Q5_1: {
+        /* d [m] [qh: 4 bytes] qs: 16 bytes; element j's nibble in byte j % 16 (high half for j >= 16) and its
+         * fifth bit in bit j of qh */
+        const int has_m = type != RS_TYPE_Q5_0, has_h = type != RS_TYPE_Q4_1;
+        const int bb = 2 + 2 * has_m + 4 * has_h + 16;
+        const uint8_t *b = row + bb * (i / 32), *qh = b + 2 + 2 * has_m, *qs = qh + 4 * has_h;
+        const int j = (int)(i % 32);
+        int q = (qs[j % 16] >> (j < 16 ? 0 : 4)) & 15;
+        if (has_h)
+            q += ((qh[j / 8] >> (j % 8)) & 1) * 16;
+        if (type == RS_TYPE_Q5_0)
+            return half_value(read_u16(b)) * (q - 16);
+        return half_value(read_u16(b)) * q + half_value(read_u16(b + 2));
+    }
+    case RS_TYPE_Q4_K:
+    case RS_TYPE_Q5_K: {
+        /* d, dmin, 12 bytes of 6-bit scales and mins, [qh: 32 bytes], qs: 128 bytes */
+        const int five = type == RS_TYPE_Q5_K;
+        const uint8_t *b = row + (five ? 176 : 144) * (i / 256), *sc = b + 4, *qh = b + 16, *qs = b + (five ? 48 : 16);
+        const int e = (int)(i % 256), j = e / 32, l = e % 32;
+        int scale, min;
+        if (j < 4) {
+            scale = sc[j] % 64;
+            min = sc[j + 4] % 64;
+        } else {
+            scale = sc[j + 4] % 16 + sc[j - 4] / 64 * 16;
+            min = sc[j + 4] / 16 + sc[j] / 64 * 16;
+        }
+        int q = (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 15;
+        if (five)
+            q += ((qh[l] >> j) & 1) * 16;
+        return half_value(read_u16(b)) * scale * q - half_value(read_u16(b + 2)) * min;
+    }
+    case RS_TYPE_Q6_K: {
+        /* ql: 128 bytes, qh: 64, 16 int8 scales, d; per half of 128, element 32 r + l (r < 4, l < 32) has its low
+         * four bits in ql[32 (r % 2) + l] (high nibble for r >= 2), its top two in bits 2 r of qh[l] */
+        const uint8_t *b = row + 210 * (i / 256);
+        const int e = (int)(i % 256), half = e / 128, r = (e % 128) / 32, l = e % 32;
+        const uint8_t *ql = b + 64 * half, *qh = b + 128 + 32 * half;
+        const int q = (((ql[32 * (r % 2) + l] >> (4 * (r / 2))) & 15) | (((qh[l] >> (2 * r)) & 3) << 4)) - 32;
+        return half_value(read_u16(b + 208)) * (int8_t)b[192 + e / 16] * q;
+    }
     }
     return NAN;
+}
+
+/* Elements per block of a quantized type (1: a float type). */
+static int64_t ref_block(int type)
+{
+    switch (type) {
+    case RS_TYPE_Q4_0:
+    case RS_TYPE_Q4_1:
+    case RS_TYPE_Q5_0:
+    case RS_TYPE_Q5_1:
+    case RS_TYPE_Q8_0: return 32;
+    case RS_TYPE_Q4_K:
+    case RS_TYPE_Q5_K:
+    case RS_TYPE_Q6_K: return 256;
+    default: return 1;
+    }
+}
+
+static void put_half(uint8_t *p, float f)
+{
+    const uint16_t h = rs_fp32_to_fp16(f);
+    p[0] = (uint8_t)(h & 0xFF);
+    p[1] = (uint8_t)(h >> 8);
 }
 
 /* Random bytes that make a valid, finite weight matrix. */
@@ -132,15 +205,27 @@ static void fill_weights(int type, uint8_t *w, int64_t n_rows, int64_t n_in)
                     h &= (uint16_t)~0x4000u;
                 memcpy(row + 2 * i, &h, 2);
             }
+        } else if (type == RS_TYPE_BF16) {
+            for (int64_t i = 0; i < n_in; i++) {
+                const float f = rand_uniform(-1.0f, 1.0f);
+                uint32_t u;
+                memcpy(&u, &f, 4);
+                row[2 * i] = (uint8_t)(u >> 16), row[2 * i + 1] = (uint8_t)(u >> 24);
+            }
         } else {
-            const int64_t bb = type == RS_TYPE_Q8_0 ? 34 : 18;
-            for (int64_t k = 0; k < n_in / 32; k++) {
+            /* random bytes, then the block's binary16 scale (and min) made small and finite */
+            const int64_t nb = n_in / ref_block(type), bb = rb / nb;
+            for (int64_t k = 0; k < nb; k++) {
                 uint8_t *b = row + k * bb;
-                const uint16_t d = rs_fp32_to_fp16(rand_uniform(-0.05f, 0.05f));
-                b[0] = (uint8_t)(d & 0xFF);
-                b[1] = (uint8_t)(d >> 8);
-                for (int64_t j = 2; j < bb; j++)
+                for (int64_t j = 0; j < bb; j++)
                     b[j] = (uint8_t)rand_u32();
+                if (type == RS_TYPE_Q6_K) {
+                    put_half(b + 208, rand_uniform(-0.005f, 0.005f));
+                } else {
+                    put_half(b, rand_uniform(-0.05f, 0.05f) / (ref_block(type) == 256 ? 32.0f : 1.0f));
+                    if (type == RS_TYPE_Q4_1 || type == RS_TYPE_Q5_1 || ref_block(type) == 256)
+                        put_half(b + 2, rand_uniform(-0.05f, 0.05f) / (ref_block(type) == 256 ? 32.0f : 1.0f));
+                }
             }
         }
     }
@@ -213,7 +298,7 @@ static void test_matmul_case(rs_pool *pool, int type, int64_t n_out, int64_t n_i
     /* Q8_0 and Q4_0 multiply activations rounded to int8 per block of 32: each is off by at most half a step,
      * step = the block's largest |x| / 127 (kernels.h); the bound adds |w| times that, with room (1e-4 of a half
      * step) for the float rounding of the step itself. */
-    const int quant = type == RS_TYPE_Q4_0 || type == RS_TYPE_Q8_0;
+    const int quant = ref_block(type) > 1;
     double *half_step = malloc((size_t)(n_tok * n_in) * sizeof *half_step);
     for (int64_t e = 0; e < n_tok * n_in; e += quant ? 32 : 1) {
         double amax = 0.0;
@@ -493,6 +578,8 @@ static void test_sparse_errors(void)
                            sb - 4) == RS_ERR_SHAPE, "scratch too small");
     CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 33, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept, scratch,
                            sb) == RS_ERR_SHAPE, "n_out %% 32");
+    CHECK(rs_sparse_matvec(pool, RS_TYPE_Q5_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, u, vs, 2, x, y, &kept, scratch,
+                           sb) == RS_ERR_TYPE, "a dense-only weight type");
     CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_Q8_0, u, vs, 2, x, y, &kept, scratch,
                            sb) == RS_ERR_TYPE, "factor type");
     CHECK(rs_sparse_matvec(pool, RS_TYPE_Q8_0, wt, 32, 4, NULL, 0.5f, RS_TYPE_F32, NULL, vs, 2, x, y, &kept, scratch,
@@ -641,8 +728,11 @@ static void test_quant_paths(rs_pool *pool, const char *path)
 
 static void test_matmul(void)
 {
-    static const int types[] = {RS_TYPE_F32, RS_TYPE_F16, RS_TYPE_Q4_0, RS_TYPE_Q8_0};
+    static const int types[] = {RS_TYPE_F32, RS_TYPE_F16, RS_TYPE_Q4_0, RS_TYPE_Q8_0, RS_TYPE_BF16, RS_TYPE_Q4_1,
+                                RS_TYPE_Q5_0, RS_TYPE_Q5_1, RS_TYPE_Q4_K, RS_TYPE_Q5_K, RS_TYPE_Q6_K};
+    enum { N_TYPES = sizeof types / sizeof types[0] };
     static const int64_t n_in_q[] = {32, 96, 256, 544};            /* 544 = 2 full chunks + a partial one */
+    static const int64_t n_in_k[] = {256, 512, 768};               /* 768: a partial GEMM chunk of 256 */
     static const int64_t n_in_f[] = {1, 5, 37, 256, 300, 576};
     static const int64_t n_outs[] = {1, 7, 33, 64};
     static const int64_t n_toks[] = {1, 2, 7};
@@ -651,18 +741,24 @@ static void test_matmul(void)
         CHECK(pool != NULL, "rs_pool_create(%d)", nt);
         if (!pool)
             continue;
-        for (size_t ti = 0; ti < 4; ti++) {
+        for (size_t ti = 0; ti < N_TYPES; ti++) {
             const int type = types[ti];
-            const int quant = type == RS_TYPE_Q4_0 || type == RS_TYPE_Q8_0;
-            const int64_t *n_ins = quant ? n_in_q : n_in_f;
-            const size_t n_n_in = quant ? 4 : 6;
+            const int64_t blk = ref_block(type);
+            const int64_t *n_ins = blk == 256 ? n_in_k : blk == 32 ? n_in_q : n_in_f;
+            const size_t n_n_in = blk == 256 ? 3 : blk == 32 ? 4 : 6;
             for (size_t a = 0; a < n_n_in; a++)
                 for (size_t b = 0; b < 4; b++)
                     for (size_t c = 0; c < 3; c++)
                         test_matmul_case(pool, type, n_outs[b], n_ins[a], n_toks[c]);
         }
-        /* SmolLM2-135M's shapes, once per thread count and type (prefill with 3 tokens) */
-        for (size_t ti = 0; ti < 4; ti++) {
+        /* SmolLM2-135M's shapes (the K types: its 1536-wide down projection), once per thread count and type
+         * (prefill with 3 tokens) */
+        for (size_t ti = 0; ti < N_TYPES; ti++) {
+            if (ref_block(types[ti]) == 256) {
+                test_matmul_case(pool, types[ti], 192, 1536, 3);
+                test_matmul_case(pool, types[ti], 576, 1536, 1);
+                continue;
+            }
             test_matmul_case(pool, types[ti], 192, 576, 3);
             test_matmul_case(pool, types[ti], 576, 1536, 1);
         }
@@ -722,14 +818,15 @@ static void test_errors(void)
     CHECK(rs_row_bytes(RS_TYPE_F32, 5) == 20 && rs_row_bytes(RS_TYPE_F16, 5) == 10, "row bytes float");
     CHECK(rs_row_bytes(RS_TYPE_Q8_0, 64) == 68 && rs_row_bytes(RS_TYPE_Q4_0, 64) == 36, "row bytes quant");
     CHECK(rs_row_bytes(RS_TYPE_Q4_0, 33) == -1 && rs_row_bytes(RS_TYPE_F32, 0) == -1, "row bytes bad n");
-    CHECK(rs_row_bytes(3, 32) == -1 && rs_row_bytes(RS_TYPE_F32, INT64_MAX) == -1, "row bytes bad type/overflow");
+    CHECK(rs_row_bytes(4, 32) == -1 && rs_row_bytes(RS_TYPE_F32, INT64_MAX) == -1, "row bytes bad type/overflow");
 
     CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 2, 64, x, 1, y) == RS_OK, "valid call");
     CHECK(rs_matmul(NULL, RS_TYPE_Q8_0, w, 2, 64, x, 1, y) == RS_ERR_NULL, "NULL pool");
     CHECK(rs_matmul(pool, RS_TYPE_Q8_0, NULL, 2, 64, x, 1, y) == RS_ERR_NULL, "NULL w");
     CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 2, 64, NULL, 1, y) == RS_ERR_NULL, "NULL x");
     CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 2, 64, x, 1, NULL) == RS_ERR_NULL, "NULL y");
-    CHECK(rs_matmul(pool, 3, w, 2, 64, x, 1, y) == RS_ERR_TYPE, "bad type");
+    CHECK(rs_matmul(pool, 4, w, 2, 64, x, 1, y) == RS_ERR_TYPE, "bad type (Q4_2, removed from ggml)");
+    CHECK(rs_matmul_wt(pool, RS_TYPE_Q4_K, w, 256, 2, x, 1, y) == RS_ERR_TYPE, "a dense-only type by input channel");
     CHECK(rs_matmul(pool, -1, w, 2, 64, x, 1, y) == RS_ERR_TYPE, "negative type");
     CHECK(rs_matmul(pool, RS_TYPE_Q4_0, w, 2, 33, x, 1, y) == RS_ERR_SHAPE, "n_in %% 32");
     CHECK(rs_matmul(pool, RS_TYPE_Q8_0, w, 0, 64, x, 1, y) == RS_ERR_SHAPE, "n_out 0");
@@ -766,7 +863,7 @@ static void test_errors(void)
     CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 33, rows, 1, y) == RS_ERR_SHAPE, "n_in %% 32");
     CHECK(rs_get_rows(RS_TYPE_Q8_0, w, huge, 32, rows, 1, y) == RS_ERR_SHAPE, "n_rows overflow");
     CHECK(rs_get_rows(RS_TYPE_Q8_0, w, 4, 32, NULL, 1, y) == RS_ERR_NULL, "NULL rows");
-    CHECK(rs_get_rows(7, w, 4, 32, rows, 1, y) == RS_ERR_TYPE, "bad type");
+    CHECK(rs_get_rows(5, w, 4, 32, rows, 1, y) == RS_ERR_TYPE, "bad type");
 
     for (int s = 1; s >= -9; s--)
         CHECK(rs_strerror(s) != NULL && rs_strerror(s)[0] != '\0', "rs_strerror(%d)", s);
