@@ -193,7 +193,9 @@ def add_rsparse_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--threads", type=int, default=2, help="torch threads")
     g.add_argument("--companion-out", type=Path, help="companion path (default: <base>.rsparse.gguf)")
     g.add_argument("--companion-type", choices=("f32", "f16", "q8_0", "q4_0"),
-                   help="type of the companion's copy of the block weights (default: the base's). A Q4_0 base "
+                   help="type of the companion's copy of the block weights (default: the base's where the sparse "
+                        "kernels read it, else Q8_0 for 5- and 6-bit types, Q4_0 for Q4_1 and Q4_K, F16 for BF16: "
+                        "rsparse_cpp.constants.companion_type). A Q4_0 base "
                         "without its HF checkpoint loses much more to a Q4_0 companion (requantized along the other "
                         "axis) than to q8_0, which reads more bytes a kept row (docs/COMPANION.md)")
 
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     """rsparse-companion: add an R-Sparse companion to an existing base GGUF, from the HF checkpoint it was
     converted from, or from the base alone (its weights dequantized)."""
     p = argparse.ArgumentParser(prog="rsparse-companion", description=main.__doc__)
-    p.add_argument("base", type=Path, help="base GGUF (llama architecture; F32, F16, Q8_0 or Q4_0)")
+    p.add_argument("base", type=Path, help="base GGUF (llama architecture; any type the runtime loads, K-quants "
+                   "included)")
     p.add_argument("hf_dir", type=Path, nargs="?",
                    help="the HF checkpoint the base was converted from (optional: without it, the base's own "
                         "dequantized weights and tokenizer)")

@@ -6,15 +6,16 @@
  * scalar one, which is the truth, and against a float64 reference. The x86 and ARM paths share one body,
  * kernels_simd.h, written against a handful of vector primitives that each path file defines.
  *
- * Activations. F32 and F16 weights multiply the float activations. The dense Q8_0 and Q4_0 decode kernels multiply
- * their integer weights with the activations rounded to int8 per block of 32 (rs_quantize_act, done once per call by
- * matmul.c, llama.cpp's precision for these types): a block's 32 products are exact integer dot products on bytes,
- * then one float multiply-add by the two scales, and the result is within the activations' rounding (half a step,
- * 1/254 of the block's largest) of the exact product of the dequantized weights. The sparse kernels give each kept
- * row one float activation; the Q8_0 and Q4_0 ones then round each group of rows' (16, or 8 for Q8_0)
+ * Activations. F32, F16 and BF16 weights multiply the float activations. The dense decode kernels of the quantized
+ * types multiply their integer weights with the activations rounded to int8 per block of 32 (rs_quantize_act, done
+ * once per call by matmul.c, llama.cpp's precision for Q8_0 and Q4_0; for the K types llama.cpp rounds per 256, we
+ * keep 32): a block's 32 products are exact integer dot products on bytes, then one float multiply-add by the two
+ * scales (plus, for types with a min, min times the activations' block sum), within the activations' rounding (half
+ * a step, 1/254 of the block's largest) of the exact product of the dequantized weights. The sparse kernels give
+ * each kept row one float activation; the Q8_0 and Q4_0 ones then round each group of rows' (16, or 8 for Q8_0)
  * activation-times-scale to int8 per chunk of blocks and sum the rows in integers (sparse_int8.h; every path but
  * AVX-512, which keeps int16 coefficients for Q4_0 and floats for Q8_0). Prompts (two or more tokens, either layout)
- * run through gemm.c: F32, F16 and Q8_0 as panels of weights dequantized to float (dequant) times the float
+ * run through gemm.c: every type but Q4_0 as panels of weights dequantized to float (dequant) times the float
  * activations, one register tile (gemm) at a time; Q4_0 as packed weight bytes against the activations rounded to
  * int8 (igemm, igemm7 and requant for the companion's layout). */
 #ifndef RS_KERNELS_H

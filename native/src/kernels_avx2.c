@@ -157,10 +157,11 @@ static inline vk vk_bits32(vk w, const uint8_t *qh)
 {
     int32_t h;
     memcpy(&h, qh, sizeof h);
-    const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(h), _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
-                                                                                 0x0101010101010101LL, 0));
+    const __m256i byte = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
+    const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(h), byte);
     const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    return _mm256_or_si256(w, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10)));
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_or_si256(w, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
 }
 static inline vk vk_sub(vk w, int c) { return _mm256_sub_epi8(w, _mm256_set1_epi8((char)c)); }
 /* Unsigned q <= 63: pairs of at most 2 * 63 * 127, no int16 saturation */
@@ -177,7 +178,8 @@ static inline vf vk_dot_u(vk w, vk x)
 static inline vf vk_dot_s2(vk w, vk x, int s0, int s1)
 {
     const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0))));
+    const __m256i sub = _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, sub));
 }
 
 /* ---- int16 blocks, for the sparse kernels (axpy_int16_avx2.h) ------------------------------------------------- */
