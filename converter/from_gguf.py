@@ -8,23 +8,36 @@ companion's sparse-path copy the full-precision weights.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
 from pathlib import Path
 
 
-def load_from_gguf(base: str | Path):
-    """(model, tokenizer) of the base GGUF, dequantized to float32, in eval mode."""
+def load_from_gguf(base: str | Path, progress: bool = True):
+    """(model, tokenizer) of the base GGUF, dequantized to float32, in eval mode. progress=False silences
+    transformers' own progress bars (reading and dequantizing the tensors)."""
     base = Path(base)
     if not base.is_file():
         raise FileNotFoundError(f"{base}: no such base GGUF")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file: nothing to fetch
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # transformers' GGUF reader draws its bar with tqdm directly, which no flag of transformers reaches: its
+    # stderr is held back instead (and shown if reading fails)
+    quiet = contextlib.redirect_stderr(io.StringIO()) if not progress else contextlib.nullcontext()
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
-        tok = AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
-        model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name, dtype=torch.float32)
+        with quiet as held:
+            tok = AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
+            model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name, dtype=torch.float32)
     except (ValueError, KeyError, NotImplementedError) as e:  # transformers' words for what it cannot read
+        if held is not None:
+            sys.stderr.write(held.getvalue())
         raise ValueError(f"{base}: cannot read it as a model without its HF checkpoint ({e}); pass the HF folder "
                          f"it was converted from") from None
     return model.eval(), tok

@@ -236,7 +236,7 @@ def make_companion(base: Path, hf_dir: Path | None, args, progress: bool = True)
     if hf_dir is None:
         from .from_gguf import load_from_gguf
 
-        model, tok = load_from_gguf(base)
+        model, tok = load_from_gguf(base, progress=progress)
         if getattr(args, "companion_type", None) is None and base_is_q4_0(base):
             print("rsparse-companion: note: a Q4_0 base without its HF checkpoint gives a Q4_0 companion rounded "
                   "twice (SmolLM2: +24% strict perplexity); --companion-type q8_0 avoids that at the cost of reading "
