@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from gguf_craft import tiny_companion, tiny_model  # noqa: E402
 from rsparse_cpp import native  # noqa: E402
 from rsparse_cpp.companion import fingerprint  # noqa: E402
-from rsparse_cpp.constants import GGMLType  # noqa: E402
+from rsparse_cpp.constants import BLOCK, SPARSE_TYPES, GGMLType  # noqa: E402
 from rsparse_cpp.model import Model  # noqa: E402
 
 DEFAULT_MODEL = Path(os.environ.get("RSPARSE_CACHE", Path.home() / ".cache" / "rsparse_cpp")) \
@@ -67,6 +67,16 @@ def encode(w: np.ndarray, wtype: GGMLType) -> tuple[np.ndarray, np.ndarray]:
         return w.astype(np.float32), w.astype(np.float32).astype(np.float64)
     if wtype == GGMLType.F16:
         return w.astype(np.float16), w.astype(np.float16).astype(np.float64)
+    if BLOCK[wtype][0] == 256:  # gguf-py does not quantize the K types: random super-blocks, small binary16 scales
+        rng = np.random.default_rng(w.size)
+        q = rng.integers(0, 256, (w.shape[0], w.shape[1] // 256, BLOCK[wtype][1]), dtype=np.uint8)
+        scales = rng.uniform(1e-4, 1e-3, (*q.shape[:-1], 2)).astype(np.float16).view(np.uint8)
+        if wtype == GGMLType.Q6_K:
+            q[..., 208:210] = scales[..., :2]
+        else:
+            q[..., 0:4] = scales
+        q = q.reshape(w.shape[0], -1)
+        return q, gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(wtype))).astype(np.float64)
     q = gguf.quants.quantize(w.astype(np.float32), gguf.GGMLQuantizationType(int(wtype)))
     return q, gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(wtype))).astype(np.float64)
 
@@ -83,14 +93,19 @@ def kernels() -> None:
     n_calls = 0
     with native.Pool(2) as pool:
         for wtype in GGMLType:
-            for n_out, n_in, rank in ((32, 7, 0), (64, 45, 3), (96, 130, 17), (160, 33, 1)):
+            for n_out, n_in, rank in ((32, 7, 0), (64, 45, 3), (96, 130, 17), (160, 33, 1), (33, 512, 0)):
                 w = rng.normal(0, 0.1, (n_out, n_in))
                 x = rng.normal(0, 1, n_in).astype(np.float32)
-                if n_in % 32 == 0 or wtype in (GGMLType.F32, GGMLType.F16):  # dense: blocks along in
+                if n_in % BLOCK[wtype][0] == 0:  # dense (one token and a prompt of 3): blocks along in
                     wq, w64 = encode(w, wtype)
                     y = native.matmul(pool, wtype, wq, n_out, n_in, x)
                     assert_near(y, w64 @ x, np.abs(w64) @ np.abs(x))
-                    n_calls += 1
+                    x3 = rng.normal(0, 1, (3, n_in)).astype(np.float32)
+                    y3 = native.matmul(pool, wtype, wq, n_out, n_in, x3)
+                    assert_near(y3, x3 @ w64.T, np.abs(x3) @ np.abs(w64.T))
+                    n_calls += 2
+                if wtype not in SPARSE_TYPES or n_out % BLOCK[wtype][0]:
+                    continue
                 wtq, wt64 = encode(w.T.copy(), wtype)  # sparse: input-channel-major, blocks along out
                 for ftype in (np.float32, np.float16):
                     for colnorm in (np.linalg.norm(wt64, axis=1).astype(np.float32), None):
