@@ -387,14 +387,26 @@ static inline void hdr_q5_1(const uint8_t *p, kscales *h)
     const block_q5_1 *b = (const block_q5_1 *)p;
     h->d[0] = half_to_float(b->d), h->m[0] = half_to_float(b->m);
 }
+/* rs_k_scale_min for the eight blocks at once, on 32-bit words: bytes 0-3 hold scales 0-3 (low 6 bits), bytes 4-7
+ * mins 0-3; scale 4 + k is byte 8 + k's low nibble under byte k's top two bits, min 4 + k byte 8 + k's high nibble
+ * under byte 4 + k's top two bits. Shifting a word moves a neighbour's bits in, which the masks take out. With this,
+ * and the scale and min products of a super-block as vectors (ROWS_K256), a decode from L2 (1024 x 768, one
+ * thread, AVX2) went from 11.9 to 13.4 G weights/s for Q4_K, 9.7 to 11.3 for Q5_K and 11.1 for Q6_K (Q4_0: 20). */
 static inline void hdr_k(const uint8_t *scales, uint16_t d16, uint16_t dmin16, kscales *h)
 {
-    const float d = half_to_float(d16), dmin = half_to_float(dmin16);
-    for (int j = 0; j < 8; j++) {
-        int sc, m;
-        rs_k_scale_min(scales, j, &sc, &m);
-        h->d[j] = d * (float)sc, h->m[j] = -(dmin * (float)m);
-    }
+    uint32_t w[3], sc[2], mn[2];
+    memcpy(w, scales, sizeof w);
+    const uint32_t low6 = 0x3F3F3F3Fu, low4 = 0x0F0F0F0Fu, top2 = 0x03030303u;
+    sc[0] = w[0] & low6;
+    sc[1] = (w[2] & low4) | ((w[0] >> 6) & top2) << 4;
+    mn[0] = w[1] & low6;
+    mn[1] = ((w[2] >> 4) & low4) | ((w[1] >> 6) & top2) << 4;
+    uint8_t s8[8], m8[8];
+    memcpy(s8, sc, sizeof s8);
+    memcpy(m8, mn, sizeof m8);
+    const float d = half_to_float(d16), nmin = -half_to_float(dmin16);
+    for (int j = 0; j < 8; j++)
+        h->d[j] = d * (float)s8[j], h->m[j] = nmin * (float)m8[j];
 }
 static inline void hdr_q4_k(const uint8_t *p, kscales *h)
 {
@@ -448,8 +460,9 @@ static inline vf dot_q6_k(const uint8_t *p, int j, vk x)
     return vk_dot_s2(vk_sub(q, 32), x, b->scales[2 * j], b->scales[2 * j + 1]);
 }
 
-/* MR rows of blocks of SB x 32 elements, BB bytes each, against one token's int8 activations. */
-#define ROWS_K(type, SB, BB)                                                                                 \
+/* MR rows of blocks of 32 elements (Q4_1, Q5_0, Q5_1: a header each), BB bytes each, against one token's int8
+ * activations. */
+#define ROWS_K32(type, BB)                                                                                   \
     static inline void rows_##type(const uint8_t *const *rows, int64_t rb, const rs_act *x, int64_t n_in,     \
                                    int n_valid, float *y)                                                    \
     {                                                                                                        \
@@ -457,33 +470,63 @@ static inline vf dot_q6_k(const uint8_t *p, int j, vk x)
         float mn[MR];                                                                                        \
         for (int i = 0; i < MR; i++)                                                                         \
             acc[i] = vf_zero(), mn[i] = 0.0f;                                                                \
-        for (int64_t b = 0; b < n_in / (RS_QK * (SB)); b++) {                                                \
-            kscales h[MR];                                                                                   \
+        for (int64_t k = 0; k < n_in / RS_QK; k++) {                                                         \
+            const vk xv = vk_x(x->q + k * RS_QK);                                                            \
+            const float xd = x->d[k], xs = xd * (float)x->s[k];                                              \
             for (int i = 0; i < MR; i++) {                                                                   \
-                for (int64_t o = 0; o < (BB); o += 64)                                                       \
-                    prefetch_ahead(rows[i], b * (BB) + o, rb);                                               \
-                hdr_##type(rows[i] + b * (BB), &h[i]);                                                       \
-            }                                                                                                \
-            for (int j = 0; j < (SB); j++) {                                                                 \
-                const int64_t k = b * (SB) + j;                                                              \
-                const vk xv = vk_x(x->q + k * RS_QK);                                                        \
-                const float xd = x->d[k], xs = xd * (float)x->s[k];                                          \
-                for (int i = 0; i < MR; i++) {                                                               \
-                    acc[i] = vf_fma(dot_##type(rows[i] + b * (BB), j, xv), vf_set1(h[i].d[j] * xd), acc[i]);  \
-                    mn[i] = fmaf(h[i].m[j], xs, mn[i]);                                                      \
-                }                                                                                            \
+                kscales h;                                                                                   \
+                const uint8_t *blk = rows[i] + k * (BB);                                                     \
+                prefetch_ahead(rows[i], k * (BB), rb);                                                       \
+                hdr_##type(blk, &h);                                                                         \
+                acc[i] = vf_fma(dot_##type(blk, 0, xv), vf_set1(h.d[0] * xd), acc[i]);                       \
+                mn[i] = fmaf(h.m[0], xs, mn[i]);                                                             \
             }                                                                                                \
         }                                                                                                    \
         for (int i = 0; i < n_valid; i++)                                                                    \
             y[i] = vf_hsum(acc[i]) + mn[i];                                                                  \
     }                                                                                                        \
     MM_QUANT(type)
-ROWS_K(q4_1, 1, (int64_t)sizeof(block_q4_1))
-ROWS_K(q5_0, 1, (int64_t)sizeof(block_q5_0))
-ROWS_K(q5_1, 1, (int64_t)sizeof(block_q5_1))
-ROWS_K(q4_k, 8, (int64_t)sizeof(block_q4_K))
-ROWS_K(q5_k, 8, (int64_t)sizeof(block_q5_K))
-ROWS_K(q6_k, 8, (int64_t)sizeof(block_q6_K))
+
+/* The K types: super-blocks of 8 blocks, BB bytes. Per super-block and row the eight scales times the activations'
+ * scales, and the eight mins times the activations' scaled block sums, are vector products (VL divides 8). */
+#define ROWS_K256(type, BB)                                                                                  \
+    static inline void rows_##type(const uint8_t *const *rows, int64_t rb, const rs_act *x, int64_t n_in,     \
+                                   int n_valid, float *y)                                                    \
+    {                                                                                                        \
+        vf acc[MR], accm[MR];                                                                                \
+        for (int i = 0; i < MR; i++)                                                                         \
+            acc[i] = vf_zero(), accm[i] = vf_zero();                                                         \
+        for (int64_t b = 0; b < n_in / RS_QK_K; b++) {                                                       \
+            const int64_t k0 = b * 8;                                                                        \
+            alignas(32) float xs[8], dd[MR][8];                                                              \
+            for (int j = 0; j < 8; j++)                                                                      \
+                xs[j] = x->d[k0 + j] * (float)x->s[k0 + j];                                                  \
+            for (int i = 0; i < MR; i++) {                                                                   \
+                kscales h;                                                                                   \
+                for (int64_t o = 0; o < (BB); o += 64)                                                       \
+                    prefetch_ahead(rows[i], b * (BB) + o, rb);                                               \
+                hdr_##type(rows[i] + b * (BB), &h);                                                          \
+                for (int v = 0; v < 8; v += VL) {                                                            \
+                    vf_store(dd[i] + v, vf_mul(vf_load(h.d + v), vf_load(x->d + k0 + v)));                   \
+                    accm[i] = vf_fma(vf_load(h.m + v), vf_load(xs + v), accm[i]);                            \
+                }                                                                                            \
+            }                                                                                                \
+            for (int j = 0; j < 8; j++) {                                                                    \
+                const vk xv = vk_x(x->q + (k0 + j) * RS_QK);                                                 \
+                for (int i = 0; i < MR; i++)                                                                 \
+                    acc[i] = vf_fma(dot_##type(rows[i] + b * (BB), j, xv), vf_set1(dd[i][j]), acc[i]);        \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int i = 0; i < n_valid; i++)                                                                    \
+            y[i] = vf_hsum(acc[i]) + vf_hsum(accm[i]);                                                       \
+    }                                                                                                        \
+    MM_QUANT(type)
+ROWS_K32(q4_1, (int64_t)sizeof(block_q4_1))
+ROWS_K32(q5_0, (int64_t)sizeof(block_q5_0))
+ROWS_K32(q5_1, (int64_t)sizeof(block_q5_1))
+ROWS_K256(q4_k, (int64_t)sizeof(block_q4_K))
+ROWS_K256(q5_k, (int64_t)sizeof(block_q5_K))
+ROWS_K256(q6_k, (int64_t)sizeof(block_q6_K))
 #define MM_K(type) mm_##type
 #else
 #define MM_K(type) NULL
