@@ -54,18 +54,22 @@ static void dot_f32(const void *row, const float *x, int64_t n_in, int64_t n_tok
     }
 }
 
-static void dot_f16(const void *row, const float *x, int64_t n_in, int64_t n_tok, float *y, int64_t ys)
-{
-    const uint16_t *h = row;
-    float w[CHUNK];
-    zero(y, n_tok, ys);
-    for (int64_t off = 0; off < n_in; off += CHUNK) {
-        const int64_t len = n_in - off < CHUNK ? n_in - off : CHUNK;
-        for (int64_t i = 0; i < len; i++)
-            w[i] = rs_fp16_to_fp32(h[off + i]);
-        chunk_all_tokens(w, len, x, off, n_in, n_tok, y, ys);
+/* F16 and BF16: each chunk converted once into an L1 buffer, then dotted with every token. */
+#define DOT_HALF(type, to_f32)                                                                               \
+    static void dot_##type(const void *row, const float *x, int64_t n_in, int64_t n_tok, float *y, int64_t ys) \
+    {                                                                                                        \
+        const uint16_t *h = row;                                                                             \
+        float w[CHUNK];                                                                                      \
+        zero(y, n_tok, ys);                                                                                  \
+        for (int64_t off = 0; off < n_in; off += CHUNK) {                                                    \
+            const int64_t len = n_in - off < CHUNK ? n_in - off : CHUNK;                                     \
+            for (int64_t i = 0; i < len; i++)                                                                \
+                w[i] = to_f32(h[off + i]);                                                                   \
+            chunk_all_tokens(w, len, x, off, n_in, n_tok, y, ys);                                            \
+        }                                                                                                    \
     }
-}
+DOT_HALF(f16, rs_fp16_to_fp32)
+DOT_HALF(bf16, rs_bf16_to_fp32)
 
 /* Quantized weights against int8 activations: each block's 32 products summed exactly in int32 (every SIMD path
  * gets the same integer per block, however it splits it into lanes), then scaled by both block scales; 8 partial
@@ -84,19 +88,6 @@ static void dot_f16(const void *row, const float *x, int64_t n_in, int64_t n_tok
     }
 DOT_Q(q8_0, b[k].qs[i])
 DOT_Q(q4_0, ((i < RS_QK / 2 ? b[k].qs[i] & 0x0F : b[k].qs[i - RS_QK / 2] >> 4) - 8))
-
-static void dot_bf16(const void *row, const float *x, int64_t n_in, int64_t n_tok, float *y, int64_t ys)
-{
-    const uint16_t *h = row;
-    float w[CHUNK];
-    zero(y, n_tok, ys);
-    for (int64_t off = 0; off < n_in; off += CHUNK) {
-        const int64_t len = n_in - off < CHUNK ? n_in - off : CHUNK;
-        for (int64_t i = 0; i < len; i++)
-            w[i] = rs_bf16_to_fp32(h[off + i]);
-        chunk_all_tokens(w, len, x, off, n_in, n_tok, y, ys);
-    }
-}
 
 /* The other quantized types, block by block as rs_unpack gives them (value = scale * q + min): the block's sum of
  * q times the int8 activations exact in int32, then scale * d_x times it, plus min * d_x times the activations'
