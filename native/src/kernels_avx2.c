@@ -163,6 +163,10 @@ static inline vk vk_bits32(vk w, const uint8_t *qh)
     const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
     return _mm256_or_si256(w, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
 }
+static inline vf vf_u8(const uint8_t *p)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
 static inline vk vk_sub(vk w, int c) { return _mm256_sub_epi8(w, _mm256_set1_epi8((char)c)); }
 /* Unsigned q <= 63: pairs of at most 2 * 63 * 127, no int16 saturation */
 static inline vf vk_dot_u(vk w, vk x)

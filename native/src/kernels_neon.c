@@ -157,6 +157,7 @@ static inline vk vk_bits32(vk w, const uint8_t *qh)
     return (vk){vorrq_s8(w.lo, vreinterpretq_s8_u8(vandq_u8(vtstq_u8(lo, bits), sixteen))),
                 vorrq_s8(w.hi, vreinterpretq_s8_u8(vandq_u8(vtstq_u8(hi, bits), sixteen)))};
 }
+static inline vf vf_u8(const uint8_t *p) { return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(load4(p))))); }
 static inline vk vk_sub(vk w, int c)
 {
     const int8x16_t v = vdupq_n_s8((int8_t)c);

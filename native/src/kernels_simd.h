@@ -45,7 +45,7 @@
  *   VK, vk                  (optional) 32 bytes: a block of llama.cpp's other quantized types (Q4_1 .. Q6_K),
  *   vk_x vk_nib16 vk_nib32  their weights and activations; without them those types come from the next path
  *   vk_bits32 vk_hi vk_sub  that has them (dispatch.c). See "the other quantized types" below and kernels_avx2.c.
- *   vk_dot_u vk_dot_s2
+ *   vk_dot_u vk_dot_s2 vf_u8 (VL bytes -> floats)
  *   PATH                    the path's name token (avx2, ...): the file defines `const rs_kernels rs_kernels_##PATH`
  *   CPU_OK                  its cpu_ok function, or NULL when every CPU of the architecture runs it
  * Loads never read past the VL elements asked for, so a kernel never touches memory beyond its rows.
@@ -387,12 +387,21 @@ static inline void hdr_q5_1(const uint8_t *p, kscales *h)
     const block_q5_1 *b = (const block_q5_1 *)p;
     h->d[0] = half_to_float(b->d), h->m[0] = half_to_float(b->m);
 }
+/* A K super-block's scales as bytes, converted to floats per vector by the kernel (vf_u8): value = d * sc[j] * q +
+ * nmin * m[j] for block j. */
+typedef struct {
+    uint8_t sc[8], m[8];
+    float d, nmin;
+} ksuper;
+
 /* rs_k_scale_min for the eight blocks at once, on 32-bit words: bytes 0-3 hold scales 0-3 (low 6 bits), bytes 4-7
  * mins 0-3; scale 4 + k is byte 8 + k's low nibble under byte k's top two bits, min 4 + k byte 8 + k's high nibble
  * under byte 4 + k's top two bits. Shifting a word moves a neighbour's bits in, which the masks take out. With this,
- * and the scale and min products of a super-block as vectors (ROWS_K256), a decode from L2 (1024 x 768, one
- * thread, AVX2) went from 11.9 to 13.4 G weights/s for Q4_K, 9.7 to 11.3 for Q5_K and 11.1 for Q6_K (Q4_0: 20). */
-static inline void hdr_k(const uint8_t *scales, uint16_t d16, uint16_t dmin16, kscales *h)
+ * and the scale and min products of a super-block as vectors from the bytes (ROWS_K256, vf_u8), a decode from L2
+ * (1024 x 768, one thread, AVX2) went from 11.7 to 19.2 G weights/s for Q4_K, 9.6 to 15.1 for Q5_K and 9.7 to 11.0
+ * for Q6_K (Q4_0: 19.9): block by block, the unpacking and the int -> float conversions had cost as much as the
+ * dot products. */
+static inline void hdr_k(const uint8_t *scales, uint16_t d16, uint16_t dmin16, ksuper *h)
 {
     uint32_t w[3], sc[2], mn[2];
     memcpy(w, scales, sizeof w);
@@ -401,28 +410,26 @@ static inline void hdr_k(const uint8_t *scales, uint16_t d16, uint16_t dmin16, k
     sc[1] = (w[2] & low4) | ((w[0] >> 6) & top2) << 4;
     mn[0] = w[1] & low6;
     mn[1] = ((w[2] >> 4) & low4) | ((w[1] >> 6) & top2) << 4;
-    uint8_t s8[8], m8[8];
-    memcpy(s8, sc, sizeof s8);
-    memcpy(m8, mn, sizeof m8);
-    const float d = half_to_float(d16), nmin = -half_to_float(dmin16);
-    for (int j = 0; j < 8; j++)
-        h->d[j] = d * (float)s8[j], h->m[j] = nmin * (float)m8[j];
+    memcpy(h->sc, sc, sizeof h->sc);
+    memcpy(h->m, mn, sizeof h->m);
+    h->d = half_to_float(d16), h->nmin = -half_to_float(dmin16);
 }
-static inline void hdr_q4_k(const uint8_t *p, kscales *h)
+static inline void hdr_q4_k(const uint8_t *p, ksuper *h)
 {
     const block_q4_K *b = (const block_q4_K *)p;
     hdr_k(b->scales, b->d, b->dmin, h);
 }
-static inline void hdr_q5_k(const uint8_t *p, kscales *h)
+static inline void hdr_q5_k(const uint8_t *p, ksuper *h)
 {
     const block_q5_K *b = (const block_q5_K *)p;
     hdr_k(b->scales, b->d, b->dmin, h);
 }
-static inline void hdr_q6_k(const uint8_t *p, kscales *h)
+/* Q6_K's sub-scales go into the integer dot (vk_dot_s2): per block, d alone */
+static inline void hdr_q6_k(const uint8_t *p, ksuper *h)
 {
-    const float d = half_to_float(((const block_q6_K *)p)->d);
-    for (int j = 0; j < 8; j++)
-        h->d[j] = d, h->m[j] = 0.0f;
+    memset(h->sc, 1, sizeof h->sc);
+    memset(h->m, 0, sizeof h->m);
+    h->d = half_to_float(((const block_q6_K *)p)->d), h->nmin = 0.0f;
 }
 
 static inline vf dot_q4_1(const uint8_t *p, int j, vk x)
@@ -502,13 +509,14 @@ static inline vf dot_q6_k(const uint8_t *p, int j, vk x)
             for (int j = 0; j < 8; j++)                                                                      \
                 xs[j] = x->d[k0 + j] * (float)x->s[k0 + j];                                                  \
             for (int i = 0; i < MR; i++) {                                                                   \
-                kscales h;                                                                                   \
+                ksuper h;                                                                                    \
                 for (int64_t o = 0; o < (BB); o += 64)                                                       \
                     prefetch_ahead(rows[i], b * (BB) + o, rb);                                               \
                 hdr_##type(rows[i] + b * (BB), &h);                                                          \
+                const vf d = vf_set1(h.d), nmin = vf_set1(h.nmin);                                           \
                 for (int v = 0; v < 8; v += VL) {                                                            \
-                    vf_store(dd[i] + v, vf_mul(vf_load(h.d + v), vf_load(x->d + k0 + v)));                   \
-                    accm[i] = vf_fma(vf_load(h.m + v), vf_load(xs + v), accm[i]);                            \
+                    vf_store(dd[i] + v, vf_mul(vf_mul(d, vf_u8(h.sc + v)), vf_load(x->d + k0 + v)));          \
+                    accm[i] = vf_fma(vf_mul(nmin, vf_u8(h.m + v)), vf_load(xs + v), accm[i]);                 \
                 }                                                                                            \
             }                                                                                                \
             for (int j = 0; j < 8; j++) {                                                                    \
