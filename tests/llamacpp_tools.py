@@ -6,6 +6,7 @@ HF checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -39,8 +40,6 @@ def sdist(version: str) -> Path:
     with urllib.request.urlopen(m.group(1), timeout=60) as r, open(part, "wb") as f:
         while chunk := r.read(1 << 20):
             f.write(chunk)
-    import hashlib
-
     if hashlib.sha256(part.read_bytes()).hexdigest() != m.group(2):
         part.unlink()
         raise OSError(f"{name}: sha256 does not match the index")

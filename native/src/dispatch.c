@@ -37,14 +37,14 @@ static const rs_kernels *const PATHS[] = {
 #define N_PATHS (sizeof PATHS / sizeof PATHS[0])
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static rs_kernels filled[N_PATHS];   /* PATHS[i] with its NULL entries taken from scalar; written once */
+static rs_kernels filled[N_PATHS];   /* PATHS[i] with its NULL entries filled (FILL); written once */
 static int runnable[N_PATHS];        /* cpu_ok, asked once */
 static char names[N_PATHS * 16];     /* "avx512vnni,avx512,avxvnni,avx2,scalar": the runnable paths, fastest first */
 static _Atomic(const rs_kernels *) current;
 
-#define FILL(field) f->field = p->field ? p->field : rs_kernels_scalar.field
-/* The next path down the list this CPU runs that has the entry (scalar, last, has every one). */
-#define FILL_NEXT(field)                                                                                     \
+/* An entry a path leaves NULL comes from the next path down the list this CPU runs that has it (scalar, last, has
+ * every one): AVX-512 takes AVX-VNNI's or AVX2's kernels for llama.cpp's other types. */
+#define FILL(field)                                                                                          \
     for (size_t j = i + 1; !f->field && j < N_PATHS; j++)                                                    \
         if (runnable[j])                                                                                     \
             f->field = PATHS[j]->field;
@@ -64,17 +64,17 @@ static void init(void)
         const rs_kernels *p = PATHS[i];
         rs_kernels *f = &filled[i];
         *f = *p;
-        FILL_NEXT(mm_bf16);
-        FILL_NEXT(mm_q4_1);
-        FILL_NEXT(mm_q5_0);
-        FILL_NEXT(mm_q5_1);
-        FILL_NEXT(mm_q4_k);
-        FILL_NEXT(mm_q5_k);
-        FILL_NEXT(mm_q6_k);
         FILL(mm_f32);
         FILL(mm_f16);
         FILL(mm_q4_0);
         FILL(mm_q8_0);
+        FILL(mm_bf16);
+        FILL(mm_q4_1);
+        FILL(mm_q5_0);
+        FILL(mm_q5_1);
+        FILL(mm_q4_k);
+        FILL(mm_q5_k);
+        FILL(mm_q6_k);
         FILL(axpy_f32);
         FILL(axpy_f16);
         FILL(axpy_q4_0);

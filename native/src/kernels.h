@@ -1,10 +1,11 @@
 /* kernels.h -- the table of inner kernels, one table per SIMD path; dispatch.c picks one at start-up.
  *
  * Adding a path: write kernels_<name>.c defining `const rs_kernels rs_kernels_<name>` (entries it does not
- * implement may stay NULL and fall back to scalar), add it to the PATHS list in dispatch.c, and add the file with
- * its own compile flags (and -DRS_HAVE_<NAME>) in native/CMakeLists.txt. Every SIMD kernel is tested against the
- * scalar one, which is the truth, and against a float64 reference. The x86 and ARM paths share one body,
- * kernels_simd.h, written against a handful of vector primitives that each path file defines.
+ * implement may stay NULL and come from the next path down dispatch.c's list that the CPU runs, scalar last), add
+ * it to the PATHS list in dispatch.c, and add the file with its own compile flags (and -DRS_HAVE_<NAME>) in
+ * native/CMakeLists.txt. Every SIMD kernel is tested against the scalar one, which is the truth, and against a
+ * float64 reference. The x86 and ARM paths share one body, kernels_simd.h, written against a handful of vector
+ * primitives that each path file defines.
  *
  * Activations. F32, F16 and BF16 weights multiply the float activations. The dense decode kernels of the quantized
  * types multiply their integer weights with the activations rounded to int8 per block of 32 (rs_quantize_act, done
@@ -89,13 +90,13 @@ typedef void (*rs_requant_fn)(const float *v, int64_t ldv, int64_t nb, uint8_t *
 typedef struct rs_kernels {
     const char *name;       /* what rs_simd_path() reports, and what RSPARSE_SIMD selects */
     int (*cpu_ok)(void);    /* can this CPU run these kernels? NULL: always */
-    rs_mm_fn mm_f32;        /* any entry may be NULL: the scalar kernel is used instead */
+    rs_mm_fn mm_f32;        /* any entry may be NULL: the next runnable path's is used instead (dispatch.c) */
     rs_mm_fn mm_f16;
     rs_mm_fn mm_q4_0;
     rs_mm_fn mm_q8_0;
-    rs_mm_fn mm_bf16;       /* the types of llama.cpp's other presets (dense only): any may be NULL, and then */
-    rs_mm_fn mm_q4_1;       /* comes from the next path in dispatch.c's list that this CPU runs (AVX-512 takes */
-    rs_mm_fn mm_q5_0;       /* AVX2's, whose 32-byte blocks its 64-byte registers would hold in pairs) */
+    rs_mm_fn mm_bf16;       /* the types of llama.cpp's other presets (dense only); AVX-512 leaves the quantized */
+    rs_mm_fn mm_q4_1;       /* ones NULL and takes AVX-VNNI's or AVX2's, whose 32-byte blocks its 64-byte */
+    rs_mm_fn mm_q5_0;       /* registers would hold in pairs */
     rs_mm_fn mm_q5_1;
     rs_mm_fn mm_q4_k;
     rs_mm_fn mm_q5_k;

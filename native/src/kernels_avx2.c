@@ -56,13 +56,18 @@ static inline vq vq_load_q8(const block_q8_0 *b, int n)
     return _mm256_loadu_si256((const __m256i *)b->qs);
 }
 
-/* The low nibbles in the low half, the high ones in the high half (element i + 16 is byte i's high nibble): the 16
- * bytes loaded into both halves (a load, no shuffle), the high half shifted by 4, one mask for both. */
+/* The low nibbles of 16 bytes in the low half, the high ones in the high half (element i + 16 is byte i's high
+ * nibble, in Q4_0 and the Q4_1/Q5 blocks): the bytes loaded into both halves (a load, no shuffle), the high half
+ * shifted by 4, one mask for both. */
+static inline __m256i nibbles16(const uint8_t *p)
+{
+    const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(w, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
+}
 static inline vq vq_load_q4(const block_q4_0 *b, int n)
 {
     (void)n;
-    const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b->qs));
-    return _mm256_and_si256(_mm256_srlv_epi64(w, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
+    return nibbles16(b->qs);
 }
 
 /* The activations, and what lane 0 of the block's int32 sum starts from: minus the offset times the block sum,
@@ -140,12 +145,7 @@ static inline vk vk_nib32(const uint8_t *p, int hi)
     const __m256i v = _mm256_loadu_si256((const __m256i *)p);
     return _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
 }
-/* 16 bytes' low nibbles (elements 0-15) then high ones (16-31): vq_load_q4's order */
-static inline vk vk_nib16(const uint8_t *p)
-{
-    const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_and_si256(_mm256_srlv_epi64(w, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
-}
+static inline vk vk_nib16(const uint8_t *p) { return nibbles16(p); }
 /* w plus ((h[e] >> shift) & mask) << 4 for the 32 bytes h */
 static inline vk vk_hi(vk w, const uint8_t *h, int shift, int mask)
 {

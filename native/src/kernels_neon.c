@@ -79,11 +79,16 @@ static inline vq vq_load_q8(const block_q8_0 *b, int n)
     return (vq){vld1q_s8(b->qs), vld1q_s8(b->qs + 16)};
 }
 
+/* 16 bytes' low nibbles (elements 0-15) and high ones (16-31): Q4_0's order, and the Q4_1/Q5 blocks' */
+static inline vq nibbles16(const uint8_t *p)
+{
+    const uint8x16_t q = vld1q_u8(p);
+    return (vq){vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vreinterpretq_s8_u8(vshrq_n_u8(q, 4))};
+}
 static inline vq vq_load_q4(const block_q4_0 *b, int n)
 {
     (void)n;
-    const uint8x16_t q = vld1q_u8(b->qs);
-    return (vq){vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vreinterpretq_s8_u8(vshrq_n_u8(q, 4))};
+    return nibbles16(b->qs);
 }
 
 /* ARM multiplies signed bytes by signed bytes, so the activations need nothing from the block sums. */
@@ -134,11 +139,7 @@ static inline vk vk_nib32(const uint8_t *p, int hi)
     }
     return (vk){vreinterpretq_s8_u8(a), vreinterpretq_s8_u8(b)};
 }
-static inline vk vk_nib16(const uint8_t *p)
-{
-    const uint8x16_t q = vld1q_u8(p);
-    return (vk){vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vreinterpretq_s8_u8(vshrq_n_u8(q, 4))};
-}
+static inline vk vk_nib16(const uint8_t *p) { return nibbles16(p); }
 /* w plus ((h[e] >> shift) & mask) << 4 for the 32 bytes h (a negative count shifts right) */
 static inline vk vk_hi(vk w, const uint8_t *h, int shift, int mask)
 {

@@ -369,23 +369,23 @@ MM_QUANT(q4_0)
  * block, and the min once per block and row: min * d_x * (the activations' block sum). A super-block's scales are
  * unpacked once per row (hdr_*), before its eight blocks. */
 typedef struct {
-    float d[8], m[8];  /* per block of 32: scale and min */
+    float d, m;  /* the block's scale and min */
 } kscales;
 
 static inline void hdr_q4_1(const uint8_t *p, kscales *h)
 {
     const block_q4_1 *b = (const block_q4_1 *)p;
-    h->d[0] = half_to_float(b->d), h->m[0] = half_to_float(b->m);
+    h->d = half_to_float(b->d), h->m = half_to_float(b->m);
 }
 /* q - 16 as the unsigned q and a min of -16 d: the unsigned dot is cheaper than the signed one */
 static inline void hdr_q5_0(const uint8_t *p, kscales *h)
 {
-    h->d[0] = half_to_float(((const block_q5_0 *)p)->d), h->m[0] = -16.0f * h->d[0];
+    h->d = half_to_float(((const block_q5_0 *)p)->d), h->m = -16.0f * h->d;
 }
 static inline void hdr_q5_1(const uint8_t *p, kscales *h)
 {
     const block_q5_1 *b = (const block_q5_1 *)p;
-    h->d[0] = half_to_float(b->d), h->m[0] = half_to_float(b->m);
+    h->d = half_to_float(b->d), h->m = half_to_float(b->m);
 }
 /* A K super-block's scales as bytes, converted to floats per vector by the kernel (vf_u8): value = d * sc[j] * q +
  * nmin * m[j] for block j. */
@@ -394,24 +394,12 @@ typedef struct {
     float d, nmin;
 } ksuper;
 
-/* rs_k_scale_min for the eight blocks at once, on 32-bit words: bytes 0-3 hold scales 0-3 (low 6 bits), bytes 4-7
- * mins 0-3; scale 4 + k is byte 8 + k's low nibble under byte k's top two bits, min 4 + k byte 8 + k's high nibble
- * under byte 4 + k's top two bits. Shifting a word moves a neighbour's bits in, which the masks take out. With this,
- * and the scale and min products of a super-block as vectors from the bytes (ROWS_K256, vf_u8), a decode from L2
- * (1024 x 768, one thread, AVX2) went from 11.7 to 19.2 G weights/s for Q4_K, 9.6 to 15.1 for Q5_K and 9.7 to 11.0
- * for Q6_K (Q4_0: 19.9): block by block, the unpacking and the int -> float conversions had cost as much as the
- * dot products. */
+/* Kept as bytes and converted a vector at a time in ROWS_K256 (vf_u8), a decode from L2 (1024 x 768, one thread,
+ * AVX2) went from 11.7 to 19.2 G weights/s for Q4_K, 9.6 to 15.1 for Q5_K and 9.7 to 11.0 for Q6_K (Q4_0: 19.9):
+ * unpacked and converted to floats block by block, the scales had cost as much as the dot products. */
 static inline void hdr_k(const uint8_t *scales, uint16_t d16, uint16_t dmin16, ksuper *h)
 {
-    uint32_t w[3], sc[2], mn[2];
-    memcpy(w, scales, sizeof w);
-    const uint32_t low6 = 0x3F3F3F3Fu, low4 = 0x0F0F0F0Fu, top2 = 0x03030303u;
-    sc[0] = w[0] & low6;
-    sc[1] = (w[2] & low4) | ((w[0] >> 6) & top2) << 4;
-    mn[0] = w[1] & low6;
-    mn[1] = ((w[2] >> 4) & low4) | ((w[1] >> 6) & top2) << 4;
-    memcpy(h->sc, sc, sizeof h->sc);
-    memcpy(h->m, mn, sizeof h->m);
+    rs_k_scales(scales, h->sc, h->m);
     h->d = half_to_float(d16), h->nmin = -half_to_float(dmin16);
 }
 static inline void hdr_q4_k(const uint8_t *p, ksuper *h)
@@ -485,8 +473,8 @@ static inline vf dot_q6_k(const uint8_t *p, int j, vk x)
                 const uint8_t *blk = rows[i] + k * (BB);                                                     \
                 prefetch_ahead(rows[i], k * (BB), rb);                                                       \
                 hdr_##type(blk, &h);                                                                         \
-                acc[i] = vf_fma(dot_##type(blk, 0, xv), vf_set1(h.d[0] * xd), acc[i]);                       \
-                mn[i] = fmaf(h.m[0], xs, mn[i]);                                                             \
+                acc[i] = vf_fma(dot_##type(blk, 0, xv), vf_set1(h.d * xd), acc[i]);                          \
+                mn[i] = fmaf(h.m, xs, mn[i]);                                                                \
             }                                                                                                \
         }                                                                                                    \
         for (int i = 0; i < n_valid; i++)                                                                    \

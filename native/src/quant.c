@@ -175,12 +175,12 @@ void rs_unpack(int type, const void *row, int64_t k, int32_t *q, float *scale, f
             const block_q5_K *b = (const block_q5_K *)row + k / 8;
             qs = b->qs, qh = b->qh, scales = b->scales, d = b->d, dmin = b->dmin;
         }
-        int sc, m;
-        rs_k_scale_min(scales, j, &sc, &m);
+        uint8_t sc[8], m[8];
+        rs_k_scales(scales, sc, m);
         for (int i = 0; i < RS_QK; i++)
             q[i] = (int32_t)(((qs[(j / 2) * 32 + i] >> (4 * (j % 2))) & 0x0F) | (qh ? ((qh[i] >> j) & 1) << 4 : 0));
-        *scale = rs_fp16_to_fp32(d) * (float)sc;
-        *min = -(rs_fp16_to_fp32(dmin) * (float)m);
+        *scale = rs_fp16_to_fp32(d) * (float)sc[j];
+        *min = -(rs_fp16_to_fp32(dmin) * (float)m[j]);
         break;
     }
     case RS_TYPE_Q6_K: {

@@ -56,7 +56,7 @@ typedef struct {
 
 #define RS_QK_K 256  /* elements per super-block of the K types */
 
-/* Eight blocks of 32, each with a 6-bit scale and min (rs_k_scale_min): value = d * sc * q - dmin * m. The 256
+/* Eight blocks of 32, each with a 6-bit scale and min (rs_k_scales): value = d * sc * q - dmin * m. The 256
  * nibbles come in four runs of 32 bytes: run r's low nibbles are block 2r, its high nibbles block 2r + 1. */
 typedef struct {
     uint16_t d, dmin;
@@ -86,17 +86,21 @@ _Static_assert(sizeof(block_q4_1) == 20 && sizeof(block_q5_0) == 22 && sizeof(bl
 _Static_assert(sizeof(block_q4_K) == 144 && sizeof(block_q5_K) == 176 && sizeof(block_q6_K) == 210,
                "the K blocks must match ggml's layouts");
 
-/* Block j's 6-bit scale and min from a Q4_K / Q5_K super-block's 12 bytes: j < 4 in the low 6 bits of bytes j and
- * j + 4; j >= 4 with their low 4 bits in byte j + 4 and their top 2 bits in the spare top bits of bytes j - 4, j. */
-static inline void rs_k_scale_min(const uint8_t *s, int j, int *sc, int *m)
+/* The eight 6-bit scales and mins of a Q4_K / Q5_K super-block from its 12 bytes s, on 32-bit words: bytes 0-3 hold
+ * scales 0-3 (low 6 bits), bytes 4-7 mins 0-3; scale 4 + k is byte 8 + k's low nibble under byte k's top two bits,
+ * min 4 + k byte 8 + k's high nibble under byte 4 + k's top two bits. Shifting a word moves a neighbour's bits in,
+ * which the masks take out. (Block by block, with branches, this took most of a Q4_K decode: kernels_simd.h.) */
+static inline void rs_k_scales(const uint8_t *s, uint8_t sc[8], uint8_t m[8])
 {
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *m = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
+    uint32_t w[3], out[2];
+    memcpy(w, s, sizeof w);
+    const uint32_t low6 = 0x3F3F3F3Fu, low4 = 0x0F0F0F0Fu, top2 = 0x03030303u;
+    out[0] = w[0] & low6;
+    out[1] = (w[2] & low4) | ((w[0] >> 6) & top2) << 4;
+    memcpy(sc, out, sizeof out);
+    out[0] = w[1] & low6;
+    out[1] = ((w[2] >> 4) & low4) | ((w[1] >> 6) & top2) << 4;
+    memcpy(m, out, sizeof out);
 }
 
 static inline float rs_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }

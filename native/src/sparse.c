@@ -147,11 +147,11 @@ static int prepare(const rs_sparse_args *a, const rs_kernels *k, struct sparse_j
         return RS_ERR_NULL;
     const int64_t n_out = a->n_out, n_in = a->n_in, rank = a->rank;
     int64_t wt_rb;
-    if (!rs_type_wt_ok(a->wtype) && rs_type_ok(a->wtype))
-        return RS_ERR_TYPE;  /* a type that runs dense only: no kernel reads it by input channel */
     int st = rs_check_weights(a->wtype, a->wt, n_in, n_out, &wt_rb);
     if (st != RS_OK)
         return st;
+    if (!rs_type_wt_ok(a->wtype))
+        return RS_ERR_TYPE;  /* a type that runs dense only: no kernel reads it by input channel */
     const int64_t need = rs_sparse_scratch_bytes(n_in, rank);
     if (need < 0 || a->scratch_bytes < need || !rs_fits(n_out, sizeof(float)))
         return RS_ERR_SHAPE;
