@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from rsparse_cpp.constants import LINEARS
 
 
@@ -58,16 +60,26 @@ def params_read(shape: LinearShape, keep: int, rank: int) -> int:
     return keep * shape.out + rank * (shape.in_ + shape.out)
 
 
-def model_sparsity(shapes: tuple[LinearShape, ...], n_layer: int, sparsity: float, rho) -> float:
+def model_sparsity(shapes: tuple[LinearShape, ...], n_layer: int, sparsity, rho) -> float:
     """Model-level sparsity actually planned: 1 - (parameters read) / (all block-linear parameters).
-    `rho` is a float (uniform) or an (n_layer, 7) nested sequence."""
+    `sparsity` and `rho` are floats (uniform) or (n_layer, 7) nested sequences (per linear)."""
     read = total = 0
     for b in range(n_layer):
         for i, s in enumerate(shapes):
             r = rho if isinstance(rho, (int, float)) else rho[b][i]
-            read += params_read(s, keep_count(s.in_, sparsity, r), rank_for(s.in_, s.out, sparsity, r))
+            sp = sparsity if isinstance(sparsity, (int, float)) else float(sparsity[b][i])
+            read += params_read(s, keep_count(s.in_, sp, r), rank_for(s.in_, s.out, sp, r))
             total += s.in_ * s.out
     return 1.0 - read / total
+
+
+def per_linear(sparsity, n_layer: int) -> np.ndarray:
+    """The (n_layer, 7) sparsity of every linear: a model-level float (every linear the same, the paper's budget)
+    or an allocation (converter/allocate.py), checked."""
+    s = np.broadcast_to(np.asarray(sparsity, dtype=np.float64), (n_layer, len(LINEARS))).copy()
+    if not np.all((s >= 0.0) & (s < 1.0)):  # NaN fails this too
+        raise ValueError(f"per-linear sparsity must lie in [0, 1): got {s.min()} .. {s.max()}")
+    return s
 
 
 def check(sparsity: float, rho: float) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from rsparse_cpp.constants import LINEARS
 
-from .budget import keep_count, rank_for
+from .budget import keep_count, per_linear, rank_for
 from .reference import SparseState, iter_linears, rsparse_linear
 
 SITE = {"attn_q": "attn_in", "attn_k": "attn_in", "attn_v": "attn_in", "attn_output": "attn_output_in",
@@ -106,6 +106,33 @@ def quantile_tau(score: torch.Tensor, keep_fraction: float) -> float:
     under = 0.5 * (float(lower.max()) + v) if drop_under else -1.0
     over = 0.5 * (v + float(higher.min())) if drop_over < n else v
     return under if abs(drop_under - n_drop) < abs(drop_over - n_drop) else over
+
+
+def quantile_taus(score: torch.Tensor, keep_fractions) -> list[float]:
+    """quantile_tau for several keep fractions of the same scores, from one sort (the allocation's error curves ask
+    for twenty levels of every linear). Same values as quantile_tau, ties included."""
+    srt = score.reshape(-1).sort().values
+    n = srt.numel()
+    taus = []
+    for keep in keep_fractions:
+        n_drop = n - round(keep * n)
+        if n_drop <= 0:
+            taus.append(-1.0)
+            continue
+        if n_drop >= n:
+            taus.append(float(srt[-1]))
+            continue
+        below, above = float(srt[n_drop - 1]), float(srt[n_drop])
+        if below < above:
+            taus.append(0.5 * (below + above))
+            continue
+        v = srt[n_drop - 1:n_drop]
+        drop_under = int(torch.searchsorted(srt, v, right=False))  # scores < v
+        drop_over = int(torch.searchsorted(srt, v, right=True))  # scores <= v
+        under = 0.5 * (float(srt[drop_under - 1]) + below) if drop_under else -1.0
+        over = 0.5 * (below + float(srt[drop_over])) if drop_over < n else below
+        taus.append(under if abs(drop_under - n_drop) < abs(drop_over - n_drop) else over)
+    return taus
 
 
 def svd_factors(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,6 +272,10 @@ class Calibration:
     def tau(self, bid: int, name: str, sparsity: float, rho: float, score_all: bool = False) -> float:
         return quantile_tau(self.score(bid, name, rho, score_all), (1.0 - sparsity) * rho)
 
+    def taus(self, bid: int, name: str, sparsities, rho: float, score_all: bool = False) -> list[float]:
+        """tau at several sparsities, from one sort of the scores."""
+        return quantile_taus(self.score(bid, name, rho, score_all), [(1.0 - s) * rho for s in sparsities])
+
     def svd(self, bid: int, name: str):
         return self._svd.get((bid, name), lambda: torch.linalg.svd(self.weights[(bid, name)].double(),
                                                                    full_matrices=False))
@@ -276,9 +307,10 @@ TAU_MODES = ("dense", "sequential")
 
 @dataclass
 class Plan:
-    """Everything the reference model and the companion need: per (block, linear) tau, rho, keep, rank, factors."""
+    """Everything the reference model and the companion need: per (block, linear) tau, rho, keep, rank, factors,
+    and the sparsity each linear was given (all equal to the model-level target unless allocated, allocate.py)."""
 
-    sparsity: float
+    sparsity: float  # the model-level target
     rho: np.ndarray  # (n_layer, 7) float
     tau: np.ndarray  # (n_layer, 7) float
     keep: np.ndarray  # (n_layer, 7) int, nominal
@@ -286,50 +318,60 @@ class Plan:
     factors: str = "svd"
     tau_mode: str = "dense"
     score_all: bool = False  # |x| * colnorm at rho == 1 too (the companion's rsparse.score abs_x_colnorm_all)
+    budget: np.ndarray | None = None  # (n_layer, 7) per-linear sparsity; None: `sparsity` everywhere
     u: dict = field(default_factory=dict)  # (bid, linear index) -> (out, rank) float32
     vs: dict = field(default_factory=dict)  # (bid, linear index) -> (rank, in) float32
 
 
-def empty_plan(model, sparsity: float, rho: np.ndarray, factors: str, tau_mode: str) -> Plan:
+def empty_plan(model, sparsity, rho: np.ndarray, factors: str, tau_mode: str, target: float | None = None) -> Plan:
+    """`sparsity`: the model-level float, or an (n_layer, 7) allocation whose model-level value is `target`."""
     n_layer = len(model.model.layers)
+    budget = per_linear(sparsity, n_layer)
     rho = np.asarray(rho, dtype=np.float64).reshape(n_layer, len(LINEARS))
     keep = np.zeros(rho.shape, dtype=np.int64)
     rank = np.zeros(rho.shape, dtype=np.int64)
     for bid, name, m in iter_linears(model):
         i = LINEARS.index(name)
         out, in_ = m.weight.shape
-        keep[bid, i] = keep_count(in_, sparsity, rho[bid, i])
-        rank[bid, i] = rank_for(in_, out, sparsity, rho[bid, i])
-    return Plan(sparsity, rho, np.zeros(rho.shape), keep, rank, factors, tau_mode)
+        keep[bid, i] = keep_count(in_, budget[bid, i], rho[bid, i])
+        rank[bid, i] = rank_for(in_, out, budget[bid, i], rho[bid, i])
+    uniform = isinstance(sparsity, (int, float))
+    return Plan(float(sparsity) if uniform else float(target), rho, np.zeros(rho.shape), keep, rank, factors,
+                tau_mode, budget=None if uniform else budget)
 
 
-def dense_plan(calib: Calibration, sparsity: float, rho: np.ndarray, factors: str = "svd",
-               score_all: bool = False) -> Plan:
-    """The paper's calibration: every tau (and data-aware factor) from the dense model's activations."""
+def dense_plan(calib: Calibration, sparsity, rho: np.ndarray, factors: str = "svd", score_all: bool = False,
+               target: float | None = None) -> Plan:
+    """The paper's calibration: every tau (and data-aware factor) from the dense model's activations.
+    `sparsity`: model-level float, or a per-linear allocation with its model-level `target`."""
     if factors not in FACTORS:
         raise ValueError(f"factors {factors!r}: choose one of {FACTORS}")
-    plan = empty_plan(calib.model, sparsity, rho, factors, "dense")
+    plan = empty_plan(calib.model, sparsity, rho, factors, "dense", target)
     plan.score_all = score_all
+    budget = per_linear(sparsity, calib.n_layer)
     for bid, name, _ in iter_linears(calib.model):
         i = LINEARS.index(name)
-        tau, u, vs = calib.linear_plan(bid, name, sparsity, float(plan.rho[bid, i]), factors, score_all)
+        tau, u, vs = calib.linear_plan(bid, name, float(budget[bid, i]), float(plan.rho[bid, i]), factors,
+                                       score_all)
         plan.tau[bid, i] = tau
         if u is not None:
             plan.u[(bid, i)], plan.vs[(bid, i)] = u, vs
     return plan
 
 
-def sequential_plan(model, state: SparseState, windows: torch.Tensor, calib: Calibration, sparsity: float,
-                    rho: np.ndarray, factors: str = "svd") -> Plan:
+def sequential_plan(model, state: SparseState, windows: torch.Tensor, calib: Calibration, sparsity,
+                    rho: np.ndarray, factors: str = "svd", target: float | None = None) -> Plan:
     """Beyond the paper: tau (and data-aware factors) of each linear from its input in the model whose earlier
     linears are already sparse, so every linear keeps its targeted fraction in the sparse model. One forward pass
-    over `windows`: each linear calibrates itself on first use, in execution order."""
-    plan = empty_plan(model, sparsity, rho, factors, "sequential")
+    over `windows`: each linear calibrates itself on first use, in execution order.
+    `sparsity`: model-level float, or a per-linear allocation with its model-level `target`."""
+    plan = empty_plan(model, sparsity, rho, factors, "sequential", target)
     plan.score_all = state.score_all  # the reference's linears score with it (reference.py)
+    budget = per_linear(sparsity, len(model.model.layers))
 
     def calibrate(lin, x, score):
         i = LINEARS.index(lin.name)
-        tau = quantile_tau(score, (1.0 - sparsity) * lin.rho)
+        tau = quantile_tau(score, (1.0 - budget[lin.bid, i]) * lin.rho)
         u, vs = lin.u, lin.vs
         if lin.rank and factors == "data-aware":
             u, vs = data_aware_factors(lin.weight.detach(), x * (score <= tau), lin.rank)
@@ -361,11 +403,13 @@ def sequential_plan(model, state: SparseState, windows: torch.Tensor, calib: Cal
     return plan
 
 
-def tau_only_calibrator(sparsity: float):
-    """A SparseState.calibrate hook that sets only tau (factors stay), from the input the linear sees."""
+def tau_only_calibrator(sparsity, n_layer: int):
+    """A SparseState.calibrate hook that sets only tau (factors stay), from the input the linear sees.
+    `sparsity`: model-level float or (n_layer, 7) allocation."""
+    budget = per_linear(sparsity, n_layer)
 
     def calibrate(lin, x, score):
-        lin.tau = quantile_tau(score, (1.0 - sparsity) * lin.rho)
+        lin.tau = quantile_tau(score, (1.0 - budget[lin.bid, LINEARS.index(lin.name)]) * lin.rho)
 
     return calibrate
 

@@ -99,7 +99,7 @@ def ensure_default_gguf(outtype: str = "q8_0") -> Path:
 
 def ensure_default_companion(base: Path, sparsity: float, recipe: str) -> Path:
     """The R-Sparse companion <base>.rsparse.gguf for `sparsity` and `recipe`, made once (remade when the cached
-    one was built for another sparsity, recipe or base file)."""
+    one was built for another sparsity, recipe or base file, or before per-linear budgets)."""
     from rsparse_cpp.companion import Companion, companion_path
     from rsparse_cpp.gguf_file import GGUFError
 
@@ -109,7 +109,8 @@ def ensure_default_companion(base: Path, sparsity: float, recipe: str) -> Path:
     if out.is_file():
         try:
             c = Companion(out, base)
-            if abs(c.sparsity - sparsity) < 1e-9 and c.recipe == recipe:
+            # one built before per-linear budgets (no "allocation" in its recipe) is remade with them
+            if abs(c.sparsity - sparsity) < 1e-9 and c.recipe == recipe and "allocation" in c.recipe_info:
                 return out
         except GGUFError:
             pass  # stale or foreign: rebuild
@@ -127,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf", action="store_true", help="print the HF checkpoint folder instead of the GGUF")
     p.add_argument("--sparsity", type=float, help="also make the R-Sparse companion <model>.rsparse.gguf beside "
                                                   "the GGUF, at this model-level sparsity (e.g. 0.5)")
-    # uniform by default: at 50% on this model the search itself picks uniform (docs/RESULTS.md), and the uniform
-    # recipe calibrated in 115 s here, while the search runs 60 calibration-perplexity evaluations on top
-    p.add_argument("--recipe", default="uniform", choices=["sparse-only", "uniform", "searched"])
+    # sparse-only by default: with per-linear budgets (--allocation model) the search itself picks sparse-only at
+    # 50% on this model (docs/COMPANION.md), which needs no factors, while the search runs 60
+    # calibration-perplexity evaluations on top
+    p.add_argument("--recipe", default="sparse-only", choices=["sparse-only", "uniform", "searched"])
     args = p.parse_args(argv)
     if args.hf:
         print(ensure_hf_checkpoint())

@@ -1,4 +1,5 @@
-"""rsparse-inspect: print a companion's per-layer rho, rank, kept fraction and sizes, and draw them as a PNG."""
+"""rsparse-inspect: print a companion's per-layer rho, rank, kept fraction and sizes, and draw them as a PNG (with
+the allocation: the fraction of each linear's weights read per token, kept columns plus factors)."""
 from __future__ import annotations
 
 import argparse
@@ -36,18 +37,23 @@ def draw(c, png: Path) -> bool:
     except ImportError:
         return False
     layers = np.arange(c.n_layer)
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
     for i, name in enumerate(LINEARS):
-        kept = [c.linear(b, name).keep / c.linear(b, name).n_in for b in layers]
+        lins = [c.linear(b, name) for b in layers]
+        kept = [lin.keep / lin.n_in for lin in lins]
+        read = [(lin.keep * lin.n_out + lin.rank * (lin.n_in + lin.n_out)) / (lin.n_in * lin.n_out) for lin in lins]
         axes[0].plot(layers, c.rho[:, i], marker="o", label=name)
         axes[1].plot(layers, c.rank[:, i], marker="o", label=name)
         axes[2].plot(layers, kept, marker="o", label=name)
-    for ax, label in zip(axes, ("rho", "rank", "kept fraction (nominal)")):
+        axes[3].plot(layers, read, marker="o", label=name)
+    axes[3].axhline(1.0 - c.sparsity, color="k", lw=0.8, ls="--")  # the model-level budget
+    for ax, label in zip(axes, ("rho", "rank", "kept fraction (nominal)", "weights read (allocation)")):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(ncol=4, fontsize=8)
-    axes[2].set_xlabel("block")
-    fig.suptitle(f"{c.path.name}: {c.recipe}, sparsity {c.sparsity:.0%}, factors {c.factors}, tau {c.tau_calibration}")
+    axes[3].set_xlabel("block")
+    fig.suptitle(f"{c.path.name}: {c.recipe}, sparsity {c.sparsity:.0%}, allocation "
+                 f"{c.recipe_info.get('allocation', 'uniform')}, factors {c.factors}, tau {c.tau_calibration}")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     lines, planned = summary(c)
     info = c.recipe_info
     print(f"{c.path}: recipe {c.recipe}, target sparsity {c.sparsity:.3f}, planned {planned:.4f}, "
-          f"factors {c.factors}, tau {c.tau_calibration}")
+          f"allocation {info.get('allocation', 'uniform')}, factors {c.factors}, tau {c.tau_calibration}")
     print(f"base fingerprint {c.base_fingerprint}  ({c.file.get('rsparse.base.file')})")
     print(f"calibration: {c.file.get('rsparse.calibration.source')}, {c.file.get('rsparse.calibration.tokens')} "
           f"tokens; search: {info.get('search', {}).get('fitness', '-')}")

@@ -24,7 +24,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = {"paper": ("svd", "dense"), "improved": (None, None)}  # improved = the command's defaults
+# (factors, tau, allocation); None: the command's default. "improved" is the defaults before per-linear budgets
+# (its rows stay valid in the state file), "allocated" the command's defaults now.
+METHODS = {"paper": ("svd", "dense", "uniform"), "improved": (None, None, "uniform"), "allocated": (None, None, None)}
+METHOD_FLAGS = {"paper": " --paper-faithful", "improved": " --allocation uniform", "allocated": ""}
 
 
 def release_freed_memory() -> None:
@@ -42,7 +45,7 @@ def row_key(sparsity: float, recipe: str, method: str) -> str:
 
 
 def command(sparsity: float, recipe: str, method: str, windows: int = 8, seq_len: int = 512) -> str:
-    flag = " --paper-faithful" if method == "paper" else ""
+    flag = METHOD_FLAGS[method]
     return (f"rsparse-companion smollm-f32.gguf HF --sparsity {sparsity:g} --recipe {recipe}{flag} && "
             f"rsparse-perplexity HF --companion smollm-f32.rsparse.gguf --windows {windows} --seq-len {seq_len}")
 
@@ -52,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--hf", type=Path, help="SmolLM2 HF folder (default: rsparse-default-model --hf)")
     p.add_argument("--sparsities", default="0,0.3,0.4,0.5,0.6,0.7")
     p.add_argument("--recipes", default="sparse-only,uniform,searched")
-    p.add_argument("--methods", default="paper,improved")
+    p.add_argument("--methods", default="paper,improved,allocated")
     p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--eval-seq-len", type=int, default=512)
     p.add_argument("--state", type=Path, help="results JSON (default: <cache>/results-state.json)")
@@ -96,9 +99,9 @@ def main(argv=None) -> int:
                     continue
                 if calib is None:
                     calib = Calibration(model, cw, max_tokens=base_cfg.calib_tokens, progress=True)
-                factors, tau = METHODS[method]
+                factors, tau, allocation = METHODS[method]
                 cfg = BuildConfig(sparsity=s, recipe=recipe, factors=factors or DEFAULT_FACTORS,
-                                  tau=tau or DEFAULT_TAU,
+                                  tau=tau or DEFAULT_TAU, allocation=allocation or BuildConfig.allocation,
                                   checkpoint=cache_dir() / f"results-search-{s:.2f}-{method}.json")
                 t0 = time.time()
                 plan, info, _ = build(model, tok, cfg, progress=True, calib=calib)
@@ -127,9 +130,12 @@ def main(argv=None) -> int:
 
 def write_markdown(out: Path, results: dict, ev, hf, default_factors, default_tau, ev_source,
                    threads: int) -> None:
+    from rsparse_converter.rsparse_cli import BuildConfig
+
     dense = results.get("dense", {})
     rows = [r for k, r in results.items() if k != "dense"]
-    rows.sort(key=lambda r: (r["method"] != "paper", r["sparsity"], ["sparse-only", "uniform", "searched"].index(r["recipe"])))
+    rows.sort(key=lambda r: (list(METHODS).index(r["method"]), r["sparsity"],
+                             ["sparse-only", "uniform", "searched"].index(r["recipe"])))
     lines = [
         "# Results: SmolLM2-135M-Instruct, held-out perplexity",
         "",
@@ -150,8 +156,10 @@ def write_markdown(out: Path, results: dict, ev, hf, default_factors, default_ta
         f"Dense: strict ppl **{dense.get('strict', float('nan')):.3f}**, paper-protocol ppl "
         f"**{dense.get('paper', float('nan')):.3f}**.",
         "",
-        f"Methods: **paper** = the paper's method (top-r SVD of W, thresholds from the dense model); **improved** = "
-        f"the command's defaults (`--factors {default_factors} --tau {default_tau}`).",
+        f"Methods: **paper** = the paper's method (top-r SVD of W, thresholds from the dense model, every linear at "
+        f"the target); **improved** = `--factors {default_factors} --tau {default_tau} --allocation uniform`; "
+        f"**allocated** = the command's defaults (the same with `--allocation {BuildConfig.allocation}`: per-linear "
+        f"budgets, converter/allocate.py).",
         "",
         "| method | sparsity | recipe | strict ppl | vs dense | paper-protocol ppl | measured | build s | command |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
