@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 from rsparse_cpp.constants import LINEARS
 
+from .budget import shapes_from_config
 from .reference import SparseState, decoder_layers, iter_linears, rsparse_linear
 
-ALLOCATIONS = ("uniform", "block", "model")
 LEVELS = tuple(round(0.05 * k, 2) for k in range(20))  # 0 .. 0.95: a linear never drops more than 95%
 
 
@@ -185,11 +185,8 @@ def allocate(err: np.ndarray, params: np.ndarray, target: float, scope: str, lev
 
 
 def linear_params(model) -> np.ndarray:
-    n_layer = len(decoder_layers(model))
-    p = np.zeros((n_layer, len(LINEARS)))
-    for b, name, m in iter_linears(model):
-        p[b, LINEARS.index(name)] = m.weight.shape[0] * m.weight.shape[1]
-    return p
+    """(n_layer, 7): in * out of every linear (budget.py's true shapes, GQA included)."""
+    return np.tile([s.in_ * s.out for s in shapes_from_config(model.config)], (len(decoder_layers(model)), 1))
 
 
 def allocate_budget(model, state: SparseState, calib, windows: torch.Tensor, sparsity: float, scope: str,

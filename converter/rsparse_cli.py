@@ -30,6 +30,7 @@ from rsparse_cpp.constants import LINEARS, GGMLType
 from .search import RHO_GRID, SearchConfig
 
 RECIPES = ("sparse-only", "uniform", "searched")
+ALLOCATIONS = ("uniform", "block", "model")  # per-linear budgets (converter/allocate.py)
 UNALLOCATED = "sparse-only, every linear at the target"  # the searched recipe's finalist without the allocation
 UNIFORM_RHO = 0.95
 SCORE_CHOICES = ("x", "wina")  # the score where rho = 1: |x|, or |x| * colnorm (WINA)
@@ -88,7 +89,7 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
     state.score_all = score_all = cfg.score == "wina"
     info: dict = {"recipe": cfg.recipe, "sparsity": cfg.sparsity, "factors": cfg.factors, "tau_calibration": cfg.tau,
                   "score": cfg.score, "allocation": cfg.allocation}
-    from .allocate import ALLOCATIONS, LEVELS
+    from .allocate import LEVELS
 
     if cfg.allocation not in ALLOCATIONS:
         raise ValueError(f"allocation {cfg.allocation!r}: choose one of {ALLOCATIONS}")
@@ -223,7 +224,7 @@ def add_rsparse_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="the paper's method: --factors svd --tau dense --score x")
     g.add_argument("--score", default=BuildConfig.score, choices=SCORE_CHOICES,
                    help="channel score where rho = 1: x (|x|, the paper's and TEAL's) or wina (|x| * column norm)")
-    g.add_argument("--allocation", default=BuildConfig.allocation, choices=("uniform", "block", "model"),
+    g.add_argument("--allocation", default=BuildConfig.allocation, choices=ALLOCATIONS,
                    help="sparsity per linear: uniform (every linear the target), block (per linear within each "
                         "block, from its error on the block's output: TEAL's greedy) or model (across blocks too, "
                         "errors weighted by the loss's gradient); the model-level budget is met either way")
