@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--windows", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--score", default="x", choices=("x", "wina"), help="the channel score at rho = 1 (--score)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from rsparse_converter.allocate import allocate, error_curves, linear_params
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     cfg = BuildConfig(sparsity=0.5)
     model, tok = load_model(args.hf_dir), load_tokenizer(args.hf_dir)
     state = rsparse_model(model)
+    state.score_all = score_all = args.score == "wina"
     windows = calibration_windows(tok, cfg.calib_tokens, cfg.seq_len)
     calib = Calibration(model, windows, max_tokens=cfg.calib_tokens)
     texts = {"Python docs": token_windows(tok, corpus_text("evaluation"), args.seq_len, args.windows),
@@ -59,11 +61,12 @@ def main(argv=None) -> int:
     for a in args.allocations.split(","):
         if a != "uniform":
             t0 = time.time()
-            curves[a] = error_curves(model, state, calib, alloc_windows, fisher=a == "model")
+            curves[a] = error_curves(model, state, calib, alloc_windows, fisher=a == "model", score_all=score_all)
             print(f"# error curves ({a}): {time.time() - t0:.0f} s", file=sys.stderr)
     params = linear_params(model)
     n_layer = len(params)
-    print(f"{args.windows} windows x {args.seq_len} tokens, strict protocol; sparse-only (rho = 1), sequential tau; "
+    print(f"{args.windows} windows x {args.seq_len} tokens, strict protocol; sparse-only (rho = 1), score {args.score}, "
+          f"sequential tau; "
           f"allocation from {alloc_windows.numel()} calibration tokens")
     print("| sparsity | allocation | " + " | ".join(f"{k} (dense {v:.2f})" for k, v in dense.items()) + " |")
     print("| ---: | --- |" + " ---: |" * len(texts))
