@@ -1,7 +1,8 @@
 """One class per HF architecture: hyper-parameters -> GGUF keys, HF tensor names -> GGUF tensors.
 
 Llama, Mistral and SmolLM2 share one decoder block, so one class serves them; a new family subclasses it and
-overrides the narrow hooks (`check_config`, `set_params`, `map_tensor`, `extra_tensors`).
+overrides the narrow hooks (`check_config`, `set_params`, `map_tensor`, `extra_tensors`) and names its GGUF family
+(rsparse_cpp/families.py: what the runtime does differently, and whether Q/K rows are permuted).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import gguf
 import numpy as np
 
 from rsparse_cpp.constants import Key, Tensor
+from rsparse_cpp.families import FAMILIES, Family
 
 from .checkpoint import CheckpointError
 
@@ -44,6 +46,7 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 @register
 class LlamaModel:
     hf_archs = ("LlamaForCausalLM", "MistralForCausalLM")
+    gguf_arch = "llama"  # general.architecture of the file: a row of rsparse_cpp.families.FAMILIES
 
     _BLOCK = {
         "input_layernorm": Tensor.ATTN_NORM,
@@ -56,12 +59,13 @@ class LlamaModel:
         "mlp.up_proj": Tensor.FFN_UP,
         "mlp.down_proj": Tensor.FFN_DOWN,
     }
+    _BIAS: dict[str, str] = {}  # GGUF weight name -> its bias's, for the biases a family has
     _GLOBAL = {
         "model.embed_tokens.weight": Tensor.TOKEN_EMBD,
         "model.norm.weight": Tensor.OUTPUT_NORM,
         "lm_head.weight": Tensor.OUTPUT,
     }
-    _BLOCK_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
+    _BLOCK_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)")
 
     def __init__(self, hparams: dict):
         self.hp = hparams
@@ -77,6 +81,10 @@ class LlamaModel:
         self.tied = bool(hp.get("tie_word_embeddings", False))
         self.seen: set[str] = set()
 
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.gguf_arch]
+
     # ---- hooks --------------------------------------------------------------------------------------------
     def check_config(self) -> None:
         hp = self.hp
@@ -87,7 +95,9 @@ class LlamaModel:
             raise CheckpointError(f"config.json: hidden_act = {hp['hidden_act']!r}; only 'silu' (SwiGLU) is supported")
         for key in ("attention_bias", "mlp_bias"):
             if hp.get(key):
-                raise CheckpointError(f"config.json: {key} = true; biases are not supported")
+                raise CheckpointError(f"config.json: {key} = true; biases are not supported for {self.hf_archs[0]}")
+        if hp.get("use_sliding_window"):
+            raise CheckpointError("config.json: use_sliding_window = true; sliding-window attention is not supported")
         rope = self.rope_scaling()
         if rope and rope.get("rope_type", rope.get("type", "default")) not in ("default", "llama3"):
             raise CheckpointError(f"config.json: rope scaling {rope!r}; supported: none, 'default', 'llama3'")
@@ -101,7 +111,7 @@ class LlamaModel:
         return float(self.hp.get("rope_theta") or rope.get("rope_theta") or 10000.0)
 
     def set_params(self, w: gguf.GGUFWriter) -> None:
-        a = Key.arch
+        a = lambda key: Key.arch(key, self.gguf_arch)  # noqa: E731
         w.add_string(Key.NAME, str(self.hp.get("_name_or_path") or self.hp.get("model_type") or "llama"))
         w.add_uint32(a(Key.CONTEXT_LENGTH), int(self.hp.get("max_position_embeddings", 2048)))
         w.add_uint32(a(Key.EMBEDDING_LENGTH), self.n_embd)
@@ -130,11 +140,14 @@ class LlamaModel:
             raise CheckpointError(f"unexpected tensor {name!r} {tuple(data.shape)}: not part of a "
                                   f"{self.hf_archs[0]} checkpoint we can convert")
         bid, part = int(m.group(1)), m.group(2)
-        if part == "self_attn.q_proj":
-            data = permute_qk(data, self.n_head)
-        elif part == "self_attn.k_proj":
-            data = permute_qk(data, self.n_head_kv)
-        yield self._emit(Tensor.blk(self._BLOCK[part], bid), data)
+        gguf_name = self._BLOCK[part]
+        if m.group(3) == "bias":
+            if gguf_name not in self._BIAS:
+                raise CheckpointError(f"unexpected tensor {name!r}: {self.hf_archs[0]} has no bias there")
+            gguf_name = self._BIAS[gguf_name]
+        if self.family.permuted_qk and part in ("self_attn.q_proj", "self_attn.k_proj"):  # weights and biases
+            data = permute_qk(data, self.n_head if part == "self_attn.q_proj" else self.n_head_kv)
+        yield self._emit(Tensor.blk(gguf_name, bid), data)
 
     def extra_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         rope = self.rope_scaling()
@@ -150,6 +163,10 @@ class LlamaModel:
         per_block = {Tensor.ATTN_NORM: (e,), Tensor.ATTN_Q: (q, e), Tensor.ATTN_K: (kv, e), Tensor.ATTN_V: (kv, e),
                      Tensor.ATTN_OUTPUT: (e, q), Tensor.FFN_NORM: (e,), Tensor.FFN_GATE: (self.n_ff, e),
                      Tensor.FFN_UP: (self.n_ff, e), Tensor.FFN_DOWN: (e, self.n_ff)}
+        if self.family.qkv_bias:
+            per_block.update({Tensor.ATTN_Q_BIAS: (q,), Tensor.ATTN_K_BIAS: (kv,), Tensor.ATTN_V_BIAS: (kv,)})
+        if self.family.qk_norm:
+            per_block.update({Tensor.ATTN_Q_NORM: (self.head_dim,), Tensor.ATTN_K_NORM: (self.head_dim,)})
         for b in range(self.n_layer):
             for name, shape in per_block.items():
                 shapes[Tensor.blk(name, b)] = shape
@@ -181,3 +198,37 @@ class LlamaModel:
                           np.where(wavelen > old_ctx / lo, inv_freq / factor,
                                    (1 - smooth) * inv_freq / factor + smooth * inv_freq))
         return (inv_freq / scaled).astype(np.float32)
+
+
+@register
+class Qwen2Model(LlamaModel):
+    """Qwen2 and Qwen2.5: biases on q, k and v (built in: Qwen2Config has no attention_bias key); NEOX RoPE, so
+    Q/K rows stay in HF's order."""
+    hf_archs = ("Qwen2ForCausalLM",)
+    gguf_arch = "qwen2"
+    _BIAS = {Tensor.ATTN_Q: Tensor.ATTN_Q_BIAS, Tensor.ATTN_K: Tensor.ATTN_K_BIAS, Tensor.ATTN_V: Tensor.ATTN_V_BIAS}
+
+
+@register
+class Qwen3Model(LlamaModel):
+    """Qwen3: no biases (attention_bias false), an RMSNorm over every head of q and k before RoPE; NEOX RoPE."""
+    hf_archs = ("Qwen3ForCausalLM",)
+    gguf_arch = "qwen3"
+    _BLOCK = {**LlamaModel._BLOCK, "self_attn.q_norm": Tensor.ATTN_Q_NORM, "self_attn.k_norm": Tensor.ATTN_K_NORM}
+
+
+@register
+class SmolLM3Model(LlamaModel):
+    """SmolLM3: Llama's block without RoPE in every fourth layer. llama.cpp fixes that step at 4, so a checkpoint
+    whose no_rope_layers say otherwise cannot be written as a file llama.cpp reads the same way."""
+    hf_archs = ("SmolLM3ForCausalLM",)
+    gguf_arch = "smollm3"
+
+    def check_config(self) -> None:
+        super().check_config()
+        n, step = self.hp["num_hidden_layers"], self.family.nope_step
+        want = [int(self.family.rotates(il)) for il in range(n)]
+        got = self.hp.get("no_rope_layers")
+        if got is not None and [int(v) for v in got] != want:
+            raise CheckpointError(f"config.json: no_rope_layers = {got}; llama.cpp's smollm3 skips RoPE in every "
+                                  f"{step}th layer exactly ({want})")

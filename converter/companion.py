@@ -22,6 +22,7 @@ import numpy as np
 from rsparse_cpp.companion import fingerprint
 from rsparse_cpp.constants import (COMPANION_ARCH, COMPANION_VERSION, LINEARS, GGMLType, Key, RSparseKey,
                                    RSparseTensor, Tensor, companion_type)
+from rsparse_cpp.config import Config
 from rsparse_cpp.gguf_file import GGUFFile
 
 from .architectures import permute_qk
@@ -51,7 +52,8 @@ def write_companion(out_path: str | os.PathLike, base_path: str | os.PathLike, m
     from .reference import iter_linears
 
     base = GGUFFile(base_path)
-    a = Key.arch
+    fam = Config.from_gguf(base).family
+    a = lambda key: Key.arch(key, fam.name)  # noqa: E731
     n_layer = base.require(a(Key.BLOCK_COUNT), int)
     n_head = base.require(a(Key.HEAD_COUNT), int)
     n_head_kv = base.require(a(Key.HEAD_COUNT_KV), int)
@@ -92,7 +94,7 @@ def write_companion(out_path: str | os.PathLike, base_path: str | os.PathLike, m
                                  f"{None if base_info is None else base_info.shape}, model has {weight.shape}")
             u = plan.u.get((bid, i))
             u = None if u is None else u.detach().float().numpy()
-            if name in ("attn_q", "attn_k"):
+            if fam.permuted_qk and name in ("attn_q", "attn_k"):  # the base's row order
                 heads = n_head if name == "attn_q" else n_head_kv
                 weight = permute_qk(weight, heads)
                 u = None if u is None else permute_qk(u, heads)

@@ -1,4 +1,5 @@
-"""HF checkpoint folder -> stock GGUF that llama.cpp loads (llama architecture keys, permuted Q/K, tokenizer)."""
+"""HF checkpoint folder -> stock GGUF that llama.cpp loads (its architecture keys and tensor names, Q/K rows as it
+expects them, tokenizer)."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import gguf
 
-from rsparse_cpp.constants import ARCH, GGMLType, Key
+from rsparse_cpp.constants import GGMLType, Key
 
 from .architectures import model_for
 from .atomic import atomic_gguf
@@ -24,7 +25,7 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str
     otype = OUTTYPES[outtype.lower()]
     model = model_for(load_config(hf_dir))
 
-    with atomic_gguf(out_path, ARCH, progress) as w:
+    with atomic_gguf(out_path, model.gguf_arch, progress) as w:
         model.set_params(w)
         w.add_uint32(Key.FILE_TYPE, FILE_TYPE[otype])
         w.add_uint32(Key.QUANT_VERSION, gguf.GGML_QUANT_VERSION)

@@ -23,7 +23,7 @@ def load_from_gguf(base: str | Path, progress: bool = True):
         raise FileNotFoundError(f"{base}: no such base GGUF")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local file: nothing to fetch
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     # transformers' GGUF reader draws its bar with tqdm directly, which no flag of transformers reaches: its
@@ -34,10 +34,25 @@ def load_from_gguf(base: str | Path, progress: bool = True):
     try:
         with quiet as held:
             tok = AutoTokenizer.from_pretrained(str(base.parent), gguf_file=base.name)
-            model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name, dtype=torch.float32)
+            config = AutoConfig.from_pretrained(str(base.parent), gguf_file=base.name)
+            head_dim = _head_dim(base)
+            if head_dim is not None and hasattr(config, "head_dim"):
+                config.head_dim = head_dim  # transformers' reader drops key_length (Qwen3 defaults it to 128)
+            model = AutoModelForCausalLM.from_pretrained(str(base.parent), gguf_file=base.name, config=config,
+                                                         dtype=torch.float32)
     except (ValueError, KeyError, NotImplementedError) as e:  # transformers' words for what it cannot read
         if held is not None:
             sys.stderr.write(held.getvalue())
         raise ValueError(f"{base}: cannot read it as a model without its HF checkpoint ({e}); pass the HF folder "
                          f"it was converted from") from None
     return model.eval(), tok
+
+
+def _head_dim(base: Path) -> int | None:
+    """The base's attention.key_length, where it has one (head_dim apart from hidden / heads)."""
+    from rsparse_cpp.config import Config
+    from rsparse_cpp.gguf_file import GGUFFile
+
+    f = GGUFFile(base)
+    cfg = Config.from_gguf(f)
+    return cfg.head_dim if cfg.head_dim != cfg.n_embd // cfg.n_head else None

@@ -66,9 +66,8 @@ def paper_start(n_pos: int, fraction: float) -> int:
 class RSparseLinear(nn.Module):
     def __init__(self, linear: nn.Linear, state: SparseState, bid: int, name: str):
         super().__init__()
-        if linear.bias is not None:
-            raise ValueError(f"blk.{bid}.{name}: linears with a bias are not supported")
         self.weight = linear.weight  # (out, in), shared with the original module
+        self.bias = linear.bias  # Qwen2's q, k and v: added after the product, which alone R-Sparse approximates
         self.out_features, self.in_features = self.weight.shape
         self.state, self.bid, self.name = state, bid, name
         self.register_buffer("colnorm", self.weight.detach().double().norm(dim=0).float(), persistent=False)  # (in,)
@@ -94,7 +93,7 @@ class RSparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., n_pos, in)
         st = self.state
         if st.mode == "dense":
-            return F.linear(x, self.weight)
+            return F.linear(x, self.weight, self.bias)
         score = self.score(x)
         if self.tau is None:
             if st.calibrate is None:
@@ -111,7 +110,7 @@ class RSparseLinear(nn.Module):
         y = F.linear(xs, self.weight)
         if self.rank:
             y = y + F.linear(F.linear(x - xs, self.vs), self.u)
-        return y
+        return y if self.bias is None else y + self.bias
 
 
 def decoder_layers(model) -> nn.ModuleList:
@@ -155,8 +154,11 @@ def apply_companion(model, companion) -> SparseState:
 
     from .companion import dequantize, unpermute_qk
 
+    from .architectures import model_for
+
     state = rsparse_model(model)
     cfg = model.config
+    permuted = model_for(cfg.to_dict()).family.permuted_qk  # the base's Q/K row order (rsparse_cpp/families.py)
     n_head, n_head_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
     for bid, name, m in iter_linears(model):
         c = companion.linear(bid, name)
@@ -165,7 +167,7 @@ def apply_companion(model, companion) -> SparseState:
                              f"{tuple(m.weight.shape)}")
         w = dequantize(c.weight, c.weight_type, (c.n_in, c.n_out)).T  # (out, in)
         u = None if c.rank == 0 else np.asarray(c.u, dtype=np.float32)
-        if name in ("attn_q", "attn_k"):
+        if permuted and name in ("attn_q", "attn_k"):
             heads = n_head if name == "attn_q" else n_head_kv
             w = unpermute_qk(w, heads)
             u = None if u is None else unpermute_qk(u, heads)

@@ -2,9 +2,10 @@
 
 Two families, told apart by tokenizer.json:
 
-- byte-level BPE, "gpt2" (SmolLM2, Llama 3): tokens and merges as they are; tokenizer.ggml.pre names the
-  pre-tokenizer the way llama.cpp does (gpt-2, smollm, llama-bpe). A pre-tokenizer we cannot name is an error:
-  a wrong name would make llama.cpp and our runtime split text differently from the model's training.
+- byte-level BPE, "gpt2" (SmolLM2, Llama 3, Qwen2/2.5/3): tokens and merges as they are; tokenizer.ggml.pre names
+  the pre-tokenizer the way llama.cpp does (gpt-2, smollm, llama-bpe, qwen2). A pre-tokenizer we cannot name is an
+  error: a wrong name would make llama.cpp and our runtime split text differently from the model's training. The
+  name also stands for the normalizer (NFC for qwen2, none for the others), so any other normalizer is an error too.
 - SentencePiece-style BPE with byte fallback, "llama" (Llama 2, Mistral): stored as llama.cpp stores a
   tokenizer.model, tokens with scores and <0xXX> byte tokens, no merges. A token's score is minus the rank of the
   first merge that makes it, so "merge into the higher-scoring token first" (llama.cpp's rule, and our runtime's)
@@ -22,7 +23,8 @@ import gguf
 
 from rsparse_cpp.chat import ChatTemplateError, compile_template
 from rsparse_cpp.constants import TokenType
-from rsparse_cpp.tokenizer import EOT_TEXTS, LLAMA3_SPLIT, PRE_DEFAULT, PRE_GPT2, PRE_LLAMA3, PRE_SMOLLM
+from rsparse_cpp.tokenizer import (EOT_TEXTS, LLAMA3_GROUP, LLAMA3_SPLIT, PRE_DEFAULT, PRE_GPT2, PRE_LLAMA3,
+                                   PRE_NORMALIZERS, PRE_QWEN2, PRE_SMOLLM, QWEN2_SPLIT)
 
 from .checkpoint import CheckpointError
 
@@ -72,23 +74,38 @@ def tokenizer_kind(tj: dict) -> tuple[str, str]:
             raise ValueError(f"unsupported SentencePiece-style pipeline: pre-tokenizer "
                              f"{_describe(tj.get('pre_tokenizer'))}, normalizer {_describe(tj.get('normalizer'))}")
         return "llama", PRE_DEFAULT
-    if norm:
-        raise ValueError(f"unsupported normalizer {_describe(tj.get('normalizer'))} for byte-level BPE "
-                         f"(llama.cpp applies none)")
-    byte_level = [p for p in pre if p.get("type") == "ByteLevel"]
-    if all(not p.get("add_prefix_space", False) for p in byte_level):
-        if kinds == ["ByteLevel"] and pre[0].get("use_regex", True):
-            return "gpt2", PRE_GPT2
-        if (kinds == ["Digits", "ByteLevel"] and pre[0].get("individual_digits")
-                and pre[1].get("use_regex", True)):
-            return "gpt2", PRE_SMOLLM
-        if (kinds == ["Split", "ByteLevel"] and (pre[0].get("pattern") or {}).get("Regex") == LLAMA3_SPLIT
-                and pre[0].get("behavior") == "Isolated" and not pre[0].get("invert")
-                and not pre[1].get("use_regex", True)):
-            return "gpt2", PRE_LLAMA3
-    raise ValueError(f"unsupported pre-tokenizer {_describe(tj.get('pre_tokenizer'))}: known are ByteLevel "
-                     f"(gpt-2), Sequence[Digits(individual_digits), ByteLevel] (smollm), Llama 3's Split regex + "
-                     f"ByteLevel (llama-bpe), and SentencePiece-style BPE with byte fallback")
+    name = _byte_level_pre(pre)
+    if name is None:
+        raise ValueError(f"unsupported pre-tokenizer {_describe(tj.get('pre_tokenizer'))}: known are ByteLevel "
+                         f"(gpt-2), Sequence[Digits(individual_digits), ByteLevel] (smollm), Llama 3's Split regex + "
+                         f"ByteLevel (llama-bpe), Qwen2's Split regex + ByteLevel (qwen2), and SentencePiece-style "
+                         f"BPE with byte fallback")
+    # The runtime rebuilds the normalizer from the pre-tokenizer's name alone (llama.cpp applies none at all).
+    want = PRE_NORMALIZERS.get(name)
+    if norm_kinds != ([want] if want else []):
+        raise ValueError(f"unsupported normalizer {_describe(tj.get('normalizer'))} for byte-level BPE with the "
+                         f"{name} pre-tokenizer (expected {want or 'none'})")
+    # Only llama.cpp's Llama 3 group takes a pre-token found in the vocabulary whole (ignore_merges); a file that
+    # asks for it under another name would encode differently (Qwen2's own files say "ignore_merges": false).
+    if model.get("ignore_merges") and name not in LLAMA3_GROUP:
+        raise ValueError(f"ignore_merges with the {name} pre-tokenizer is not supported (llama.cpp merges there)")
+    return "gpt2", name
+
+
+def _byte_level_pre(pre: list[dict]) -> str | None:
+    """llama.cpp's tokenizer.ggml.pre name for a byte-level BPE's pre-tokenizer steps; None when it has none."""
+    kinds = [p.get("type") for p in pre]
+    if any(p.get("add_prefix_space", False) for p in pre if p.get("type") == "ByteLevel"):
+        return None  # llama.cpp never prefixes a space in byte-level BPE
+    if kinds == ["ByteLevel"] and pre[0].get("use_regex", True):
+        return PRE_GPT2
+    if kinds == ["Digits", "ByteLevel"] and pre[0].get("individual_digits") and pre[1].get("use_regex", True):
+        return PRE_SMOLLM
+    if (kinds == ["Split", "ByteLevel"] and pre[0].get("behavior") == "Isolated" and not pre[0].get("invert")
+            and not pre[1].get("use_regex", True)):
+        # only these regexes, as written: whether another one splits text the same way is not ours to guess
+        return {LLAMA3_SPLIT: PRE_LLAMA3, QWEN2_SPLIT: PRE_QWEN2}.get((pre[0].get("pattern") or {}).get("Regex"))
+    return None
 
 
 def cfg_text(cfg: dict, name: str, default: str | None = None) -> str | None:

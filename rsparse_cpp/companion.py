@@ -189,7 +189,7 @@ class Companion:
                             f"made for another base file (fingerprint {self.base_fingerprint[:19]}...), not for "
                             f"{base_path} (fingerprint {fp[:19]}...); rebuild it with rsparse-companion {base_path} HF_DIR")
         base = GGUFFile(base_path)
-        n_layer = base.require(Key.arch(Key.BLOCK_COUNT), int)
+        n_layer = base.require(Key.arch(Key.BLOCK_COUNT, base.get_str(Key.ARCHITECTURE)), int)
         if n_layer != self.n_layer:
             raise GGUFError(self.path, RSparseKey.BLOCK_COUNT, f"{self.n_layer} blocks, base {base_path} has {n_layer}")
         for b in range(self.n_layer):

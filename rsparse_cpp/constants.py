@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 
-ARCH = "llama"  # general.architecture of every base file we write
+ARCH = "llama"  # general.architecture of Llama-family base files (families.py: the others)
 COMPANION_ARCH = "rsparse"  # general.architecture of the companion file
 COMPANION_SUFFIX = ".rsparse.gguf"  # <model>.gguf -> <model>.rsparse.gguf
 
@@ -137,6 +137,12 @@ class Tensor:
     FFN_GATE = "blk.{bid}.ffn_gate.weight"
     FFN_UP = "blk.{bid}.ffn_up.weight"
     FFN_DOWN = "blk.{bid}.ffn_down.weight"
+    # beyond Llama (families.py): Qwen2's q/k/v biases, Qwen3's per-head q/k RMSNorm weights
+    ATTN_Q_BIAS = "blk.{bid}.attn_q.bias"
+    ATTN_K_BIAS = "blk.{bid}.attn_k.bias"
+    ATTN_V_BIAS = "blk.{bid}.attn_v.bias"
+    ATTN_Q_NORM = "blk.{bid}.attn_q_norm.weight"
+    ATTN_K_NORM = "blk.{bid}.attn_k_norm.weight"
 
     @staticmethod
     def blk(name: str, bid: int) -> str:

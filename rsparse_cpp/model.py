@@ -120,13 +120,16 @@ class Model:
         def dense(lin: Linear) -> tuple:
             return lin.type, lin.data, lin.n_out, lin.n_in
 
+        fam = cfg.family
         blocks = [{"attn_norm": lw.attn_norm, "ffn_norm": lw.ffn_norm, "k_cache": s.key_cache[li],
                    "v_cache": s.value_cache[li], "dense": [dense(getattr(lw, name)) for name in LINEARS],
-                   "sparse": [self.sparse.linear_args(li, name) if self.sparse else None for name in LINEARS]}
+                   "sparse": [self.sparse.linear_args(li, name) if self.sparse else None for name in LINEARS],
+                   "bias": [lw.bias(name) for name in LINEARS], "q_norm": lw.attn_q_norm,
+                   "k_norm": lw.attn_k_norm, "no_rope": not fam.rotates(li)}
                   for li, lw in enumerate(w.layers)]
         dims = dict(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_ff=cfg.n_ff, n_head=cfg.n_head,
                     n_head_kv=cfg.n_head_kv, head_dim=cfg.head_dim, rope_dim=cfg.rope_dim, n_vocab=cfg.n_vocab,
-                    n_ctx=self.n_ctx, rms_eps=cfg.rms_eps)
+                    n_ctx=self.n_ctx, rms_eps=cfg.rms_eps, rope_neox=fam.rope_neox)
         state = dict(x=s.x, xb=s.xb, q=s.q, attn=s.attn, k=s.k, v=s.v, hb=s.hb, hb2=s.hb2, att=s.att,
                      logits=s.logits, tokens=s.tokens)
         if self.sparse:

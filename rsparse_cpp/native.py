@@ -89,6 +89,7 @@ typedef struct rs_linear {
     int ftype;
     const void *u, *vs;
     int64_t rank;
+    const float *bias;
 } rs_linear;
 
 enum { RS_ATTN_Q, RS_ATTN_K, RS_ATTN_V, RS_ATTN_OUTPUT, RS_FFN_GATE, RS_FFN_UP, RS_FFN_DOWN, RS_N_LINEARS };
@@ -97,11 +98,14 @@ typedef struct rs_block {
     const float *attn_norm, *ffn_norm;
     rs_linear lin[7];
     float *k_cache, *v_cache;
+    const float *q_norm, *k_norm;
+    int no_rope;
 } rs_block;
 
 typedef struct rs_model {
     int64_t n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, rope_dim, n_vocab, n_ctx;
     float rms_eps;
+    int rope_neox;
     const rs_block *blocks;
     rs_linear token_embd;
     const float *output_norm;
@@ -570,14 +574,23 @@ def _rank(U: np.ndarray | None) -> int:
     return 0 if U is None else U.shape[1]
 
 
-def _linear_struct(lib, pool: Pool, dst, dense: tuple, sparse: tuple | None, keep: list) -> None:
+def _linear_struct(lib, pool: Pool, dst, dense: tuple, sparse: tuple | None, keep: list,
+                   bias: np.ndarray | None = None) -> None:
     """Fill an rs_linear: dense = (wtype, w, n_out, n_in) in rs_matmul's layout; sparse = (wtype, wt, colnorm, tau,
-    U, VS) in rs_sparse_matvec's (checked by one real call, as bind_rsparse_matvec does), or None."""
+    U, VS) in rs_sparse_matvec's (checked by one real call, as bind_rsparse_matvec does), or None; bias (n_out,)
+    f32 or None."""
     wtype, w, n_out, n_in = dense
     wtype, n_out, n_in = _wtype(wtype), _int("n_out", n_out), _int("n_in", n_in)
     _weights(w, wtype, n_out, _row_bytes(lib, wtype, n_in))
     dst.type, dst.w, dst.n_out, dst.n_in = wtype, ffi.from_buffer(w), n_out, n_in
     keep.append(w)
+    dst.bias = ffi.NULL
+    if bias is not None:
+        _array("bias", bias, _F32)
+        if bias.shape != (n_out,):
+            raise ValueError(f"bias must have shape {(n_out,)}, got {bias.shape}")
+        dst.bias = ffi.from_buffer("float[]", bias)
+        keep.append(bias)
     dst.wt = ffi.NULL
     if sparse is None:
         return
@@ -595,10 +608,12 @@ def bind_forward(pool: Pool, dims: dict, blocks: list[dict], token_embd: tuple, 
                  output: tuple, rope_cos: np.ndarray, rope_sin: np.ndarray, state: dict) -> BoundForward:
     """rs_forward (native/include/rsparse.h) as a bound call.
 
-    dims:   n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, rope_dim, n_vocab, n_ctx (ints), rms_eps (float)
+    dims:   n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, rope_dim, n_vocab, n_ctx (ints), rms_eps (float),
+            rope_neox (bool, default False: families.py)
     blocks: per block {"attn_norm", "ffn_norm": (n_embd,) f32, "k_cache", "v_cache": (n_head_kv, n_ctx, head_dim)
             f32, "dense": 7 tuples (wtype, w, n_out, n_in), "sparse": 7 tuples (wtype, wt, colnorm, tau, U, VS) or
-            None}, linears in rs_block order (q, k, v, o, gate, up, down)
+            None}, linears in rs_block order (q, k, v, o, gate, up, down); optionally "bias": 7 (n_out,) f32 or
+            None, "q_norm", "k_norm": (head_dim,) f32 or None, "no_rope": bool
     token_embd, output: (wtype, w, n_vocab, n_embd);  rope_cos, rope_sin: (n_ctx, rope_dim / 2) f32
     state:  x, xb (n_batch, n_embd); q, attn (n_batch, q_dim); k, v (n_batch, kv_dim); hb, hb2 (n_batch, n_ff);
             att (>= n_head * n_ctx floats); logits (n_batch, n_vocab); tokens (n_batch,) int64; and, when every
@@ -641,14 +656,19 @@ def bind_forward(pool: Pool, dims: dict, blocks: list[dict], token_embd: tuple, 
         cb.attn_norm, cb.ffn_norm = vec("attn_norm", b["attn_norm"], (e,)), vec("ffn_norm", b["ffn_norm"], (e,))
         cb.k_cache = buf("k_cache", b["k_cache"], (d["n_head_kv"], ctx, d["head_dim"]))
         cb.v_cache = buf("v_cache", b["v_cache"], (d["n_head_kv"], ctx, d["head_dim"]))
-        for j, (dense, sparse) in enumerate(zip(b["dense"], b["sparse"], strict=True)):
+        biases = b.get("bias") or [None] * 7
+        for j, (dense, sparse, bias) in enumerate(zip(b["dense"], b["sparse"], biases, strict=True)):
             if tuple(dense[2:4]) != shapes[j]:
                 raise ValueError(f"block {i} linear {j}: shape {tuple(dense[2:4])}, expected {shapes[j]}")
-            _linear_struct(lib, pool, cb.lin[j], dense, sparse if has_sparse else None, keep)
+            _linear_struct(lib, pool, cb.lin[j], dense, sparse if has_sparse else None, keep, bias)
+        for name in ("q_norm", "k_norm"):
+            a = b.get(name)
+            setattr(cb, name, ffi.NULL if a is None else vec(name, a, (d["head_dim"],)))
+        cb.no_rope = int(bool(b.get("no_rope", False)))
     cm = ffi.new("rs_model *")
     for k in ints:
         setattr(cm, k, d[k])
-    cm.rms_eps, cm.blocks = eps, cblocks
+    cm.rms_eps, cm.blocks, cm.rope_neox = eps, cblocks, int(bool(dims.get("rope_neox", False)))
     for name, lin in (("token_embd", token_embd), ("output", output)):
         if tuple(lin[2:4]) != (d["n_vocab"], e):
             raise ValueError(f"{name}: shape {tuple(lin[2:4])}, expected {(d['n_vocab'], e)}")

@@ -3,7 +3,8 @@
 The `tokenizers` library does the work; this module rebuilds the pipeline that llama.cpp reads from the same keys:
 
 - "gpt2": byte-level BPE with the merges stored in the file and the pre-tokenizer named by tokenizer.ggml.pre
-  (the names are llama.cpp's; PRE_TOKENIZERS lists those we support).
+  (the names are llama.cpp's; PRE_TOKENIZERS lists those we support). The name also implies the normalizer:
+  NFC for "qwen2" (PRE_NORMALIZERS), none for the others.
 - "llama": SentencePiece-style BPE with byte fallback. The file stores tokens and scores, not merges; a merge
   "a b" exists when a, b and a+b are all normal tokens, and merges with a higher-scoring result apply first
   (SentencePiece's and llama.cpp's rule). Spaces become "▁", with one prepended to each run of text when
@@ -28,11 +29,21 @@ from .constants import Key, TokenType
 LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
                 "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
 
+# Qwen2's split regex (Qwen1.5, Qwen2, Qwen2.5, Qwen3), as its tokenizer.json spells it: Llama 3's with digits
+# taken one at a time (\p{N}, not \p{N}{1,3}). llama.cpp's "qwen2" regex says the same thing.
+QWEN2_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+               "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
 PRE_GPT2, PRE_SMOLLM, PRE_LLAMA3, PRE_DEFAULT = "gpt-2", "smollm", "llama-bpe", "default"
+PRE_QWEN2 = "qwen2"  # no ignore_merges and no BOS by default in llama.cpp, as in Qwen2's tokenizer.json
 # llama.cpp treats these names as one group: Llama 3's regex, whole-word vocabulary hits win over merges
 # (ignore_merges) and BOS is added by default.
 LLAMA3_GROUP = frozenset({PRE_LLAMA3, "llama3", "llama-v3"})
-PRE_TOKENIZERS = frozenset({PRE_GPT2, PRE_SMOLLM}) | LLAMA3_GROUP  # for "gpt2"; "llama" ignores the name
+PRE_TOKENIZERS = frozenset({PRE_GPT2, PRE_SMOLLM, PRE_QWEN2}) | LLAMA3_GROUP  # for "gpt2"; "llama" ignores it
+# The normalizer (tokenizer.json's type name) each byte-level pre-tokenizer name implies; the others have none.
+# llama.cpp normalizes no byte-level text, but Qwen2's tokenizer.json composes it (NFC) before splitting, and the
+# model was trained on that: we do the same. The two differ only on text that is not already NFC.
+PRE_NORMALIZERS = {PRE_QWEN2: "NFC"}
 
 # Texts llama.cpp recognises as end-of-turn when the file names no tokenizer.ggml.eot_token_id; first found wins.
 EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>", "<EOT>")
@@ -61,10 +72,22 @@ def pre_tokenizer_for(pre: str):
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     if pre in LLAMA3_GROUP:
-        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        return _split_then_bytes(LLAMA3_SPLIT)
+    if pre == PRE_QWEN2:
+        return _split_then_bytes(QWEN2_SPLIT)
     raise TokenizerError(f"{Key.TOKENIZER_PRE}: {pre!r} is not supported for byte-level BPE "
                          f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})")
+
+
+def _split_then_bytes(regex: str):
+    """Pre-tokens split by `regex`, their bytes then mapped to GPT-2's characters (ByteLevel's own regex off)."""
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def normalizer_for(pre: str):
+    """The `tokenizers` normalizer that PRE_NORMALIZERS gives a byte-level pre-tokenizer name, or None."""
+    return normalizers.NFC() if PRE_NORMALIZERS.get(pre) == "NFC" else None
 
 
 def spm_merges(tokens: list[str], scores, types) -> list[tuple[str, str]]:
@@ -150,6 +173,9 @@ class Tokenizer:
                 raise TokenizerError(f"{Key.MERGES}: merge {' '.join(bad)!r} is not two known tokens")
             hf = HFTokenizer(models.BPE(vocab, pairs, ignore_merges=pre in LLAMA3_GROUP))
             hf.pre_tokenizer = pre_tokenizer_for(pre)
+            normalizer = normalizer_for(pre)
+            if normalizer is not None:  # older tokenizers (0.19) refuse None here
+                hf.normalizer = normalizer
             hf.decoder = decoders.ByteLevel()
             default_bos = pre in LLAMA3_GROUP
         elif kind == "llama":

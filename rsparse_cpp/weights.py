@@ -24,7 +24,7 @@ class Linear:
 @dataclass(frozen=True)
 class LayerWeights:
     attn_norm: np.ndarray  # (n_embd,) f32
-    attn_q: Linear  # (n_head*head_dim, n_embd); rows permuted by llama.cpp for interleaved RoPE
+    attn_q: Linear  # (n_head*head_dim, n_embd); rows permuted by llama.cpp for interleaved RoPE (not qwen's)
     attn_k: Linear  # (n_head_kv*head_dim, n_embd); same permutation
     attn_v: Linear  # (n_head_kv*head_dim, n_embd)
     attn_output: Linear  # (n_embd, n_head*head_dim)
@@ -32,6 +32,16 @@ class LayerWeights:
     ffn_gate: Linear  # (n_ff, n_embd)
     ffn_up: Linear  # (n_ff, n_embd)
     ffn_down: Linear  # (n_embd, n_ff)
+    # what some families add (families.py), None elsewhere:
+    attn_q_bias: np.ndarray | None = None  # (n_head*head_dim,) f32, qwen2; in the rows' order, like attn_q
+    attn_k_bias: np.ndarray | None = None  # (n_head_kv*head_dim,) f32
+    attn_v_bias: np.ndarray | None = None  # (n_head_kv*head_dim,) f32
+    attn_q_norm: np.ndarray | None = None  # (head_dim,) f32, qwen3: RMSNorm weights of every q head
+    attn_k_norm: np.ndarray | None = None  # (head_dim,) f32, of every k head
+
+    def bias(self, name: str) -> np.ndarray | None:
+        """The bias added after linear `name` (a LINEARS name), or None."""
+        return getattr(self, f"{name}_bias", None)
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,16 @@ class Weights:
                 raise GGUFError(f.path, name, "contains NaN or inf")
             return v
 
+        def extra(name: str, n: int, wanted: bool) -> np.ndarray | None:
+            """A tensor the family has (required) or does not (refused: it would change the results unread)."""
+            if wanted:
+                return vector(name, n)
+            if name in f.tensors:
+                raise GGUFError(f.path, name, f"not part of a {cfg.arch!r} model (families.py)")
+            return None
+
         e, q, kv = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+        fam = cfg.family
         layers = []
         for b in range(cfg.n_layer):
             t = lambda name: Tensor.blk(name, b)  # noqa: E731
@@ -77,6 +96,11 @@ class Weights:
                 ffn_gate=linear(t(Tensor.FFN_GATE), cfg.n_ff, e),
                 ffn_up=linear(t(Tensor.FFN_UP), cfg.n_ff, e),
                 ffn_down=linear(t(Tensor.FFN_DOWN), e, cfg.n_ff),
+                attn_q_bias=extra(t(Tensor.ATTN_Q_BIAS), q, fam.qkv_bias),
+                attn_k_bias=extra(t(Tensor.ATTN_K_BIAS), kv, fam.qkv_bias),
+                attn_v_bias=extra(t(Tensor.ATTN_V_BIAS), kv, fam.qkv_bias),
+                attn_q_norm=extra(t(Tensor.ATTN_Q_NORM), cfg.head_dim, fam.qk_norm),
+                attn_k_norm=extra(t(Tensor.ATTN_K_NORM), cfg.head_dim, fam.qk_norm),
             ))
         token_embd = linear(Tensor.TOKEN_EMBD, cfg.n_vocab, e)
         output = linear(Tensor.OUTPUT, cfg.n_vocab, e) if Tensor.OUTPUT in f.tensors else token_embd

@@ -195,3 +195,23 @@ def test_cuda_kernel_on_a_side_stream_without_counting(bases):
         for i in range(8, 12):
             assert rel_err(got.forward(ids[i:i + 1]), ref.forward(ids[i:i + 1])) < tolerance(base)
     assert got.sparse.tokens == 0
+
+
+@pytest.fixture(scope="module", params=["qwen2_odd", "qwen3", "smollm3"])
+def family_base(request, tmp_path_factory):
+    """A family beyond Llama (rsparse_cpp/families.py): F32 base and a uniform (low-rank) companion beside it."""
+    from test_families import make_tiny_family
+
+    d = make_tiny_family(tmp_path_factory.mktemp(f"cb_{request.param}"), request.param)
+    base = convert(d, tmp_path_factory.mktemp(f"cb_{request.param}_out") / "f32.gguf", "f32", progress=False)
+    make_companion(d, base, "uniform")
+    return base
+
+
+def test_cpu_families_match_numpy_model(family_base):
+    compare(family_base, "cpu")
+
+
+@needs_cuda
+def test_cuda_families_match_numpy_model(family_base):
+    compare(family_base, "cuda")

@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.llamacpp, pytest.mark.smollm, pytest.mark.slow]
 PROMPT = b"Here is a short story about a robot who learns to paint:"
 
 
-def greedy_ours(path, prompt_tokens, n):
-    llm = Llama(path, n_ctx=256, n_threads=2)
+def greedy_ours(path, prompt_tokens, n, sparse=None):
+    llm = Llama(path, n_ctx=256, n_threads=2, sparse=sparse)
     return list(generate(llm.model, prompt_tokens, SamplingParams(temperature=0), np.random.default_rng(0), n))
 
 

@@ -65,6 +65,8 @@ def test_bind_checks_shapes(model):
                 state[k] = v
             elif k == "swap_qk":
                 blocks[0]["dense"][0], blocks[0]["dense"][3] = blocks[0]["dense"][3], blocks[0]["dense"][0]
+            elif k in ("bias", "q_norm", "k_norm"):  # what a family adds (families.py)
+                blocks[0][k] = v
             else:
                 dims[k] = v
         return native.bind_forward(model.pool, dims, blocks, dense(w.token_embd), w.output_norm, dense(w.output),
@@ -83,6 +85,14 @@ def test_bind_checks_shapes(model):
         bind(n_layer=cfg.n_layer + 1)
     with pytest.raises(ValueError):
         bind(rms_eps=float("nan"))
+    qd = cfg.n_head * cfg.head_dim
+    bind(bias=[np.zeros(qd, np.float32)] + [None] * 6, q_norm=np.ones(cfg.head_dim, np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        bind(bias=[np.zeros(qd + 1, np.float32)] + [None] * 6)
+    with pytest.raises(ValueError, match="k_norm"):
+        bind(k_norm=np.ones(cfg.head_dim + 2, np.float32))
+    with pytest.raises(ValueError):
+        bind(bias=[np.zeros(qd, np.float64)] + [None] * 6)
 
 
 def test_prefill_then_decode_equals_one_prefill(model):

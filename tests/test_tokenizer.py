@@ -6,6 +6,7 @@ reference: the `tokenizers` pipeline in tokenizer.json, SentencePiece itself, tr
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import gguf
@@ -15,7 +16,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as HFTokenizer
 
 from conftest import TINY_CORPUS, make_tiny_tokenizer
-from rsparse_converter.tokenizer import write_tokenizer
+from rsparse_converter.tokenizer import tokenizer_kind, write_tokenizer
 from rsparse_cpp.chat import CHATML_TEMPLATE, ChatTemplateError, render_chat
 from rsparse_cpp.constants import Key, TokenType
 from rsparse_cpp.tokenizer import Detokenizer, Tokenizer
@@ -33,6 +34,23 @@ WITH_SPECIALS = ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "tex
 # Llama 3's split regex as its tokenizer.json spells it (typed here, not imported from the code under test).
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2's (Qwen1.5 to Qwen3), likewise typed here: Llama 3's with one digit per pre-token.
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SAMPLES = [
+    "The year 2024 had 366 days, and 1234567 is written digit by digit: 3.14159, -0.5e10, v2.5.1, x86_64",
+    "Déjà vu in São Paulo: naïve café, Zürich, Ærøskøbing, façade, Ñandú",
+    "中文分词测试：我爱北京天安门。日本語のテキスト、カタカナ。한국어 문장입니다.",
+    "Ελληνικά: Καλημέρα κόσμε! Русский текст тоже. עברית וعربي",
+    "emoji 🙂🚀 👩‍💻 🇯🇵 ❤️‍🔥 and 🧑🏽‍🚀!",
+    "mixed\twhitespace \n\n  indented\r\n\t\tand\u3000wide  \n \n\n\n   end",
+    "e\u0301 and A\u030a and \u1e9b\u0323 compose under NFC; \ufb01 and \u2460 do not (NFKC would)",
+    "I'M sure it'S THEY'LL we'Ve",
+]
+QWEN2_CODE = ('import torch\n\n\ndef fib(n: int) -> int:\n    """The n-th Fibonacci number."""\n    a, b = 0, 1\n'
+              '    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n\n'
+              'print({"n": 10, "fib": fib(10)})  # 55\n'
+              '#include <stdio.h>\nint main(void) { printf("%d\\n", 1 << 20); return 0; }\n\t// tab-indented\r\n')
 
 
 # ---- helpers: write the tokenizer into a tiny GGUF, read it back with gguf-py ----------------------------------
@@ -169,6 +187,83 @@ def test_byte_level_bpe(tmp_path, style):
     assert tok.encode("<tool>", add_bos=False, special=False) == [tool]  # user-defined tokens are always whole
 
 
+def make_qwen2(folder: Path) -> Path:
+    """A Qwen2-style tokenizer as transformers' Qwen2 tokenizer class saves it: byte-level BPE trained here on a
+    multilingual and code corpus, NFC normalizer, Qwen2's split regex then ByteLevel, ChatML specials, no BOS."""
+    from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok = HFTokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    # Trained on Llama 3's split, so the vocabulary holds multi-digit tokens: then only the pre-tokenizer keeps
+    # Qwen2's numbers to one token per digit, and a wrong regex shows in the ids.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated"),
+                                                 byte_level])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TINY_CORPUS + TEXTS * 3 + (QWEN2_SAMPLES + [QWEN2_CODE]) * 3, trainers.BpeTrainer(
+        vocab_size=900, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated"),
+                                                 byte_level])
+    tok.add_tokens([AddedToken("<tool>", special=False, normalized=False)])  # like Qwen2.5's <tool_call>
+    trained = folder.parent / f"{folder.name}-trained"
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                            pad_token="<|endoftext|>").save_pretrained(trained)
+    Qwen2TokenizerFast.from_pretrained(trained).save_pretrained(folder)  # what Qwen's checkpoints ship
+    return folder
+
+
+def test_qwen2_bpe(tmp_path):
+    """Qwen2/2.5/3: llama.cpp's "qwen2" pre-tokenizer (digits one by one), NFC first as tokenizer.json says, merges
+    not ignored, no BOS. Our runtime encodes as transformers' Qwen2 tokenizer does and decodes back to the text."""
+    from transformers import AutoTokenizer
+
+    qwen2_module = pytest.importorskip("transformers.models.qwen2.tokenization_qwen2")
+    assert getattr(qwen2_module, "PRETOKENIZE_REGEX", QWEN2_REGEX) == QWEN2_REGEX  # our typed copy is Qwen2's
+    hf_dir = make_qwen2(tmp_path / "hf")
+    tj = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    assert tj["normalizer"] == {"type": "NFC"} and not tj["model"].get("ignore_merges")  # as in Qwen's own files
+    assert tokenizer_kind(tj) == ("gpt2", "qwen2")
+    ref = AutoTokenizer.from_pretrained(hf_dir)
+    assert "Qwen2" in type(ref).__name__
+    meta = gguf_meta(hf_dir, len(ref), tmp_path)
+    assert meta[Key.TOKENIZER_PRE] == "qwen2" and not meta[Key.ADD_BOS] and Key.BOS_ID not in meta
+    tok = Tokenizer.from_metadata(meta)
+    assert (tok.eos_id, tok.eot_id, tok.pad_id) == (2, 2, 0) and not tok.add_bos
+    for text in QWEN2_SAMPLES + [QWEN2_CODE] + TEXTS + WITH_SPECIALS:
+        ids = tok.encode(text, add_bos=False)
+        assert ids == ref.encode(text, add_special_tokens=False) == tok.encode(text), text
+        nfc = unicodedata.normalize("NFC", text)
+        assert tok.decode(ids) == nfc == ref.decode(ids, skip_special_tokens=False,
+                                                    clean_up_tokenization_spaces=False), text
+    assert {"12", "123"} <= set(ref.get_vocab())  # so Llama 3's regex would give 123|456|7 here
+    assert tok.encode("1234567", add_bos=False) == [ref.convert_tokens_to_ids(d) for d in "1234567"]
+    assert tok.encode("cafe\u0301 A\u030a", add_bos=False) == tok.encode("café Å", add_bos=False)
+    assert tok.encode("<tool>x", add_bos=False, special=False)[0] == ref.convert_tokens_to_ids("<tool>")
+    # the rest of check_matches (streaming detokenizer, no split characters) on the texts NFC leaves alone
+    texts = [t for t in QWEN2_SAMPLES + [QWEN2_CODE] + TEXTS + WITH_SPECIALS if unicodedata.is_normalized("NFC", t)]
+    check_matches(tok, HFTokenizer.from_file(str(hf_dir / "tokenizer.json")), texts)
+
+
+def test_qwen2_follows_the_merges(tmp_path):
+    """Qwen2's tokenizer.json ("ignore_merges": false) and llama.cpp's qwen2 apply the merges even to a pre-token
+    found whole in the vocabulary: "abc" is "ab" + "c" here (Llama 3's llama-bpe would take "abc")."""
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()) + ["ab", "bc", "abc"])}
+    tok = HFTokenizer(models.BPE(vocab, [("a", "b"), ("b", "c"), ("a", "bc")], ignore_merges=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path)
+    ref = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert ref.encode("abc").ids == [vocab["ab"], vocab["c"]]
+    meta = gguf_meta(tmp_path, len(vocab), tmp_path)
+    assert meta[Key.TOKENIZER_PRE] == "qwen2"
+    check_matches(Tokenizer.from_metadata(meta), ref, ["abc", "xabc abc", "ab c", "bc abc's", "abc123"])
+
+
 def test_llama_bpe_prefers_whole_words(tmp_path):
     """Llama 3's tokenizer.json (ignore_merges) and llama.cpp's llama-bpe take a pre-token found in the vocabulary
     whole, even where the merges would split it: "abc" is one token here, although the merges make "ab" + "c"."""
@@ -273,21 +368,26 @@ def test_sentencepiece_style_tokenizer_json(tmp_path):
 
 
 @pytest.mark.llamacpp
-@pytest.mark.parametrize("style", ["gpt-2", "smollm", "llama-bpe", "spm-style", "sentencepiece"])
+@pytest.mark.parametrize("style", ["gpt-2", "smollm", "llama-bpe", "qwen2", "spm-style", "sentencepiece"])
 def test_llamacpp_reads_our_metadata_alike(tmp_path, style):
     """llama.cpp's own tokenizer, loading the metadata we wrote, gives the same ids as our runtime."""
     llama_cpp = pytest.importorskip("llama_cpp")
     if style == "sentencepiece":
         hf_dir = spm_folder(tmp_path)[1]
+    elif style == "qwen2":
+        hf_dir = make_qwen2(tmp_path / "hf")
     else:
         hf_dir = make_spm_style(tmp_path / "hf") if style == "spm-style" else make_byte_level(tmp_path / "hf", style)
     n = HFTokenizer.from_file(str(hf_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
     path = write_gguf(hf_dir, n, tmp_path / "vocab.gguf", hparams=True)
     ours = Tokenizer.from_metadata(read_meta(path))
     ref = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-    for text in TEXTS + WITH_SPECIALS:
+    texts = TEXTS + WITH_SPECIALS + (QWEN2_SAMPLES + [QWEN2_CODE] if style == "qwen2" else [])
+    for text in texts:
+        # llama.cpp normalizes no byte-level text; we apply Qwen2's NFC as its tokenizer.json does
+        theirs = unicodedata.normalize("NFC", text) if style == "qwen2" else text
         for bos in (True, False):
-            assert ours.encode(text, add_bos=bos) == ref.tokenize(text.encode(), add_bos=bos, special=True), text
+            assert ours.encode(text, add_bos=bos) == ref.tokenize(theirs.encode(), add_bos=bos, special=True), text
 
 
 # ---- (c) chat templates ------------------------------------------------------------------------------------------
@@ -344,6 +444,42 @@ def test_unsupported_pretokenizer_is_an_error(tmp_path, pre, named):
     (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(ValueError, match=f"unsupported pre-tokenizer .*{named}"):
         gguf_meta(tmp_path, 320, tmp_path)
+
+
+def split_pre(regex: str) -> dict:
+    """tokenizer.json's pre_tokenizer for a Split regex then ByteLevel, as Llama 3's and Qwen2's files spell it."""
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+
+
+QWEN2_PRE = split_pre(QWEN2_REGEX)
+
+
+@pytest.mark.parametrize("normalizer, pre, ignore_merges, result", [
+    ({"type": "NFC"}, QWEN2_PRE, False, ("gpt2", "qwen2")),  # Qwen2's tokenizer.json, as shipped
+    ({"type": "NFC"}, QWEN2_PRE, None, ("gpt2", "qwen2")),  # older files lack ignore_merges
+    # The runtime applies NFC for "qwen2" and nothing else: any other normalizer would encode differently.
+    (None, QWEN2_PRE, False, "unsupported normalizer none for byte-level BPE with the qwen2 pre-tokenizer"),
+    ({"type": "NFKC"}, QWEN2_PRE, False, r"unsupported normalizer NFKC\(\) .*\(expected NFC\)"),
+    ({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]}, QWEN2_PRE, False,
+     "unsupported normalizer Sequence"),
+    ({"type": "NFC"}, {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, False,
+     r"unsupported normalizer NFC\(\) .*gpt-2 pre-tokenizer \(expected none\)"),
+    # llama.cpp's qwen2 merges as the merges say; only the Llama 3 group takes whole-word vocabulary hits.
+    ({"type": "NFC"}, QWEN2_PRE, True, "ignore_merges with the qwen2 pre-tokenizer is not supported"),
+    (None, split_pre(LLAMA3_REGEX), True, ("gpt2", "llama-bpe")),  # the one regex difference: \p{N}{1,3}
+])
+def test_byte_level_normalizer_and_merges(normalizer, pre, ignore_merges, result):
+    model = {"type": "BPE", "vocab": {}, "merges": []}
+    if ignore_merges is not None:
+        model["ignore_merges"] = ignore_merges
+    tj = {"model": model, "normalizer": normalizer, "pre_tokenizer": pre}
+    if isinstance(result, tuple):
+        assert tokenizer_kind(tj) == result
+    else:
+        with pytest.raises(ValueError, match=result):
+            tokenizer_kind(tj)
 
 
 def test_converter_reads_the_configs(tmp_path):

@@ -172,6 +172,7 @@ typedef struct rs_linear {
     int ftype;              /*   u (n_out, rank) and vs (rank, n_in) in ftype; rank 0: no low-rank term */
     const void *u, *vs;
     int64_t rank;
+    const float *bias;      /* (n_out,) added after the product (Qwen2's q, k and v), or NULL */
 } rs_linear;
 
 /* The seven linears of a block, in the order of rs_block.lin and of rs_state.n_kept. */
@@ -182,13 +183,19 @@ typedef struct rs_block {
     rs_linear lin[7];                   /* RS_N_LINEARS: q (q_dim, n_embd), k and v (kv_dim, n_embd),
                                          * o (n_embd, q_dim), gate and up (n_ff, n_embd), down (n_embd, n_ff) */
     float *k_cache, *v_cache;           /* (n_head_kv, n_ctx, head_dim): this block's KV cache */
+    const float *q_norm, *k_norm;       /* (head_dim,) RMSNorm weights of every q and k head, applied before
+                                         * RoPE (Qwen3), or NULL */
+    int no_rope;                        /* nonzero: q and k are not rotated in this block (SmolLM3's every
+                                         * fourth); zero, the default, rotates */
 } rs_block;
 
-/* A Llama-family decoder (q_dim = n_head * head_dim, kv_dim = n_head_kv * head_dim). Q/K rows are in llama.cpp's
- * permutation, so RoPE rotates adjacent pairs (2i, 2i + 1), i < rope_dim / 2, of every head. */
+/* A Llama-family decoder (q_dim = n_head * head_dim, kv_dim = n_head_kv * head_dim; rsparse_cpp/families.py). With
+ * rope_neox = 0 Q/K rows are in llama.cpp's permutation, so RoPE rotates adjacent pairs (2i, 2i + 1), i < rope_dim
+ * / 2, of every head; with rope_neox = 1 (Qwen) they are in HF's order and RoPE rotates (i, i + rope_dim / 2). */
 typedef struct rs_model {
     int64_t n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, rope_dim, n_vocab, n_ctx;
     float rms_eps;
+    int rope_neox;
     const rs_block *blocks;             /* (n_layer,) */
     rs_linear token_embd;               /* (n_vocab, n_embd): rows looked up, dense form only */
     const float *output_norm;           /* (n_embd,) */
@@ -215,8 +222,9 @@ typedef struct rs_state {
 /* Runs tokens (n,) at positions pos .. pos + n - 1 through every block (the KV caches get their keys and values),
  * then the output norm and head: logits of the last token in s->logits row 0, or of every token in rows 0..n-1
  * when logits_all. Each step reads as the math (forward.c): x = embd[token]; per block, xb = rmsnorm(x) * w;
- * q, k, v = linears(xb); RoPE(q, k); cache k, v; attn = softmax(q K^T / sqrt(head_dim)) V (causal, GQA);
- * x += o(attn); xb = rmsnorm(x) * w; x += down(silu(gate(xb)) * up(xb)).
+ * q, k, v = linears(xb) (+ their biases); per-head rmsnorm(q, k) (if q_norm); RoPE(q, k) (unless no_rope);
+ * cache k, v; attn = softmax(q K^T / sqrt(head_dim)) V (causal, GQA); x += o(attn); xb = rmsnorm(x) * w;
+ * x += down(silu(gate(xb)) * up(xb)).
  * sparse != 0 runs every block linear through rs_sparse_matvec (each must have its R-Sparse form, and n must be 1).
  * Otherwise a linear with an R-Sparse form reads only that form's wt: rs_sparse_matvec keeping every channel for
  * one token, rs_matmul_wt for a prompt; so with a companion the base's block weights (w) are never read, and

@@ -16,7 +16,8 @@
 #include "pool.h"
 #include "sparse.h"
 
-/* out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, for n tokens of d values (sum of squares in double: d up to 16K). */
+/* out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, for n rows of d values (sum of squares in double: d up to 16K);
+ * out may be x. */
 static void rmsnorm(float *out, const float *x, const float *w, int64_t n, int64_t d, float eps)
 {
     for (int64_t t = 0; t < n; t++) {
@@ -31,22 +32,32 @@ static void rmsnorm(float *out, const float *x, const float *w, int64_t n, int64
     }
 }
 
-/* Rotates pairs (2i, 2i + 1), i < rope_dim / 2, of each of n_heads heads of token t by its position's angles. */
+/* Rotates pairs of each of n_heads heads of token t by its position's angles, i < rope_dim / 2: (2i, 2i + 1) of
+ * llama.cpp's permuted rows, or (i, i + rope_dim / 2) of HF's (neox: Qwen's files keep HF's row order). */
 static void rope(float *v, int64_t n, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float *cos_t,
-                 const float *sin_t, int64_t pos)
+                 const float *sin_t, int64_t pos, int neox)
 {
-    const int64_t half = rope_dim / 2;
+    const int64_t half = rope_dim / 2, step = neox ? 1 : 2, other = neox ? half : 1;
     for (int64_t t = 0; t < n; t++) {
         const float *c = cos_t + (pos + t) * half, *s = sin_t + (pos + t) * half;
         for (int64_t h = 0; h < n_heads; h++) {
             float *p = v + (t * n_heads + h) * head_dim;
             for (int64_t i = 0; i < half; i++) {
-                const float x0 = p[2 * i], x1 = p[2 * i + 1];
-                p[2 * i] = x0 * c[i] - x1 * s[i];
-                p[2 * i + 1] = x0 * s[i] + x1 * c[i];
+                float *a = p + step * i, *b = a + other;
+                const float x0 = *a, x1 = *b;
+                *a = x0 * c[i] - x1 * s[i];
+                *b = x0 * s[i] + x1 * c[i];
             }
         }
     }
+}
+
+/* y (n, n_out) += bias, per token; nothing without one. */
+static void add_bias(float *y, const float *bias, int64_t n, int64_t n_out)
+{
+    for (int64_t t = 0; bias && t < n; t++)
+        for (int64_t o = 0; o < n_out; o++)
+            y[t * n_out + o] += bias[o];
 }
 
 /* k, v of n tokens (n, n_head_kv * head_dim) into the caches (n_head_kv, n_ctx, head_dim) at pos. */
@@ -95,6 +106,7 @@ static int linears(rs_pool *pool, const rs_linear *first, int count, const rs_st
                                  : rs_matmul(pool, l->type, l->w, l->n_out, l->n_in, x, n, ys[i]);
             if (st != RS_OK)
                 return st;
+            add_bias(ys[i], l->bias, n, l->n_out);
         }
         return RS_OK;
     }
@@ -110,7 +122,10 @@ static int linears(rs_pool *pool, const rs_linear *first, int count, const rs_st
             a[i].n_kept = NULL;
         }
     }
-    return rs_sparse_group(pool, a, count);
+    const int st = rs_sparse_group(pool, a, count);
+    for (int i = 0; st == RS_OK && i < count; i++)  /* after the sparse product: R-Sparse approximates W x alone */
+        add_bias(ys[i], first[i].bias, 1, first[i].n_out);
+    return st;
 }
 
 /* Does the linear have the shape (n_out, n_in), and the form the call needs? */
@@ -178,8 +193,14 @@ int rs_forward(rs_pool *pool, const rs_model *m, const rs_state *s, const int64_
         /* attention */
         rmsnorm(s->xb, s->x, b->attn_norm, n, e, m->rms_eps);
         LINEARS(RS_ATTN_Q, 3, s->xb, s->q, s->k, s->v);
-        rope(s->q, n, m->n_head, m->head_dim, m->rope_dim, m->rope_cos, m->rope_sin, pos);
-        rope(s->k, n, m->n_head_kv, m->head_dim, m->rope_dim, m->rope_cos, m->rope_sin, pos);
+        if (b->q_norm)  /* every head on its own: n * heads rows of head_dim */
+            rmsnorm(s->q, s->q, b->q_norm, n * m->n_head, m->head_dim, m->rms_eps);
+        if (b->k_norm)
+            rmsnorm(s->k, s->k, b->k_norm, n * m->n_head_kv, m->head_dim, m->rms_eps);
+        if (!b->no_rope) {
+            rope(s->q, n, m->n_head, m->head_dim, m->rope_dim, m->rope_cos, m->rope_sin, pos, m->rope_neox);
+            rope(s->k, n, m->n_head_kv, m->head_dim, m->rope_dim, m->rope_cos, m->rope_sin, pos, m->rope_neox);
+        }
         cache_kv(m, b, s->k, s->v, n, pos);
         TRY(rs_attention_tokens(pool, s->q, b->k_cache, b->v_cache, n, m->n_head, m->n_head_kv, m->head_dim,
                                 m->n_ctx, pos, scale, s->attn, s->att, m->n_ctx));

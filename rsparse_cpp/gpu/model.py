@@ -153,7 +153,12 @@ class TorchModel:
         # transposed view (cuBLAS takes it as it is)
         self.layers = [{"attn_norm": put(lw.attn_norm), "ffn_norm": put(lw.ffn_norm),
                         **{name: sparse.dense_weight(li * len(LINEARS) + i) if sparse is not None
-                           else dense(getattr(lw, name)).T for i, name in enumerate(LINEARS)}}
+                           else dense(getattr(lw, name)).T for i, name in enumerate(LINEARS)},
+                        # what the family adds (families.py), None where it has nothing
+                        **{f"{name}_bias": None if lw.bias(name) is None else put(lw.bias(name)) for name in LINEARS},
+                        "q_norm": None if lw.attn_q_norm is None else put(lw.attn_q_norm),
+                        "k_norm": None if lw.attn_k_norm is None else put(lw.attn_k_norm),
+                        "rope": cfg.family.rotates(li)}
                        for li, lw in enumerate(weights.layers)]
         # KV cache (layer, kv head, position, head_dim), as model.py's RunState
         shape = (cfg.n_layer, cfg.n_head_kv, n_ctx, cfg.head_dim)
@@ -217,15 +222,20 @@ class TorchModel:
         stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
 
         def lin(li: int, name: str, x):
-            if sparse is None:
-                return x @ self.layers[li][name]  # W^T
-            return sparse(li * len(LINEARS) + LINEARS.index(name), x, stream)
+            y = x @ self.layers[li][name] if sparse is None else sparse(li * len(LINEARS) + LINEARS.index(name), x,
+                                                                          stream)  # W^T, or the R-Sparse product
+            bias = self.layers[li][f"{name}_bias"]
+            return y if bias is None else y + bias
 
         x = self.token_embd[torch.tensor(tokens, device=self.device)]  # (n, n_embd)
         for li, lw in enumerate(self.layers):
             xb = self._rmsnorm(x, lw["attn_norm"])
             q, k, v = lin(li, "attn_q", xb), lin(li, "attn_k", xb), lin(li, "attn_v", xb)
-            q, k = self._rope(q, pos, cfg.n_head), self._rope(k, pos, cfg.n_head_kv)
+            if lw["q_norm"] is not None:  # Qwen3: every head on its own
+                q = self._rmsnorm(q.reshape(-1, cfg.head_dim), lw["q_norm"]).reshape(n, -1)
+                k = self._rmsnorm(k.reshape(-1, cfg.head_dim), lw["k_norm"]).reshape(n, -1)
+            if lw["rope"]:
+                q, k = self._rope(q, pos, cfg.n_head), self._rope(k, pos, cfg.n_head_kv)
             self.key_cache[li, :, pos:pos + n] = k.view(n, cfg.n_head_kv, cfg.head_dim).transpose(0, 1)
             self.value_cache[li, :, pos:pos + n] = v.view(n, cfg.n_head_kv, cfg.head_dim).transpose(0, 1)
             x = x + lin(li, "attn_output", self._attention(li, q, pos))
@@ -242,12 +252,18 @@ class TorchModel:
         return x / (x * x).mean(dim=1, keepdim=True).add_(self.config.rms_eps).sqrt_() * weight
 
     def _rope(self, t, pos: int, n_heads: int):
-        """Rotate adjacent pairs (t[2i], t[2i+1]) of the first rope_dim dims of every head by angle pos*freq_i."""
+        """Rotate pairs of the first rope_dim dims of every head by angle pos*freq_i: adjacent (t[2i], t[2i+1]) of
+        llama.cpp's permuted rows, or (t[i], t[i + rope_dim/2]) of HF's (the family's rope_neox)."""
         torch, cfg, n = _torch(), self.config, t.shape[0]
         half = cfg.rope_dim // 2
+        cos, sin = self.cos[pos:pos + n, None, :], self.sin[pos:pos + n, None, :]
+        if cfg.family.rope_neox:
+            heads = t.reshape(n, n_heads, cfg.head_dim).clone()
+            x0, x1 = heads[:, :, :half], heads[:, :, half:2 * half]
+            heads[:, :, :half], heads[:, :, half:2 * half] = x0 * cos - x1 * sin, x0 * sin + x1 * cos
+            return heads.view(n, -1)
         pairs = t.reshape(n, n_heads, cfg.head_dim // 2, 2).clone()
         x0, x1 = pairs[:, :, :half, 0], pairs[:, :, :half, 1]
-        cos, sin = self.cos[pos:pos + n, None, :], self.sin[pos:pos + n, None, :]
         rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
         pairs[:, :, :half] = rotated
         return pairs.view(n, -1)
