@@ -66,3 +66,14 @@ def convert(llamacpp: Path, hf_dir: Path, out: Path, outtype: str = "f32") -> Pa
     subprocess.run([sys.executable, str(llamacpp / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype,
                     "--outfile", str(out)], env=env, check=True, capture_output=True)
     return out
+
+
+def chat_template(version: str, name: str) -> str:
+    """A model's chat template as llama.cpp's tests keep it (models/templates/<name>.jinja in the vendored tree):
+    the real templates of real checkpoints, without downloading the checkpoints."""
+    member = f"llama_cpp_python-{version}/vendor/llama.cpp/models/templates/{name}.jinja"
+    with tarfile.open(sdist(version)) as tar:
+        f = tar.extractfile(member)
+        if f is None:
+            raise OSError(f"{member}: not in the source distribution")
+        return f.read().decode("utf-8")

@@ -210,3 +210,24 @@ def test_companion_from_the_gguf_alone(name, tmp_path):
     np.testing.assert_allclose(b.tau, a.tau, rtol=1e-5)
     for name_ in ("attn_q", "attn_k", "ffn_down"):
         np.testing.assert_array_equal(b.linear(0, name_).weight, a.linear(0, name_).weight)
+
+
+@pytest.mark.parametrize("template", ["Qwen-Qwen2.5-7B-Instruct", "Qwen-Qwen3-0.6B", "HuggingFaceTB-SmolLM3-3B"])
+def test_real_chat_templates_render_as_transformers_does(template):
+    """The families' own chat templates (as llama.cpp's tests keep them, from llama-cpp-python's source
+    distribution: tests/llamacpp_tools.py) through our renderer give transformers' text."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import llamacpp_tools
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from rsparse_cpp.chat import render_chat
+
+    try:
+        text = llamacpp_tools.chat_template(llama_cpp.__version__, template)
+    except OSError as e:
+        pytest.skip(f"llama-cpp-python's source distribution: {e}")
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2? ünïcødé 東京"}]
+    for gen in (True, False):
+        want = render_jinja_template(conversations=[msgs], chat_template=text, add_generation_prompt=gen)[0][0]
+        assert render_chat(text, msgs, add_generation_prompt=gen) == want
