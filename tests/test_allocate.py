@@ -110,8 +110,8 @@ def test_allocated_build_meets_the_budget_on_calibration_tokens(tiny, recipe):
     from rsparse_converter.rsparse_cli import BuildConfig, build
 
     _, model, tok = tiny
-    cfg = BuildConfig(sparsity=0.5, recipe=recipe, calib_tokens=256, seq_len=64, allocation="model")
-    plan, info, _ = build(model, tok, cfg, progress=False)
+    cfg = BuildConfig(sparsity=0.5, recipe=recipe, calib_tokens=256, seq_len=64, allocation="model", val_tokens=0)
+    plan, info, _ = build(model, tok, cfg, progress=False)  # val_tokens 0: the allocation ships unvalidated
     alloc = np.asarray(info["allocated_sparsity"])
     assert info["allocation"] == "model" and alloc.shape == (3, 7) and alloc.std() > 0.02
     assert np.allclose(plan.budget, alloc, atol=1e-4) and plan.sparsity == 0.5
@@ -140,6 +140,22 @@ def test_searched_allocation_never_loses_to_the_unallocated_start_on_validation(
         assert plan.budget is None and info["allocation"] == "uniform"
     else:
         assert plan.budget is not None and info["allocation"] == "model"
+
+
+@pytest.mark.parametrize("recipe", ["sparse-only", "uniform"])
+def test_allocation_ships_only_with_a_validation_margin(tiny, recipe):
+    """With validation tokens, the allocation replaces every linear at the target only when it wins on them by
+    VALIDATION_MARGIN; the companion then says which it shipped."""
+    from rsparse_converter.rsparse_cli import VALIDATION_MARGIN, BuildConfig, build
+
+    _, model, tok = tiny
+    cfg = BuildConfig(sparsity=0.5, recipe=recipe, calib_tokens=256, seq_len=64, allocation="model", val_tokens=256)
+    plan, info, _ = build(model, tok, cfg, progress=False)
+    val = info["allocation_validation"]
+    if val["uniform"] - val["allocated"] > VALIDATION_MARGIN:
+        assert info["allocation"] == "model" and plan.budget is not None and "allocated_sparsity" in info
+    else:
+        assert info["allocation"] == "uniform" and plan.budget is None and "allocated_sparsity" not in info
 
 
 def test_paper_faithful_keeps_the_papers_uniform_budget():
