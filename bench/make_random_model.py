@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from rsparse_converter.convert import convert
+    from make_tiled_model import convert_bases  # beside this file
     from rsparse_converter.default_model import cache_dir, ensure_hf_checkpoint
 
     out = args.out or cache_dir() / "random-1b"
@@ -83,13 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         write_random_checkpoint(args.family, hf, args.tokenizer or ensure_hf_checkpoint())
         _log(f"random {args.family} checkpoint written to {hf} in {time.time() - t0:.0f} s")
-    for t in args.outtypes:
-        path = out / f"{args.family}-1b-{t}.gguf"
-        if not path.is_file():
-            t0 = time.time()
-            convert(hf, path, t, progress=False)
-            _log(f"{path.name}: {path.stat().st_size / 1e6:.0f} MB in {time.time() - t0:.0f} s")
-        print(path, flush=True)
+    convert_bases(hf, out, f"{args.family}-1b", args.outtypes)
     return 0
 
 

@@ -144,6 +144,22 @@ def check_same_function(src: Path, tiled: Path, text: str = "The capital of Fran
 
 
 # ---- conversion and companions --------------------------------------------------------------------------------
+def convert_bases(hf: Path, out: Path, stem: str, outtypes: list[str]) -> list[Path]:
+    """out/<stem>-<type>.gguf for each type, converted from hf unless there already; printed as they come."""
+    from rsparse_converter.convert import convert
+
+    bases = []
+    for outtype in outtypes:
+        base = out / f"{stem}-{outtype}.gguf"
+        if not base.is_file():
+            t0 = time.time()
+            convert(hf, base, outtype, progress=False)
+            _log(f"{base.name}: {base.stat().st_size / 1e6:.0f} MB, converted in {time.time() - t0:.0f} s")
+        bases.append(base)
+        print(base, flush=True)
+    return bases
+
+
 def companion_name(base: Path, sparsity: float, recipe: str) -> Path:
     """<stem>.s<percent>-<recipe>.rsparse.gguf: the names bench/decode.py parses (sparsity and recipe)."""
     stem = base.name[:-len(".gguf")] if base.name.endswith(".gguf") else base.name
@@ -238,17 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"FAILED: relative logits difference {rel:.3g} >= 1e-4")
             return 1
 
-    from rsparse_converter.convert import convert
-
-    bases = []
-    for outtype in args.outtypes:
-        base = out / f"{args.name}-{outtype}.gguf"
-        if not base.is_file():
-            t0 = time.time()
-            convert(hf, base, outtype, progress=False)
-            _log(f"{base.name}: converted in {time.time() - t0:.0f} s")
-        bases.append(base)
-        print(base, flush=True)
+    bases = convert_bases(hf, out, args.name, args.outtypes)
     if bases and args.sparsity:
         make_companions(hf, bases, args.sparsity, args.recipe, args.calib_tokens, args.tau, args.factors,
                         args.threads)

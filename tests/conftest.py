@@ -62,14 +62,24 @@ def make_tiny_llama(folder: Path, name: str, seed: int = 0, config: dict | None 
                       bos_token_id=1, eos_token_id=2, **overrides)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # random init has tiny std; widen it so that errors in any part show in the logits
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0.0, 0.08)
-            else:
-                p.uniform_(0.5, 1.5)
+    widen_random_init(model)
     model.save_pretrained(folder)
     return folder
+
+
+def widen_random_init(model) -> None:
+    """Random init has a tiny std: widen it so that an error in any part of the model shows in the logits
+    (matrices N(0, 0.08), biases N(0, 0.5), norm weights U(0.5, 1.5))."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2:
+                p.normal_(0.0, 0.08)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+            else:
+                p.uniform_(0.5, 1.5)
 
 
 @pytest.fixture(scope="session", params=sorted(TINY_CONFIGS))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_tokenizer
+from conftest import make_tiny_tokenizer, widen_random_init
 from rsparse_converter.checkpoint import CheckpointError
 from rsparse_converter.convert import convert
 from rsparse_cpp.constants import Key, Tensor
@@ -44,14 +44,7 @@ def make_tiny_family(folder, name: str, seed: int = 0):
                                           bos_token_id=1, eos_token_id=2, pad_token_id=None, **overrides)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():  # widen the tiny random init so that an error in any part shows in the logits
-        for pname, p in model.named_parameters():
-            if p.ndim == 2:
-                p.normal_(0.0, 0.08)
-            elif pname.endswith("bias"):
-                p.normal_(0.0, 0.5)
-            else:
-                p.uniform_(0.5, 1.5)
+    widen_random_init(model)
     model.save_pretrained(folder)
     return folder
 
