@@ -111,7 +111,7 @@ static int linears(rs_pool *pool, const rs_linear *first, int count, const rs_st
         return RS_OK;
     }
     const int64_t part = s->scratch_bytes / RS_FORWARD_GROUP / 64 * 64;
-    rs_sparse_args a[RS_FORWARD_GROUP];
+    rs_sparse_args a[RS_FORWARD_GROUP] = {{0}};  /* count <= RS_FORWARD_GROUP of them are set below */
     for (int i = 0; i < count; i++) {
         const rs_linear *l = &first[i];
         a[i] = (rs_sparse_args){l->wtype, l->wt, l->n_out, l->n_in, l->colnorm, l->tau, l->ftype, l->u, l->vs,
