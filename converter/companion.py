@@ -52,11 +52,8 @@ def write_companion(out_path: str | os.PathLike, base_path: str | os.PathLike, m
     from .reference import iter_linears
 
     base = GGUFFile(base_path)
-    fam = Config.from_gguf(base).family
-    a = lambda key: Key.arch(key, fam.name)  # noqa: E731
-    n_layer = base.require(a(Key.BLOCK_COUNT), int)
-    n_head = base.require(a(Key.HEAD_COUNT), int)
-    n_head_kv = base.require(a(Key.HEAD_COUNT_KV), int)
+    cfg = Config.from_gguf(base)  # the base's own keys, whatever its family, checked
+    fam, n_layer, n_head, n_head_kv = cfg.family, cfg.n_layer, cfg.n_head, cfg.n_head_kv
     if n_layer != len(model.model.layers) or plan.rho.shape != (n_layer, len(LINEARS)):
         raise ValueError(f"{base_path}: {n_layer} blocks, model/plan have {len(model.model.layers)}/{plan.rho.shape}")
     base_fp = fingerprint(base_path)

@@ -113,6 +113,18 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
             return sequential_plan(model, state, windows, calib, sparsity, rho, cfg.factors, target=cfg.sparsity)
         return dense_plan(calib, sparsity, rho, cfg.factors, score_all, target=cfg.sparsity)
 
+    val_windows = None
+
+    def validation_nll(p) -> float:
+        """Mean strict NLL of plan p (applied) on calibration tokens past the calibration windows, never the
+        evaluation split: how every choice fitted to calibration text is checked."""
+        nonlocal val_windows
+        if val_windows is None:
+            val_windows = validation_windows(tokenizer, cfg.calib_tokens, cfg.val_tokens, cfg.seq_len, text)
+        apply_plan(model, p)
+        total, count = nll(model, state, val_windows, "strict", batch_size=4)
+        return total / count
+
     plan = None
 
     if cfg.recipe == "sparse-only" or (cfg.recipe == "searched" and cfg.sparsity == 0.0):
@@ -162,12 +174,9 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
                 candidates[f"searched#{i}"] = rho_i
         validation, plans = {}, {}
         if cfg.val_tokens > 0:
-            val_windows = validation_windows(tokenizer, cfg.calib_tokens, cfg.val_tokens, cfg.seq_len, text)
             for name, r in [*candidates.items(), *([(unallocated, candidates["sparse-only"])] if unallocated else [])]:
                 plans[name] = make_plan(r, cfg.sparsity if name == unallocated else None)
-                apply_plan(model, plans[name])
-                total, count = nll(model, state, val_windows, "strict", batch_size=4)
-                validation[name] = total / count
+                validation[name] = validation_nll(plans[name])
         chosen = pick_finalist(validation, unallocated) if validation else next(
             (k for k in candidates if k.startswith("searched#")), "sparse-only")
         rho = candidates["sparse-only" if chosen == unallocated else chosen]
@@ -184,15 +193,9 @@ def build(model, tokenizer, cfg: BuildConfig, progress: bool = True, calib=None)
         # The allocation is fitted to calibration text as well: it ships only where it beats every linear at the
         # target on other calibration tokens by VALIDATION_MARGIN, the searched recipe's rule (on SmolLM2 at 30%
         # it won the Python docs by 0.3% and lost the license texts by 0.6%).
-        val_windows = validation_windows(tokenizer, cfg.calib_tokens, cfg.val_tokens, cfg.seq_len, text)
-        scored = {}
-        for name, sparsity in (("allocated", None), ("uniform", cfg.sparsity)):
-            scored[name] = make_plan(rho, sparsity)
-            apply_plan(model, scored[name])
-            total, count = nll(model, state, val_windows, "strict", batch_size=4)
-            info.setdefault("allocation_validation", {})[name] = total / count
-        val = info["allocation_validation"]
-        if val["uniform"] - val["allocated"] > VALIDATION_MARGIN:
+        scored = {"allocated": make_plan(rho), "uniform": make_plan(rho, cfg.sparsity)}
+        val = info["allocation_validation"] = {name: validation_nll(p) for name, p in scored.items()}
+        if beats(val["allocated"], val["uniform"]):
             plan = scored["allocated"]
         else:
             plan, budget = scored["uniform"], cfg.sparsity
@@ -222,7 +225,12 @@ def pick_finalist(validation: dict, unallocated: str | None) -> str:
     So the pick never scores worse than either starting point on validation."""
     start = min((k for k in ("sparse-only", unallocated) if k in validation), key=validation.get)
     best = min(validation, key=validation.get)
-    return best if validation[start] - validation[best] > VALIDATION_MARGIN else start
+    return best if beats(validation[best], validation[start]) else start
+
+
+def beats(challenger: float, incumbent: float) -> bool:
+    """Whether a validation NLL replaces the simpler choice's: lower by more than VALIDATION_MARGIN."""
+    return incumbent - challenger > VALIDATION_MARGIN
 
 
 def json_safe(d: dict) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 
 from .constants import (COMPANION_ARCH, COMPANION_SUFFIX, COMPANION_VERSION, LINEARS, SCORES, SPARSE_TYPES, GGMLType,
                         Key, RSparseKey, RSparseTensor, Tensor)
+from .config import Config
 from .gguf_file import GGUFError, GGUFFile
 
 FINGERPRINT_SAMPLE = 4096  # bytes hashed at the start, middle and end of every tensor
@@ -189,7 +190,7 @@ class Companion:
                             f"made for another base file (fingerprint {self.base_fingerprint[:19]}...), not for "
                             f"{base_path} (fingerprint {fp[:19]}...); rebuild it with rsparse-companion {base_path} HF_DIR")
         base = GGUFFile(base_path)
-        n_layer = base.require(Key.arch(Key.BLOCK_COUNT, base.get_str(Key.ARCHITECTURE)), int)
+        n_layer = Config.from_gguf(base).n_layer  # {arch}.block_count, whatever the base's family
         if n_layer != self.n_layer:
             raise GGUFError(self.path, RSparseKey.BLOCK_COUNT, f"{self.n_layer} blocks, base {base_path} has {n_layer}")
         for b in range(self.n_layer):

@@ -43,9 +43,3 @@ FAMILIES = {f.name: f for f in (
     Family("smollm3", rope_neox=False, qkv_bias=False, qk_norm=False, nope_step=4),
 )}
 
-
-def family(arch: str) -> Family:
-    """The family of a general.architecture value; KeyError names the supported ones."""
-    if arch not in FAMILIES:
-        raise KeyError(f"unsupported architecture {arch!r} (supported: {', '.join(FAMILIES)})")
-    return FAMILIES[arch]

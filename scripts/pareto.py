@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +53,8 @@ def _log(msg: str) -> None:
     print(f"[pareto] {msg}", file=sys.stderr, flush=True)
 
 
-def plan_for(method: str, model, state, windows, calib, sparsity: float, budget):
-    """The method's plan on `model` (applied): budget is the per-linear allocation for "default"."""
+def plan_for(method: str, model, state, windows, calib, sparsity: float, budget=None):
+    """The method's plan on `model` (applied); budget: a per-linear allocation (default's), None for uniform."""
     import numpy as np
 
     from rsparse_converter.calibrate import apply_plan, dense_plan, sequential_plan
@@ -62,23 +63,21 @@ def plan_for(method: str, model, state, windows, calib, sparsity: float, budget)
     if method == "paper":
         plan = dense_plan(calib, sparsity, np.full((n_layer, 7), PAPER_RHO), "svd")
     else:
-        plan = sequential_plan(model, state, windows, calib, budget if method == "default" else sparsity,
+        plan = sequential_plan(model, state, windows, calib, sparsity if budget is None else budget,
                                np.ones((n_layer, 7)), "data-aware", target=sparsity)
     apply_plan(model, plan)
     return plan
 
 
-def quality(results: dict, sparsities, methods, windows_n: int, threads: int) -> None:
-    """SmolLM2's strict held-out perplexity per method and sparsity (and dense), and the per-linear budgets."""
-    import numpy as np
-
+def quality(results: dict, sparsities, methods, windows_n: int, threads: int) -> Iterator[None]:
+    """SmolLM2's strict held-out perplexity per method and sparsity (and dense), and default's per-linear budgets
+    where it ships them; yields after each row (for the caller to save)."""
     todo = [(m, s) for s in sparsities for m in methods if f"q/{m}/{s:.2f}" not in results]
     if not todo and "q/dense" in results:
         return
     import torch
 
     from allocation_table import licenses_text
-    from rsparse_converter.allocate import allocate, error_curves, linear_params
     from rsparse_converter.calibrate import (Calibration, calibration_windows, corpus_text, load_model,
                                             load_tokenizer, token_windows)
     from rsparse_converter.default_model import ensure_hf_checkpoint
@@ -98,26 +97,23 @@ def quality(results: dict, sparsities, methods, windows_n: int, threads: int) ->
     if "q/dense" not in results:
         results["q/dense"] = {k: perplexity(model, state, w, "strict", sparse=False, batch_size=4)
                               for k, w in texts.items()}
-    curves = error_curves(model, state, calib, windows[:max(1, -(-cfg.alloc_tokens // cfg.seq_len))], fisher=True)
-    params = linear_params(model)
     for m, s in todo:
         t0 = time.time()
         row = {}
         if m == "default":  # the command's own build: the allocation ships only where it validates (rsparse_cli)
             plan, info, _ = build(model, tok, BuildConfig(sparsity=s, recipe="sparse-only"), progress=False,
                                   calib=calib)
-            budget = plan.budget if plan.budget is not None else np.full((len(model.model.layers), 7), s)
             row["allocation"] = info["allocation"]
+            if plan.budget is not None:
+                row["budget"] = plan.budget.tolist()
         else:
-            budget = allocate(curves, params, s, "model")
-            plan_for(m, model, state, windows, calib, s, budget)
+            plan_for(m, model, state, windows, calib, s)
         for k, w in texts.items():
             state.track = True
             state.reset_counts()
             row[k] = perplexity(model, state, w, "strict", batch_size=4)
             row[f"read {k}"] = 1 - state.measured_sparsity()
             state.track = False
-        row["budget"] = budget.tolist()
         results[f"q/{m}/{s:.2f}"] = row
         _log(f"quality {m} {s:.0%}: {row['Python docs']:.2f} / {row['licenses']:.2f} ({time.time() - t0:.0f} s)")
         yield
@@ -152,8 +148,8 @@ def companions(results: dict, bases: list[Path], hf: Path, sparsities, methods, 
     calib.svd = lambda bid, name: _placeholder_svd(calib.weights[(bid, name)])  # zeros: only their shapes cost
     for m, s in todo:
         t0 = time.time()
-        budget = np.array(results[f"q/{m}/{s:.2f}"]["budget"])
-        plan = plan_for(m, model, state, windows, calib, s, budget)
+        budget = results[f"q/{m}/{s:.2f}"].get("budget")
+        plan = plan_for(m, model, state, windows, calib, s, None if budget is None else np.array(budget))
         info = {"recipe": "uniform" if m == "paper" else "sparse-only", "pareto_method": m, "sparsity": s}
         prov = {"source": "calibration split", "sha256": "", "tokens": 512, "seq_len": 256}
         for b in bases:

@@ -155,7 +155,7 @@ class TorchModel:
                         **{name: sparse.dense_weight(li * len(LINEARS) + i) if sparse is not None
                            else dense(getattr(lw, name)).T for i, name in enumerate(LINEARS)},
                         # what the family adds (families.py), None where it has nothing
-                        **{f"{name}_bias": None if lw.bias(name) is None else put(lw.bias(name)) for name in LINEARS},
+                        "bias": {name: put(lw.bias(name)) for name in LINEARS if lw.bias(name) is not None},
                         "q_norm": None if lw.attn_q_norm is None else put(lw.attn_q_norm),
                         "k_norm": None if lw.attn_k_norm is None else put(lw.attn_k_norm),
                         "rope": cfg.family.rotates(li)}
@@ -224,7 +224,7 @@ class TorchModel:
         def lin(li: int, name: str, x):
             y = x @ self.layers[li][name] if sparse is None else sparse(li * len(LINEARS) + LINEARS.index(name), x,
                                                                           stream)  # W^T, or the R-Sparse product
-            bias = self.layers[li][f"{name}_bias"]
+            bias = self.layers[li]["bias"].get(name)
             return y if bias is None else y + bias
 
         x = self.token_embd[torch.tensor(tokens, device=self.device)]  # (n, n_embd)
