@@ -77,3 +77,24 @@ def chat_template(version: str, name: str) -> str:
         if f is None:
             raise OSError(f"{member}: not in the source distribution")
         return f.read().decode("utf-8")
+
+
+def reference_llama(path, **kwargs):
+    """llama_cpp.Llama(path, **kwargs, verbose=False) on llama.cpp's plain CPU buffers, without its extra buffer
+    types (weight repacking and, on Intel CPUs with AMX, the AMX buffer). Built on a Sapphire Rapids machine,
+    llama.cpp's AMX matmul crashes the process (SIGSEGV in ggml_backend_amx_mul_mat) on the tiny test models'
+    shapes; the plain path computes the same products and is what the tests compare with. bench/decode.py keeps
+    llama.cpp's defaults: there it is the runtime users get."""
+    import llama_cpp
+    from unittest import mock
+
+    lib = llama_cpp.llama_cpp
+    default = lib.llama_model_default_params
+
+    def plain():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    with mock.patch.object(lib, "llama_model_default_params", plain):
+        return llama_cpp.Llama(str(path), verbose=False, **kwargs)

@@ -99,10 +99,12 @@ def test_logits_match_transformers(family_model, threads):
 
 
 def test_llamacpp_loads_it_and_agrees(family_model):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
+    from llamacpp_tools import reference_llama
+
     _, d, path = family_model
     ids = prompt(16)
-    ref = llama_cpp.Llama(str(path), n_ctx=64, n_threads=2, verbose=False, logits_all=True)
+    ref = reference_llama(path, n_ctx=64, n_threads=2, logits_all=True)
     ref.eval(ids)
     theirs = np.array(ref.scores[:len(ids)], np.float64)
     want = hf_logits(d, ids)

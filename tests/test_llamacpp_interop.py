@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llamacpp_tools import reference_llama
 from rsparse_cpp.generate import generate
 from rsparse_cpp.llama import Llama
 from rsparse_cpp.sampler import SamplingParams
@@ -21,7 +22,7 @@ def greedy_ours(path, prompt_tokens, n, sparse=None):
 
 
 def greedy_llamacpp(path, prompt_tokens, n):
-    ref = llama_cpp.Llama(str(path), n_ctx=256, n_threads=2, verbose=False, logits_all=False)
+    ref = reference_llama(path, n_ctx=256, n_threads=2, logits_all=False)
     out = []
     for t in ref.generate(prompt_tokens, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
         out.append(int(t))

@@ -19,6 +19,7 @@ import ctypes
 import numpy as np
 import pytest
 
+from llamacpp_tools import reference_llama
 from rsparse_cpp.constants import GGMLType
 from rsparse_cpp.gguf_file import GGUFFile
 from rsparse_cpp.llama import Llama
@@ -52,8 +53,7 @@ def ours(path, tokens, decode: bool) -> np.ndarray:
 
 
 def llamacpp(path, tokens) -> np.ndarray:
-    ref = llama_cpp.Llama(str(path), n_ctx=len(tokens) + 1, n_batch=len(tokens), n_threads=2, logits_all=True,
-                          verbose=False)
+    ref = reference_llama(path, n_ctx=len(tokens) + 1, n_batch=len(tokens), n_threads=2, logits_all=True)
     ref.eval(tokens)
     return np.array(ref.scores[:len(tokens)], np.float32)
 
