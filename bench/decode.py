@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.metadata
 import json
 import os
 import platform
@@ -99,8 +100,21 @@ def run_worker(kind: str, companion: str | None, args, model: str) -> dict:
            "--long-prompt-tokens", str(args.long_prompt_tokens)]
     if companion:
         cmd += ["--companion", companion]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        why = f"the {kind} run on {model} failed (exit status {out.returncode})"
+        if kind == "llamacpp" and out.returncode < 0:
+            why += (": llama-cpp-python crashed. Built on a CPU with AMX (Intel Xeon since Sapphire Rapids), "
+                    "llama.cpp's AMX matmul crashes on these models' shapes (ggml_backend_amx_mul_mat); rebuild it "
+                    f"without AMX ({NO_AMX.replace('VERSION', importlib.metadata.version('llama-cpp-python'))}) or "
+                    "pass --no-llamacpp")
+        raise SystemExit(f"{why}\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+NO_AMX = ("CMAKE_ARGS=\"-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile "
+          "-mno-amx-int8 -mno-amx-bf16'\" pip install --force-reinstall --no-deps --no-binary llama-cpp-python "
+          "llama-cpp-python==VERSION")
 
 
 def companions_beside(model: str) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ import numpy as np
 from . import native
 from .companion import Companion, companion_path
 from .config import Config
-from .constants import LINEARS
+from .constants import LINEARS, GGMLType
 from .gguf_file import GGUFFile
 from .sparse import SparseDecode
 from .weights import Linear, Weights
@@ -105,11 +105,12 @@ class Model:
         fault per 4 KiB: the block linears (the companion's copy when there is one: the base's then stay
         unread) and the head. Token embeddings are looked up a row at a time, and fault in as used."""
         w = self.weights
-        if companion is not None:
-            companion.file.populate()
-            self.file.populate([w.output.name])
+        names = [w.output.name]
+        if companion is None:
+            names += [getattr(lw, n).name for lw in w.layers for n in LINEARS]
         else:
-            self.file.populate([getattr(lw, n).name for lw in w.layers for n in LINEARS] + [w.output.name])
+            companion.file.populate()
+        self.file.populate([n for n in names if n not in self.repacked])  # a repacked copy is resident already
 
     def _bind_decode(self, companion: Companion | None) -> None:
         """Bind rs_forward to the weights, the companion's sparse forms and the run state's buffers, once."""
@@ -117,12 +118,25 @@ class Model:
         self.sparse = None if companion is None else SparseDecode(companion)
         self.sparse_enabled = self.sparse is not None
 
-        def dense(lin: Linear) -> tuple:
+        # Q4_0 products read the weights repacked into tiles of 16 rows (native.repack_q4_0_r16), which the dense
+        # kernels read 16 rows at a time; the copy is read from the file, not through the map, so the base's
+        # pages never become resident beside it. Only what is multiplied: the block linears unless a companion
+        # holds them (then the base's stay unread), and the head; token embeddings that are not the head are
+        # looked up a row at a time from the map.
+        self.repacked: dict[str, np.ndarray] = {}
+
+        def dense(lin: Linear, read: bool = True) -> tuple:
+            if read and lin.type == GGMLType.Q4_0 and lin.n_out % 16 == 0:
+                if lin.name not in self.repacked:
+                    self.repacked[lin.name] = native.repack_q4_0_r16(self.file.tensor_copy(lin.name), lin.n_out,
+                                                                     lin.n_in)
+                return native.Q4_0_R16, self.repacked[lin.name], lin.n_out, lin.n_in
             return lin.type, lin.data, lin.n_out, lin.n_in
 
         fam = cfg.family
         blocks = [{"attn_norm": lw.attn_norm, "ffn_norm": lw.ffn_norm, "k_cache": s.key_cache[li],
-                   "v_cache": s.value_cache[li], "dense": [dense(getattr(lw, name)) for name in LINEARS],
+                   "v_cache": s.value_cache[li],
+                   "dense": [dense(getattr(lw, name), read=companion is None) for name in LINEARS],
                    "sparse": [self.sparse.linear_args(li, name) if self.sparse else None for name in LINEARS],
                    "bias": [lw.bias(name) for name in LINEARS], "q_norm": lw.attn_q_norm,
                    "k_norm": lw.attn_k_norm, "no_rope": not fam.rotates(li)}
@@ -134,8 +148,9 @@ class Model:
                      logits=s.logits, tokens=s.tokens)
         if self.sparse:
             state.update(scratch=self.sparse.scratch, n_kept=self.sparse.n_kept)
-        self._forward = native.bind_forward(self.pool, dims, blocks, dense(w.token_embd), w.output_norm,
-                                            dense(w.output), s.cos, s.sin, state)
+        head = dense(w.output)
+        embd = head if w.token_embd is w.output else dense(w.token_embd, read=False)
+        self._forward = native.bind_forward(self.pool, dims, blocks, embd, w.output_norm, head, s.cos, s.sin, state)
 
     def reset(self) -> None:
         self.n_past = 0

@@ -37,6 +37,7 @@ typedef enum rs_type {
     RS_TYPE_Q5_K = 13,
     RS_TYPE_Q6_K = 14,
     RS_TYPE_BF16 = 30,
+    RS_TYPE_Q4_0_R16 = 258,
 } rs_type;
 
 typedef enum rs_status {
@@ -67,6 +68,7 @@ int rs_matmul_wt(rs_pool *pool, int type, const void *wt, int64_t n_out, int64_t
                  const float *x, int64_t n_tok, float *y);
 int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
                 const int64_t *rows, int64_t n, float *out);
+int rs_repack_q4_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst);
 int64_t rs_sparse_scratch_bytes(int64_t n_in, int64_t rank);
 int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_out, int64_t n_in,
                      const float *colnorm, float tau, int ftype, const void *u, const void *vs, int64_t rank,
@@ -139,7 +141,9 @@ ENV_LIB = "RSPARSE_LIB"
 
 _lib = None
 _load_lock = threading.Lock()
-_TYPES = frozenset(int(t) for t in GGMLType)
+# Not a ggml type: Q4_0 rows in tiles of 16 (repack_q4_0_r16), the dense decode kernels' own layout.
+Q4_0_R16 = 258
+_TYPES = frozenset(int(t) for t in GGMLType) | {Q4_0_R16}
 _SPARSE = frozenset(int(t) for t in SPARSE_TYPES)
 _F32 = np.dtype(np.float32)
 _F16 = np.dtype(np.float16)
@@ -216,6 +220,10 @@ def _int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def _type_name(wtype: int) -> str:
+    return "Q4_0_R16" if wtype == Q4_0_R16 else GGMLType(wtype).name
+
+
 def _wtype(wtype) -> int:
     if isinstance(wtype, bool) or not isinstance(wtype, (int, np.integer)) or int(wtype) not in _TYPES:
         raise ValueError(f"wtype must be one of {', '.join(f'{t.name}={int(t)}' for t in GGMLType)}, got {wtype!r}")
@@ -226,7 +234,7 @@ def _wt_type(wtype) -> int:
     """A type of the input-channel-major layout (matmul_wt, the sparse kernels)."""
     wtype = _wtype(wtype)
     if wtype not in _SPARSE:
-        raise ValueError(f"wtype {GGMLType(wtype).name} runs dense only: the input-channel-major layout takes "
+        raise ValueError(f"wtype {_type_name(wtype)} runs dense only: the input-channel-major layout takes "
                          f"{', '.join(t.name for t in SPARSE_TYPES)}")
     return wtype
 
@@ -234,7 +242,7 @@ def _wt_type(wtype) -> int:
 def _row_bytes(lib, wtype: int, n_in: int, name: str = "n_in") -> int:
     rb = lib.rs_row_bytes(wtype, n_in)
     if rb < 0:
-        raise ValueError(f"{name} = {n_in} is not a valid row length for {GGMLType(wtype).name} "
+        raise ValueError(f"{name} = {n_in} is not a valid row length for {_type_name(wtype)} "
                          f"(quantized rows hold whole blocks of 32)")
     return rb
 
@@ -255,7 +263,7 @@ def _array(name: str, a, dtype: np.dtype | None = None, writable: bool = False) 
 def _weights(w, wtype: int, n_rows: int, row_bytes: int, name: str = "w") -> None:
     _array(name, w)
     if w.nbytes != n_rows * row_bytes:
-        raise ValueError(f"{name} has {w.nbytes} bytes, but {n_rows} rows of {GGMLType(wtype).name} take "
+        raise ValueError(f"{name} has {w.nbytes} bytes, but {n_rows} rows of {_type_name(wtype)} take "
                          f"{n_rows} * {row_bytes} = {n_rows * row_bytes}")
 
 
@@ -384,6 +392,24 @@ def get_rows(wtype: int, w: np.ndarray, n_rows_total: int, n_in: int, rows: np.n
     out = _output(out, (rows.shape[0], n_in), rows)
     _check(lib.rs_get_rows(wtype, ffi.from_buffer(w), n_rows_total, n_in, ffi.from_buffer("int64_t[]", rows),
                            rows.shape[0], ffi.from_buffer("float[]", out, require_writable=True)), "rs_get_rows")
+    return out
+
+
+def repack_q4_0_r16(w: np.ndarray, n_rows: int, n_in: int) -> np.ndarray:
+    """Q4_0 weights (n_rows, n_in) repacked into tiles of 16 rows (type Q4_0_R16, rsparse.h: rs_repack_q4_0_r16),
+    which the dense kernels read 16 rows at a time: a new 64-byte aligned uint8 array of the same size. n_rows must
+    be a multiple of 16."""
+    lib = _load()
+    n_rows, n_in = _int("n_rows", n_rows), _int("n_in", n_in)
+    rb = _row_bytes(lib, int(GGMLType.Q4_0), n_in)
+    _weights(w, int(GGMLType.Q4_0), n_rows, rb)
+    if n_rows % 16:
+        raise ValueError(f"n_rows = {n_rows}: tiles of 16 rows need a multiple of 16")
+    raw = np.empty(n_rows * rb + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start:start + n_rows * rb]
+    _check(lib.rs_repack_q4_0_r16(ffi.from_buffer(w), n_rows, n_in, ffi.from_buffer(out, require_writable=True)),
+           "rs_repack_q4_0_r16")
     return out
 
 

@@ -91,6 +91,45 @@ def test_matmul_matches_float64(pools, layout, wtype, shape, n_tok, n_threads):
     assert y is out
 
 
+R16_SHAPES = [(16, 32), (48, 96), (576, 576), (1536, 576), (576, 1536)]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
+@pytest.mark.parametrize("shape", R16_SHAPES, ids=[f"{o}x{i}" for o, i in R16_SHAPES])
+def test_q4_0_r16_tiles(pools, shape, n_threads):
+    """Q4_0 repacked into tiles of 16 rows (what the runtime multiplies): within the float64 bound for decode and
+    prefill; each token's decode the bits of its prefill and of Q4_0's own prefill (one integer GEMM arithmetic) on
+    every SIMD path; rows looked up as Q4_0's."""
+    n_out, n_in = shape
+    w, w64 = weights(GGMLType.Q4_0, n_out, n_in)
+    r = native.repack_q4_0_r16(w, n_out, n_in)
+    assert r.nbytes == w.nbytes and r.ctypes.data % 64 == 0 and not np.array_equal(r, w.reshape(-1))
+    x = activations(3, n_in, seed=n_threads)
+    pool = pools[n_threads]
+    before = native.simd_path()
+    try:
+        for path in native.simd_paths():
+            native.simd_select(path)
+            pre = native.matmul(pool, native.Q4_0_R16, r, n_out, n_in, x)
+            assert_within(pre, *matmul_reference(w64, x, int8_act=True), f"{path} prefill")
+            assert np.array_equal(pre, native.matmul(pool, GGMLType.Q4_0, w, n_out, n_in, x))
+            for t in range(3):
+                assert np.array_equal(native.matmul(pool, native.Q4_0_R16, r, n_out, n_in, x[t]), pre[t]), path
+    finally:
+        native.simd_select(before)
+    rows = np.array([0, n_out - 1, n_out // 3], np.int64)
+    assert np.array_equal(native.get_rows(native.Q4_0_R16, r, n_out, n_in, rows),
+                          native.get_rows(GGMLType.Q4_0, w, n_out, n_in, rows))
+
+
+def test_q4_0_r16_refuses_rows_not_in_tiles(pools):
+    w, _ = weights(GGMLType.Q4_0, 33, 32)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        native.repack_q4_0_r16(w, 33, 32)
+    with pytest.raises(native.NativeError, match="multiple of the block size|size"):
+        native.matmul(pools[1], native.Q4_0_R16, w, 33, 32, activations(1, 32)[0])
+
+
 @pytest.mark.parametrize("wtype", list(GGMLType))
 def test_matmul_1d_equals_one_token_and_allocates(pools, wtype):
     n_out, n_in = 33, 256 if wtype in K_TYPES else 96

@@ -41,6 +41,7 @@ typedef enum rs_type {
     RS_TYPE_Q5_K = 13,
     RS_TYPE_Q6_K = 14,
     RS_TYPE_BF16 = 30,
+    RS_TYPE_Q4_0_R16 = 258, /* not ggml's: Q4_0 rows in tiles of 16 (rs_repack_q4_0_r16), for dense products only */
 } rs_type;
 
 typedef enum rs_status {
@@ -103,6 +104,18 @@ RS_API int rs_matmul_wt(rs_pool *pool, int type, const void *wt, int64_t n_out, 
  *   out:  (n, n_in) float32 */
 RS_API int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
                        const int64_t *rows, int64_t n, float *out);
+
+/* Q4_0 rows repacked into tiles of 16 rows (RS_TYPE_Q4_0_R16), the layout the dense decode kernels read fastest:
+ * per tile and block of 32 inputs, a record of 288 bytes holding the 16 rows' binary16 scales (row r's at byte 2r),
+ * then for t = 0..3 and r = 0..15, bytes 4t..4t+3 of row r's 16 nibble bytes at 32 + 4 (16 t + r). So one 64-byte
+ * load holds four quantized inputs (and, in the high nibbles, four more) of 16 rows, one row per 32-bit lane: an
+ * integer dot-product instruction against four broadcast activation bytes sums 16 rows at once, and the scales of
+ * the 16 rows convert in one instruction. Q4_0's ggml layout gives each row's blocks one after the other, so its
+ * decode kernel sums one row per register and spends as many instructions on the scales as on the weights
+ * (docs/SPEED.md). Same size as Q4_0; tile g, block k at dst + (g * n_in / 32 + k) * 288. n_rows a multiple of 16,
+ * n_in of 32. rs_matmul (decode and prefill) and rs_get_rows take this type; their arithmetic is Q4_0's
+ * integer GEMM (rs_matmul's prefill), for one token as for many. */
+RS_API int rs_repack_q4_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst);
 
 /* ---- R-Sparse: the rank-aware sparse matrix-vector product (batch 1) -------------------------------------- */
 

@@ -22,6 +22,12 @@
 #include "sparse_int8.h"
 #include "scales8_x86.h"
 
+/* vpdpbusd on 256-bit registers: AVX-VNNI's VEX form, or AVX512-VNNI's EVEX form (with AVX512VL) on the
+ * avx512vnni path, which takes these kernels too (kernels_avx512.c says why). */
+#if defined(RS_AVXVNNI) || defined(RS_AVX512VNNI)
+#define RS_I8_VNNI 1
+#endif
+
 
 static inline __m256i hmax_epi32(__m256i v)
 {
@@ -96,8 +102,10 @@ static inline void chunk_coefficients(int n_rows, const float *xs, const uint8_t
  * callers keep them within 2 * 128 * 127). */
 static inline __m256i dot4(__m256i acc, __m256i u, __m256i s)
 {
-#ifdef RS_AVXVNNI
+#if defined(RS_AVXVNNI)
     return _mm256_dpbusd_avx_epi32(acc, u, s);
+#elif defined(RS_AVX512VNNI)
+    return _mm256_dpbusd_epi32(acc, u, s);
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
@@ -126,7 +134,7 @@ static inline void add_block(const __m256i *o, int32_t off, float s, float *y)
     }
 }
 
-#ifdef RS_AVXVNNI
+#ifdef RS_I8_VNNI
 /* One Q8_0 block of the group's 8 rows, coefficients k (8 bytes): o[t] = outputs 8t .. 8t + 7 of the sum, plus
  * 128 * sum(k) (the weights' sign bit flipped makes them w + 128 for vpdpbusd's unsigned side). Per quad of rows,
  * acc[t] holds outputs 4t .. 4t + 3 in its low lane and 16 + 4t .. in its high one. */
@@ -216,7 +224,7 @@ static inline void block_q8_0_sums(const uint8_t *const *r, int64_t off, const i
     }
 AXPY_INT8(q8_0, RS_I8_ROWS_Q8_0, Q8_OFFSET)
 
-#ifdef RS_AVXVNNI
+#ifdef RS_I8_VNNI
 /* One Q4_0 block of the group's 16 rows, coefficients k (16 bytes): o[t] = outputs 8t .. 8t + 7 of sum_i k_i n_io,
  * n the nibbles 0..15 (the caller takes off 8 * sum(k)). A vector holds two quads of rows, one per lane; per lane,
  * lo[t] sums outputs 4t .. 4t + 3 (low nibbles) and hi[t] 16 + 4t .. (high nibbles). */

@@ -149,8 +149,8 @@ static void strip(const struct gemm_job *j, const float *b, int64_t o, int64_t n
 /* The integer tiles' panel of outputs [o0, o0 + nc) x input channels [k0, k0 + kc): strip s (nr outputs) holds,
  * for each block of 32 inputs, its weight bytes in kernels.h's order at p + s * (kc / 32) * 8 * nr * 4 and its
  * scales at pd + s * (kc / 32) * nr.
- * Rows out (the base's): the nibbles as they are, with the blocks' own scales (igemm); outputs past nc get zero
- * weights and scales. */
+ * Rows out (the base's, or its tiles of 16 rows): the nibbles as they are, with the blocks' own scales (igemm);
+ * outputs past nc get zero weights and scales. */
 static void ipack(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, int64_t kc, uint8_t *p, float *pd)
 {
     const int64_t nr = j->k->igemm_nr, nbk = kc / RS_QK, strips = (nc + nr - 1) / nr;
@@ -158,14 +158,21 @@ static void ipack(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, 
         for (int64_t c = 0; c < nr; c++) {
             uint8_t *q = p + s * nbk * 8 * nr * 4 + c * 4;
             float *d = pd + s * nbk * nr + c;
-            const int64_t o = s * nr + c;
-            const block_q4_0 *b = o < nc ? (const block_q4_0 *)(j->w + (o0 + o) * j->rb) + k0 / RS_QK : NULL;
+            const int64_t o = s * nr + c, row = o0 + o, nb = j->n_in / RS_QK;
+            const block_q4_0 *b = o < nc ? (const block_q4_0 *)(j->w + row * j->rb) + k0 / RS_QK : NULL;
+            const block_q4_0_r16 *t = o < nc ? (const block_q4_0_r16 *)j->w + row / RS_R16 * nb + k0 / RS_QK : NULL;
             for (int64_t k = 0; k < nbk; k++, q += 8 * nr * 4) {
-                d[k * nr] = o < nc ? rs_fp16_to_fp32(b[k].d) : 0.0f;
+                block_q4_0 tb;
+                const block_q4_0 *bk = b ? &b[k] : NULL;
+                if (bk && j->type == RS_TYPE_Q4_0_R16) {  /* tiles of 16 rows: the row's block copied out */
+                    rs_r16_block(&t[k], (int)(row % RS_R16), &tb);
+                    bk = &tb;
+                }
+                d[k * nr] = bk ? rs_fp16_to_fp32(bk->d) : 0.0f;
                 for (int g = 0; g < 4; g++) {  /* bytes 4g.. hold elements 4g.. (low nibbles), 16 + 4g.. (high) */
                     uint32_t v = 0;
-                    if (o < nc)
-                        memcpy(&v, b[k].qs + 4 * g, sizeof v);
+                    if (bk)
+                        memcpy(&v, bk->qs + 4 * g, sizeof v);
                     const uint32_t lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu;
                     memcpy(q + g * nr * 4, &lo, sizeof lo);
                     memcpy(q + (4 + g) * nr * 4, &hi, sizeof hi);
@@ -279,7 +286,7 @@ int rs_gemm(rs_pool *pool, const rs_kernels *k, int type, const void *w, int64_t
     const int nth = rs_pool_n_threads(pool);
     /* Q4_0 takes the integer tiles where the inputs come in whole blocks of 32 for rs_quantize_act: always in the
      * base's layout (its rows are blocks of inputs), in the companion's wherever n_in allows (every model's). */
-    const int integer = type == RS_TYPE_Q4_0 && n_in % RS_QK == 0;
+    const int integer = (type == RS_TYPE_Q4_0 || type == RS_TYPE_Q4_0_R16) && n_in % RS_QK == 0;
     /* The integer form's activations follow the threads' scratch: int8 rows, then block scales and sums (n_in is a
      * multiple of 32 for Q4_0), each part 64-byte aligned. */
     const size_t scratch = (size_t)nth * RS_GEMM_SCRATCH_FLOATS * sizeof(float);

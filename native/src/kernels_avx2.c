@@ -225,6 +225,9 @@ static inline vw vw_bcast4(const int8_t *p)
     memcpy(&v, p, sizeof v);
     return _mm256_set1_epi32(v);
 }
+/* The low and the high nibble of every byte, as bytes 0..15 (Q4_0 in tiles of 16 rows). */
+static inline vw vw_lo4(vw w) { return _mm256_and_si256(w, _mm256_set1_epi8(0x0F)); }
+static inline vw vw_hi4(vw w) { return _mm256_and_si256(_mm256_srli_epi16(w, 4), _mm256_set1_epi8(0x0F)); }
 
 /* Without VNNI the sums stay in int16 through the block: a step's pair is at most 2 * 15 * 127 = 3810 (nibbles
  * times activations, which rs_quantize_act keeps within +-127), so eight steps reach 30480 < 32767; vpmaddwd by

@@ -204,6 +204,8 @@ static inline vw vw_bcast4(const int8_t *p)
     memcpy(&v, p, sizeof v);
     return vreinterpretq_s8_s32(vdupq_n_s32(v));
 }
+static inline vw vw_lo4(vw w) { return vandq_s8(w, vdupq_n_s8(0x0F)); }
+static inline vw vw_hi4(vw w) { return vreinterpretq_s8_u8(vshrq_n_u8(vreinterpretq_u8_s8(w), 4)); }
 
 typedef int32x4_t vs;
 static inline vs vs_zero(void) { return vdupq_n_s32(0); }

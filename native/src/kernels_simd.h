@@ -39,6 +39,7 @@
  *                           these (a block) must not overflow whatever s holds them in
  *   vs_float(s, off)        per lane, the sum minus off, as floats (exact)
  *   vs_dot_wide, vs_float_wide  the same for weight bytes of at most 127 (igemm7)
+ *   vw_lo4(w), vw_hi4(w)    the low and the high nibble of every byte of w, as bytes 0..15 (mm_q4_0_r16)
  *   vf_absmax(m, v) vf_max(a, b) vf_div(a, b)   max(m, |v|), max(a, b), a / b (IEEE, for finite inputs)
  *   vw_store_q7(p, r0, r1, r2, r3)  rounds four vectors to the nearest integer (ties to even), adds 64 and
  *                           stores them as bytes, lane j's four (r0's first) at p + 4 j
@@ -626,6 +627,52 @@ static void gemm(const float *const *a, const float *b, int64_t kc, float *c, in
 IGEMM_TILE(igemm, vs_dot, vs_float)
 IGEMM_TILE(igemm7, vs_dot_wide, vs_float_wide)
 
+/* ---- dense Q4_0 in tiles of 16 rows (kernels.h: mm_q4_0_r16) ------------------------------------------------ */
+/* The integer tile's loop for one token against 16 rows that the tile record holds as igemm's panel does, but with
+ * two inputs a byte: per block, four loads of 16 rows x 4 bytes (R16_NV vectors each), their low nibbles against
+ * the broadcast activations 4u..4u+3 and their high ones against 16+4u..; the 16 scales in one conversion. One
+ * dot-product instruction sums VL rows, and nothing is added across lanes at the end: Q4_0's own layout takes a
+ * register per row, a horizontal sum per row and a scale shuffle per row and step (docs/SPEED.md). */
+#define R16_NV (RS_R16 / VL)
+#define R16_PF 1024  /* bytes ahead of the record being read: a tile's records are one stream */
+static void mm_q4_0_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in, int64_t n_tok,
+                        float *y, int64_t ys)
+{
+    (void)rb;
+    const int64_t nb = n_in / RS_QK;
+    for (int64_t t = 0; t < n_tok; t++) {
+        const int8_t *xq = x->q + t * n_in;
+        const float *xd = x->d + t * nb;
+        const int32_t *xs = x->s + t * nb;
+        for (int64_t g = 0; g < n_rows / RS_R16; g++) {
+            const block_q4_0_r16 *b = (const block_q4_0_r16 *)w + g * nb;
+            vf acc[R16_NV];
+            for (int v = 0; v < R16_NV; v++)
+                acc[v] = vf_zero();
+            for (int64_t k = 0; k < nb; k++, b++) {
+                for (int l = 0; l < (int)sizeof *b; l += 64)
+                    prefetch((const uint8_t *)b + R16_PF + l);
+                vs s[R16_NV];
+                for (int v = 0; v < R16_NV; v++)
+                    s[v] = vs_zero();
+                for (int u = 0; u < 4; u++) {
+                    const vw lo = vw_bcast4(xq + k * RS_QK + 4 * u), hi = vw_bcast4(xq + k * RS_QK + 16 + 4 * u);
+                    for (int v = 0; v < R16_NV; v++) {
+                        const vw q = vw_load(b->qs[u][v * VL]);
+                        s[v] = vs_dot(s[v], vw_lo4(q), lo);
+                        s[v] = vs_dot(s[v], vw_hi4(q), hi);
+                    }
+                }
+                const vf dx = vf_set1(xd[k]);
+                for (int v = 0; v < R16_NV; v++)
+                    acc[v] = vf_fma(vs_float(s[v], 8 * xs[k]), vf_mul(vf_load_f16(b->d + v * VL), dx), acc[v]);
+            }
+            for (int v = 0; v < R16_NV; v++)
+                vf_store(y + t * ys + g * RS_R16 + v * VL, acc[v]);
+        }
+    }
+}
+
 /* kernels.h's rs_requant_fn, VL outputs at a time: the block's largest |v| per lane, then four rows' bytes at a
  * time per lane. */
 static void requant(const float *v, int64_t ldv, int64_t nb, uint8_t *q, float *bd)
@@ -762,6 +809,7 @@ const rs_kernels RS_CAT(rs_kernels_, PATH) = {
     .mm_f32 = mm_f32,
     .mm_f16 = mm_f16,
     .mm_q4_0 = mm_q4_0,
+    .mm_q4_0_r16 = mm_q4_0_r16,
     .mm_q8_0 = mm_q8_0,
     .mm_bf16 = mm_bf16,
     .mm_q4_1 = MM_K(q4_1),

@@ -1,7 +1,9 @@
-/* quant.c -- row sizes, row dequantization and fp32 -> fp16 (the per-element direction lives inline in quant.h). */
+/* quant.c -- row sizes, row dequantization, fp32 -> fp16 (the per-element direction lives inline in quant.h) and
+ * the repacking of Q4_0 into tiles of 16 rows. */
 #include "quant.h"
 
 #include <math.h>
+#include <stddef.h>
 
 uint16_t rs_fp32_to_fp16(float f)
 {
@@ -83,6 +85,7 @@ int64_t rs_type_block(int type)
     case RS_TYPE_F16:
     case RS_TYPE_BF16: return 1;
     case RS_TYPE_Q4_0:
+    case RS_TYPE_Q4_0_R16:
     case RS_TYPE_Q4_1:
     case RS_TYPE_Q5_0:
     case RS_TYPE_Q5_1:
@@ -105,7 +108,8 @@ static int64_t block_bytes(int type)
     case RS_TYPE_F32: return 4;
     case RS_TYPE_F16:
     case RS_TYPE_BF16: return 2;
-    case RS_TYPE_Q4_0: return (int64_t)sizeof(block_q4_0);
+    case RS_TYPE_Q4_0:
+    case RS_TYPE_Q4_0_R16: return (int64_t)sizeof(block_q4_0);  /* a sixteenth of a tile record, per row */
     case RS_TYPE_Q4_1: return (int64_t)sizeof(block_q4_1);
     case RS_TYPE_Q5_0: return (int64_t)sizeof(block_q5_0);
     case RS_TYPE_Q5_1: return (int64_t)sizeof(block_q5_1);
@@ -239,4 +243,28 @@ void rs_dequant_row(int type, const void *row, float *out, int64_t n)
         }
         break;
     }
+}
+
+int rs_repack_q4_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst)
+{
+    if (!src || !dst)
+        return RS_ERR_NULL;
+    const int64_t rb = rs_row_bytes(RS_TYPE_Q4_0, n_in);
+    if (rb < 0 || n_rows <= 0 || n_rows % RS_R16 != 0 || n_rows > PTRDIFF_MAX / rb)
+        return RS_ERR_SHAPE;
+    if ((uintptr_t)src % 2 != 0 || (uintptr_t)dst % 2 != 0)
+        return RS_ERR_ALIGN;
+    const int64_t nb = n_in / RS_QK;
+    block_q4_0_r16 *out = dst;
+    for (int64_t g = 0; g < n_rows / RS_R16; g++)
+        for (int r = 0; r < RS_R16; r++) {
+            const block_q4_0 *row = (const block_q4_0 *)((const uint8_t *)src + (g * RS_R16 + r) * rb);
+            for (int64_t k = 0; k < nb; k++) {
+                block_q4_0_r16 *t = &out[g * nb + k];
+                t->d[r] = row[k].d;
+                for (int u = 0; u < 4; u++)
+                    memcpy(t->qs[u][r], row[k].qs + 4 * u, 4);
+            }
+        }
+    return RS_OK;
 }

@@ -24,7 +24,23 @@ typedef struct {
     uint8_t qs[RS_QK / 2];
 } block_q4_0;
 
+/* Q4_0 in tiles of 16 rows (RS_TYPE_Q4_0_R16, rsparse.h): one record per tile and block of 32 inputs. */
+#define RS_R16 16
+typedef struct {
+    uint16_t d[RS_R16];                  /* row r's fp16 scale */
+    uint8_t qs[4][RS_R16][4];            /* [t][r]: bytes 4t..4t+3 of row r's block_q4_0.qs */
+} block_q4_0_r16;
+
+/* Row r (0..15) of tile record b as a block_q4_0. */
+static inline void rs_r16_block(const block_q4_0_r16 *b, int r, block_q4_0 *out)
+{
+    out->d = b->d[r];
+    for (int t = 0; t < 4; t++)
+        memcpy(out->qs + 4 * t, b->qs[t][r], 4);
+}
+
 _Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must match ggml's 34-byte layout");
+_Static_assert(sizeof(block_q4_0_r16) == 16 * 18, "a tile record holds 16 Q4_0 blocks");
 _Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must match ggml's 18-byte layout");
 
 /* The other types llama.cpp's quantizer writes for its common presets (Q4_K_M, Q5_K_M, Q6_K: a "Q4_K_M" file mixes
