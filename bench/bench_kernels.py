@@ -1,8 +1,8 @@
 """Kernel benchmark: dense vs R-Sparse matrix-vector time per layer shape, weight type and SIMD path.
 
 For SmolLM2-135M and Llama-7B layer shapes and each weight type it prints, per SIMD path: the dense decode time
-(rs_matmul on the standard (n_out, n_in) layout) with its achieved GB/s against this machine's memory read
-bandwidth, measured in the same run right before and after each row and path (numpy dot over 1 GiB, one process per
+(rs_matmul on the standard (n_out, n_in) layout; Q4_0 repacked into tiles of 16 rows, as the runtime multiplies it)
+with its achieved GB/s against this machine's memory read bandwidth, measured in the same run right before and after each row and path (numpy dot over 1 GiB, one process per
 pool thread, all at once; the larger of the two; a row during which it moved by over 15% is measured again, up to
 3 times, and marked ~ if it never held still); then the sparse time (rs_sparse_matvec, rank 0, rho = 1: keep
 |x_j| > tau, tau from a quantile of |x|) at kept fractions 90% .. 10%, as a ratio to dense. Then prefill (n_tok
@@ -122,6 +122,9 @@ def bench_layer(pool, n_out: int, n_in: int, wtype: GGMLType, paths: list[str], 
     lib, ffi = native._load(), native.ffi
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)
     dense = copies(stored(w, wtype), args.stream_mb << 20)
+    dtype = int(wtype)
+    if wtype == GGMLType.Q4_0 and n_out % 16 == 0:  # what the runtime multiplies: Q4_0 in tiles of 16 rows
+        dense, dtype = [native.repack_q4_0_r16(c, n_out, n_in) for c in dense], native.Q4_0_R16
     sparse = copies(stored(np.ascontiguousarray(w.T), wtype), args.stream_mb << 20)
     del w
     x = rng.standard_normal(n_in).astype(np.float32)
@@ -136,7 +139,7 @@ def bench_layer(pool, n_out: int, n_in: int, wtype: GGMLType, paths: list[str], 
     rows = []
     for path in paths:
         native.simd_select(path)
-        calls = {"dense": (lambda p: lib.rs_matmul(pool._ptr, int(wtype), p, n_out, n_in, px, 1, py), pd)}
+        calls = {"dense": (lambda p: lib.rs_matmul(pool._ptr, dtype, p, n_out, n_in, px, 1, py), pd)}
         for f, tau in taus.items():
             def call(p, tau=tau):
                 return lib.rs_sparse_matvec(pool._ptr, int(wtype), p, n_out, n_in, ffi.NULL, tau, 0, ffi.NULL,

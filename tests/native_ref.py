@@ -6,10 +6,10 @@ with the reference to float rounding: |y - ref| <= 1e-5 * (|W| @ |x|), the bound
 F32, F16 and Q8_0 prompt (the float GEMM of native/src/gemm.c). The dense Q8_0 and Q4_0 decode kernels, and Q4_0
 prompts, round the activations to int8 per block of 32, as llama.cpp does (native/src/kernels.h); their bound
 adds |W| @ (half a step per activation), a step being the block's largest |x| / 127. The sparse Q8_0 and Q4_0
-kernels (every path but AVX-512: native/src/sparse_int8.h) round each group of kept rows' coefficients x_j * d_j to
-int8, on one scale per chunk of 4 blocks of outputs (AVX-512's Q4_0 kernel to int16, per chunk of 16: axpy_int16.h);
-their bound adds, per output, half a step (the largest kept coefficient of its chunk of 16 / 127: no smaller than
-that of the chunk of 4 within it) times sum |q| over the kept rows (coefficient_steps).
+kernels (every path: native/src/sparse_int8.h) round each group of kept rows' coefficients x_j * d_j to int8, on
+one scale per chunk of 4 blocks of outputs; their bound adds, per output, half a step (the largest kept coefficient
+of its chunk of 16 / 127: no smaller than that of the chunk of 4 within it) times sum |q| over the kept rows
+(coefficient_steps).
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@
  * scales (plus, for types with a min, min times the activations' block sum), within the activations' rounding (half
  * a step, 1/254 of the block's largest) of the exact product of the dequantized weights. The sparse kernels give
  * each kept row one float activation; the Q8_0 and Q4_0 ones then round each group of rows' (16, or 8 for Q8_0)
- * activation-times-scale to int8 per chunk of blocks and sum the rows in integers (sparse_int8.h; every path but
- * AVX-512, which keeps int16 coefficients for Q4_0 and floats for Q8_0). Prompts (two or more tokens, either layout)
+ * activation-times-scale to int8 per chunk of blocks and sum the rows in integers (sparse_int8.h; every path gives
+ * the same bits). Prompts (two or more tokens, either layout)
  * run through gemm.c: every type but Q4_0 as panels of weights dequantized to float (dequant) times the float
  * activations, one register tile (gemm) at a time; Q4_0 as packed weight bytes against the activations rounded to
  * int8 (igemm, igemm7 and requant for the companion's layout). */
@@ -48,8 +48,7 @@ typedef void (*rs_mm_fn)(const void *w, int64_t rb, int64_t n_rows, const rs_act
  *   idx: (n_kept,) row numbers; xk: (n_kept,) their activations
  *   y:   y[o] += sum_k xk[k] * wt[idx[k]][o0 + o] for o in [0, n)
  * o0 is a multiple of 32 (a block boundary for quantized types); so is n, unless o0 + n ends the row. The Q8_0 and
- * Q4_0 kernels compute sparse_int8.h's arithmetic (int8 coefficients), the same bits on every path that has them
- * (all but AVX-512: axpy_int16_avx512.h for Q4_0, floats for Q8_0). */
+ * Q4_0 kernels compute sparse_int8.h's arithmetic (int8 coefficients), the same bits on every path. */
 typedef void (*rs_axpy_fn)(const void *wt, int64_t rb, const int32_t *idx, const float *xk, int64_t n_kept,
                            int64_t o0, int64_t n, float *y);
 

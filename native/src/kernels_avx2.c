@@ -1,8 +1,7 @@
 /* kernels_avx2.c -- the AVX2 + FMA + F16C path (x86-64 since Haswell / Zen 1). Compiled with -mavx2 -mfma -mf16c
  * and nothing else: only dispatch.c decides, from cpu_ok at run time, whether these instructions are used.
  * kernels_avxvnni.c compiles it again with RS_AVXVNNI (and -mavxvnni): the same kernels, the dense quantized ones
- * with vpdpbusd (bytes, multiplied and summed in fours into int32, added to an accumulator) and the sparse ones with
- * each int16 multiply-add and the sum it feeds fused into one vpdpwssd. */
+ * and the sparse ones with vpdpbusd (bytes, multiplied and summed in fours into int32, added to an accumulator). */
 #include <immintrin.h>
 #include <string.h>
 
@@ -184,36 +183,6 @@ static inline vf vk_dot_s2(vk w, vk x, int s0, int s1)
     const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
     const __m256i sub = _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, sub));
-}
-
-/* ---- int16 blocks, for the sparse kernels (axpy_int16_avx2.h) ------------------------------------------------- */
-/* A block of 32 int16 values, in two registers: int8 weights widened. */
-typedef struct {
-    __m256i a, b;
-} vi;
-
-static inline vi vi_load_i8(const int8_t *q)
-{
-    return (vi){_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q)),
-                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + 16)))};
-}
-
-/* A Q4_0 block's 32 nibbles, 0..15, in vi_load_q4's order: zero-extended in one step (byte i's low nibble is
- * element i, its high nibble element i + 16), then split in int16. */
-static inline vi vi_nibbles_q4(const uint8_t *q)
-{
-    const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)q));
-    return (vi){_mm256_and_si256(w, _mm256_set1_epi16(0x0F)), _mm256_srli_epi16(w, 4)};
-}
-
-/* acc + the pairwise products of a and b, in int32 (exact either way). */
-static inline __m256i madd_add(__m256i acc, __m256i a, __m256i b)
-{
-#ifdef RS_AVXVNNI
-    return _mm256_dpwssd_avx_epi32(acc, a, b);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
-#endif
 }
 
 /* ---- the integer prefill tile (kernels_simd.h's igemm) ------------------------------------------------------ */

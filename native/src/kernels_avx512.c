@@ -143,18 +143,6 @@ static inline vf vf_xscale(const float *xd, int n)
     return spread_pair(n > 1 ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)xd)) : _mm_load_ss(xd));
 }
 
-/* ---- int16 blocks, for the sparse kernel (axpy_int16_avx512.h) ------------------------------------------------ */
-typedef __m512i vi;
-
-/* A Q4_0 block's 32 nibbles, 0..15: the 16 bytes in both halves, zero-extended, shifted by 0 (elements 0-15, low
- * nibbles) or 4 (16-31, high nibbles) and masked. */
-static inline vi vi_nibbles_q4(const uint8_t *q)
-{
-    const __m512i w = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q)));
-    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    return _mm512_and_si512(_mm512_srlv_epi16(w, shift), _mm512_set1_epi16(0x0F));
-}
-
 /* ---- the integer prefill tile (kernels_simd.h's igemm): as AVX2's (kernels_avx2.c), on zmm ------------------ */
 typedef __m512i vw;
 static inline vw vw_load(const uint8_t *p) { return _mm512_loadu_si512(p); }
@@ -227,22 +215,14 @@ static int cpu_ok(void)
 }
 
 #define CPU_OK cpu_ok
-#ifdef RS_AVX512VNNI
-/* Sparse Q8_0 and Q4_0 with VNNI: AVX-VNNI's int8 kernels (axpy_int8.h), vpdpbusd in its 256-bit EVEX form, so
- * every path with VNNI gives the scalar reference's bits. On a Sapphire Rapids VM (2 threads, weights from memory,
- * Llama-7B shapes, 50% kept) they took 0.53-0.79 of the dense time on Q4_0 where the int16 kernel below took
- * 0.61-0.90, and the same as the float kernel on Q8_0 (docs/SPEED.md). */
+/* Sparse Q8_0 and Q4_0: the int8 kernels of AVX2 and AVX-VNNI (axpy_int8.h), 256-bit: vpdpbusd in its EVEX form with
+ * VNNI, vpmaddubsw without, so every path gives the scalar reference's bits. On a Sapphire Rapids-class VM (2
+ * threads, weights from memory, Llama-7B shapes, 50% kept, docs/SPEED.md 2026-12-08) they took 0.56-0.82 of the
+ * dense time on Q4_0 where this path's own 512-bit kernels (int16 coefficients for Q4_0, floats for Q8_0) took
+ * 0.71-0.94, and read their rows from cache at 26-30 GB/s against 20-21; Q8_0 the same as the float kernel. */
 #define AXPY_Q8_0_FN axpy_int8_q8_0
 #define AXPY_Q4_0_FN axpy_int8_q4_0
 static void axpy_int8_q8_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
 static void axpy_int8_q4_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
 #include "kernels_simd.h"
 #include "axpy_int8.h"
-#else
-/* Sparse Q4_0 without VNNI: this path's own kernel (axpy_int16_avx512.h), with int16 activations (Q8_0 keeps the
- * float one: with int16 it read 72 GB/s from cache on 2 threads, against 80). */
-#define AXPY_Q4_0_FN axpy_int16_q4_0
-static void axpy_int16_q4_0(const void *, int64_t, const int32_t *, const float *, int64_t, int64_t, int64_t, float *);
-#include "kernels_simd.h"
-#include "axpy_int16_avx512.h"
-#endif

@@ -1,4 +1,4 @@
-/* scales8_x86.h -- a gather shared by the x86 sparse kernels (axpy_int8.h, axpy_int16.h), which include it after
+/* scales8_x86.h -- a gather shared by the x86 sparse kernels (axpy_int8.h), which include it after
  * their path's <immintrin.h>. */
 #ifndef RS_SCALES8_X86_H
 #define RS_SCALES8_X86_H
