@@ -14,8 +14,9 @@ channels of the layer, a few MiB of them kept, read over and over) and what that
 ("floor": the time to read the layer's kept half at the cached speed, over the dense time). Where the floor is above
 a target, the kernel's arithmetic, not its memory access, is what misses it.
 
-Every weight matrix is cycled through enough copies (>= --stream-mb in all) that it comes from memory, not from the
-last-level cache, as in a real decode step; consecutive calls never read the same copy. Each call is timed alone. In
+Every weight matrix is cycled through enough copies (>= --stream-mb in all: 256 MiB, or twice the last-level cache
+where that is larger) that it comes from memory, not from the last-level cache, as in a real decode step;
+consecutive calls never read the same copy. Each call is timed alone. In
 a round, dense and every kept fraction take turns call by call, 200 calls each; a time is the median call of the
 best round, a ratio the median over rounds of sparse / dense within a round, so both sides of a ratio see the same
 machine load (the machine is shared, and on a VM the memory bandwidth itself changes from one second to the next).
@@ -27,6 +28,7 @@ Kernels are called through the raw cffi functions, so the Python argument checks
 from __future__ import annotations
 
 import argparse
+import glob
 import multiprocessing as mp
 import os
 import platform
@@ -81,6 +83,21 @@ def stored(w: np.ndarray, wtype: GGMLType) -> np.ndarray:
     if wtype == GGMLType.F16:
         return w.astype(np.float16)
     return gguf.quants.quantize(np.ascontiguousarray(w), gguf.GGMLQuantizationType[wtype.name])
+
+
+def last_level_cache() -> int:
+    """Bytes of the largest CPU cache Linux reports (0 elsewhere). Some server parts hold hundreds of MiB (480 MiB of
+    L3 on the Xeon VM of docs/SPEED.md 2026-12-08), enough to keep 256 MiB of weight copies in cache."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        if text.rstrip("KMG").isdigit():
+            sizes.append(int(text.rstrip("KMG")) * unit)
+    return max(sizes, default=0)
 
 
 def copies(a: np.ndarray, stream_bytes: int) -> list[np.ndarray]:
@@ -239,7 +256,9 @@ def main() -> None:
     ap.add_argument("--paths", default=None, help="comma-separated SIMD paths (default: every one this CPU runs)")
     ap.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--stream-mb", type=int, default=256, help="weight bytes cycled through per measurement")
+    ap.add_argument("--stream-mb", type=int, default=None,
+                    help="MiB of weights cycled through per measurement (default: 256, or twice the last-level "
+                         "cache where that is larger)")
     ap.add_argument("--prefill-tokens", type=int, default=256)
     ap.add_argument("--no-prefill", action="store_true")
     args = ap.parse_args()
@@ -260,6 +279,8 @@ def main() -> None:
           "row's measurement, the larger of the two (bw column): on a VM it moves by 2x within minutes; a row whose "
           "two differ by over 15% is measured again, up to 3 times, and marked ~ if they never agree")
     print("dense: rs_matmul, (n_out, n_in) layout, one token; sparse: rs_sparse_matvec, input-major, rank 0, rho = 1")
+    if args.stream_mb is None:
+        args.stream_mb = max(256, 2 * (last_level_cache() >> 20))
     print(f"weights cycled through {args.stream_mb} MiB of copies; times: median call of the best of {args.reps} "
           "rounds; ratios: median over rounds of sparse / dense, taking turns call by call\n")
     head = " ".join(f"{int(f * 100):>5d}%" for f in args.fractions)

@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="verify that the tiled model's logits equal the source's")
     p.add_argument("--outtypes", nargs="*", default=["q8_0", "q4_0"], choices=["f32", "f16", "q8_0", "q4_0"])
     p.add_argument("--sparsity", type=float, nargs="*", default=[0.3, 0.4, 0.5, 0.6, 0.7])
-    # sparse-only (rho = 1, sequential tau) by default: about 1.5 min per sparsity for both bases on 2 cores. The
+    # sparse-only (rho = 1, sequential tau) by default: about 1.5 min per sparsity for both bases on 2 cores before
+    # per-linear budgets; with the allocation and its validation (converter/allocate.py) 12 min for 0.5 alone (an
+    # Intel Xeon VM, 2026-12-08: calibration 9 s, the rest the allocation's error curves). The
     # uniform recipe's data-aware factors (a float64 eigh and 1728-4608-wide products per linear) did not finish one
     # sparsity in 20 min on 2 shared cores (about 30 CPU-min estimated); the searched recipe would take hours
     p.add_argument("--recipe", default="sparse-only", choices=["sparse-only", "uniform", "searched"])
