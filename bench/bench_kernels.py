@@ -1,7 +1,7 @@
 """Kernel benchmark: dense vs R-Sparse matrix-vector time per layer shape, weight type and SIMD path.
 
 For SmolLM2-135M and Llama-7B layer shapes and each weight type it prints, per SIMD path: the dense decode time
-(rs_matmul on the standard (n_out, n_in) layout; Q4_0 repacked into tiles of 16 rows, as the runtime multiplies it)
+(rs_matmul on the standard (n_out, n_in) layout; Q4_0 and Q8_0 in tiles of 16 rows, as the runtime multiplies them)
 with its achieved GB/s against this machine's memory read bandwidth, measured in the same run right before and after each row and path (numpy dot over 1 GiB, one process per
 pool thread, all at once; the larger of the two; a row during which it moved by over 15% is measured again, up to
 3 times, and marked ~ if it never held still); then the sparse time (rs_sparse_matvec, rank 0, rho = 1: keep
@@ -140,8 +140,9 @@ def bench_layer(pool, n_out: int, n_in: int, wtype: GGMLType, paths: list[str], 
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)
     dense = copies(stored(w, wtype), args.stream_mb << 20)
     dtype = int(wtype)
-    if wtype == GGMLType.Q4_0 and n_out % 16 == 0:  # what the runtime multiplies: Q4_0 in tiles of 16 rows
-        dense, dtype = [native.repack_q4_0_r16(c, n_out, n_in) for c in dense], native.Q4_0_R16
+    if int(wtype) in native.TILED and n_out % 16 == 0:  # what the runtime multiplies: tiles of 16 rows
+        dtype = native.TILED[int(wtype)]
+        dense = [native.repack_r16(wtype, c, n_out, n_in)[1] for c in dense]
     sparse = copies(stored(np.ascontiguousarray(w.T), wtype), args.stream_mb << 20)
     del w
     x = rng.standard_normal(n_in).astype(np.float32)

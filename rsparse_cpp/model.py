@@ -16,7 +16,7 @@ import numpy as np
 from . import native
 from .companion import Companion, companion_path
 from .config import Config
-from .constants import LINEARS, GGMLType
+from .constants import LINEARS
 from .gguf_file import GGUFFile
 from .sparse import SparseDecode
 from .weights import Linear, Weights
@@ -118,19 +118,19 @@ class Model:
         self.sparse = None if companion is None else SparseDecode(companion)
         self.sparse_enabled = self.sparse is not None
 
-        # Q4_0 products read the weights repacked into tiles of 16 rows (native.repack_q4_0_r16), which the dense
+        # Q4_0 and Q8_0 products read the weights repacked into tiles of 16 rows (native.repack_r16), which the dense
         # kernels read 16 rows at a time; the copy is read from the file, not through the map, so the base's
         # pages never become resident beside it. Only what is multiplied: the block linears unless a companion
         # holds them (then the base's stay unread), and the head; token embeddings that are not the head are
         # looked up a row at a time from the map.
-        self.repacked: dict[str, np.ndarray] = {}
+        self.repacked: dict[str, tuple[int, np.ndarray]] = {}
 
         def dense(lin: Linear, read: bool = True) -> tuple:
-            if read and lin.type == GGMLType.Q4_0 and lin.n_out % 16 == 0:
+            if read and int(lin.type) in native.TILED and lin.n_out % 16 == 0:
                 if lin.name not in self.repacked:
-                    self.repacked[lin.name] = native.repack_q4_0_r16(self.file.tensor_copy(lin.name), lin.n_out,
-                                                                     lin.n_in)
-                return native.Q4_0_R16, self.repacked[lin.name], lin.n_out, lin.n_in
+                    self.repacked[lin.name] = native.repack_r16(lin.type, self.file.tensor_copy(lin.name),
+                                                                lin.n_out, lin.n_in)
+                return (*self.repacked[lin.name], lin.n_out, lin.n_in)
             return lin.type, lin.data, lin.n_out, lin.n_in
 
         fam = cfg.family

@@ -38,6 +38,7 @@ typedef enum rs_type {
     RS_TYPE_Q6_K = 14,
     RS_TYPE_BF16 = 30,
     RS_TYPE_Q4_0_R16 = 258,
+    RS_TYPE_Q8_0_R16 = 264,
 } rs_type;
 
 typedef enum rs_status {
@@ -69,6 +70,7 @@ int rs_matmul_wt(rs_pool *pool, int type, const void *wt, int64_t n_out, int64_t
 int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
                 const int64_t *rows, int64_t n, float *out);
 int rs_repack_q4_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst);
+int rs_repack_q8_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst);
 int64_t rs_sparse_scratch_bytes(int64_t n_in, int64_t rank);
 int rs_sparse_matvec(rs_pool *pool, int wtype, const void *wt, int64_t n_out, int64_t n_in,
                      const float *colnorm, float tau, int ftype, const void *u, const void *vs, int64_t rank,
@@ -141,9 +143,10 @@ ENV_LIB = "RSPARSE_LIB"
 
 _lib = None
 _load_lock = threading.Lock()
-# Not a ggml type: Q4_0 rows in tiles of 16 (repack_q4_0_r16), the dense decode kernels' own layout.
-Q4_0_R16 = 258
-_TYPES = frozenset(int(t) for t in GGMLType) | {Q4_0_R16}
+# Not ggml types: Q4_0 and Q8_0 rows in tiles of 16 (repack_r16), the dense decode kernels' own layouts.
+Q4_0_R16, Q8_0_R16 = 258, 264
+TILED = {int(GGMLType.Q4_0): Q4_0_R16, int(GGMLType.Q8_0): Q8_0_R16}
+_TYPES = frozenset(int(t) for t in GGMLType) | set(TILED.values())
 _SPARSE = frozenset(int(t) for t in SPARSE_TYPES)
 _F32 = np.dtype(np.float32)
 _F16 = np.dtype(np.float16)
@@ -221,7 +224,8 @@ def _int(name: str, value, minimum: int = 1) -> int:
 
 
 def _type_name(wtype: int) -> str:
-    return "Q4_0_R16" if wtype == Q4_0_R16 else GGMLType(wtype).name
+    tiled = {t: f"{GGMLType(b).name}_R16" for b, t in TILED.items()}
+    return tiled[wtype] if wtype in tiled else GGMLType(wtype).name
 
 
 def _wtype(wtype) -> int:
@@ -395,22 +399,24 @@ def get_rows(wtype: int, w: np.ndarray, n_rows_total: int, n_in: int, rows: np.n
     return out
 
 
-def repack_q4_0_r16(w: np.ndarray, n_rows: int, n_in: int) -> np.ndarray:
-    """Q4_0 weights (n_rows, n_in) repacked into tiles of 16 rows (type Q4_0_R16, rsparse.h: rs_repack_q4_0_r16),
-    which the dense kernels read 16 rows at a time: a new 64-byte aligned uint8 array of the same size. n_rows must
-    be a multiple of 16."""
+def repack_r16(wtype: int, w: np.ndarray, n_rows: int, n_in: int) -> tuple[int, np.ndarray]:
+    """Q4_0 or Q8_0 weights (n_rows, n_in) repacked into tiles of 16 rows (rsparse.h: rs_repack_q4_0_r16,
+    rs_repack_q8_0_r16), which the dense kernels read 16 rows at a time: (the tiled type, a new 64-byte aligned
+    uint8 array of the same size). n_rows must be a multiple of 16."""
     lib = _load()
-    n_rows, n_in = _int("n_rows", n_rows), _int("n_in", n_in)
-    rb = _row_bytes(lib, int(GGMLType.Q4_0), n_in)
-    _weights(w, int(GGMLType.Q4_0), n_rows, rb)
+    wtype, n_rows, n_in = _wtype(wtype), _int("n_rows", n_rows), _int("n_in", n_in)
+    if wtype not in TILED:
+        raise ValueError(f"wtype {_type_name(wtype)}: only Q4_0 and Q8_0 have tiles")
+    rb = _row_bytes(lib, wtype, n_in)
+    _weights(w, wtype, n_rows, rb)
     if n_rows % 16:
         raise ValueError(f"n_rows = {n_rows}: tiles of 16 rows need a multiple of 16")
     raw = np.empty(n_rows * rb + 64, np.uint8)
     start = -raw.ctypes.data % 64
     out = raw[start:start + n_rows * rb]
-    _check(lib.rs_repack_q4_0_r16(ffi.from_buffer(w), n_rows, n_in, ffi.from_buffer(out, require_writable=True)),
-           "rs_repack_q4_0_r16")
-    return out
+    fn = lib.rs_repack_q4_0_r16 if wtype == int(GGMLType.Q4_0) else lib.rs_repack_q8_0_r16
+    _check(fn(ffi.from_buffer(w), n_rows, n_in, ffi.from_buffer(out, require_writable=True)), "rs_repack_r16")
+    return TILED[wtype], out
 
 
 def sparse_scratch_bytes(n_in: int, rank: int = 0) -> int:

@@ -92,42 +92,50 @@ def test_matmul_matches_float64(pools, layout, wtype, shape, n_tok, n_threads):
 
 
 R16_SHAPES = [(16, 32), (48, 96), (576, 576), (1536, 576), (576, 1536)]
+R16_CASES = [(t, s) for t in (GGMLType.Q4_0, GGMLType.Q8_0) for s in R16_SHAPES]
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
-@pytest.mark.parametrize("shape", R16_SHAPES, ids=[f"{o}x{i}" for o, i in R16_SHAPES])
-def test_q4_0_r16_tiles(pools, shape, n_threads):
-    """Q4_0 repacked into tiles of 16 rows (what the runtime multiplies): within the float64 bound for decode and
-    prefill; each token's decode the bits of its prefill and of Q4_0's own prefill (one integer GEMM arithmetic) on
-    every SIMD path; rows looked up as Q4_0's."""
+@pytest.mark.parametrize("wtype,shape", R16_CASES, ids=[f"{t.name}-{o}x{i}" for t, (o, i) in R16_CASES])
+def test_tiles_of_16_rows(pools, wtype, shape, n_threads):
+    """Q4_0 and Q8_0 repacked into tiles of 16 rows (what the runtime multiplies): within the float64 bound for
+    decode and prefill on every SIMD path, decode the scalar path's bits; prefill Q4_0's or Q8_0's own bits (and,
+    Q4_0, each token's decode the bits of its prefill: one integer GEMM arithmetic); rows looked up as the type's."""
     n_out, n_in = shape
-    w, w64 = weights(GGMLType.Q4_0, n_out, n_in)
-    r = native.repack_q4_0_r16(w, n_out, n_in)
+    w, w64 = weights(wtype, n_out, n_in)
+    ttype, r = native.repack_r16(wtype, w, n_out, n_in)
     assert r.nbytes == w.nbytes and r.ctypes.data % 64 == 0 and not np.array_equal(r, w.reshape(-1))
     x = activations(3, n_in, seed=n_threads)
     pool = pools[n_threads]
     before = native.simd_path()
     try:
+        native.simd_select("scalar")
+        want = [native.matmul(pool, ttype, r, n_out, n_in, x[t]) for t in range(3)]
         for path in native.simd_paths():
             native.simd_select(path)
-            pre = native.matmul(pool, native.Q4_0_R16, r, n_out, n_in, x)
-            assert_within(pre, *matmul_reference(w64, x, int8_act=True), f"{path} prefill")
-            assert np.array_equal(pre, native.matmul(pool, GGMLType.Q4_0, w, n_out, n_in, x))
+            pre = native.matmul(pool, ttype, r, n_out, n_in, x)
+            assert_within(pre, *matmul_reference(w64, x, int8_act=int8_act(wtype, 3)), f"{path} prefill")
+            assert np.array_equal(pre, native.matmul(pool, wtype, w, n_out, n_in, x))
             for t in range(3):
-                assert np.array_equal(native.matmul(pool, native.Q4_0_R16, r, n_out, n_in, x[t]), pre[t]), path
+                y = native.matmul(pool, ttype, r, n_out, n_in, x[t])
+                assert_within(y, *matmul_reference(w64, x[t], int8_act=True), f"{path} decode")
+                assert np.array_equal(y, want[t]), path
+                if wtype == GGMLType.Q4_0:
+                    assert np.array_equal(y, pre[t]), path
     finally:
         native.simd_select(before)
     rows = np.array([0, n_out - 1, n_out // 3], np.int64)
-    assert np.array_equal(native.get_rows(native.Q4_0_R16, r, n_out, n_in, rows),
-                          native.get_rows(GGMLType.Q4_0, w, n_out, n_in, rows))
+    assert np.array_equal(native.get_rows(ttype, r, n_out, n_in, rows), native.get_rows(wtype, w, n_out, n_in, rows))
 
 
-def test_q4_0_r16_refuses_rows_not_in_tiles(pools):
+def test_tiles_refuse_rows_not_in_tiles(pools):
     w, _ = weights(GGMLType.Q4_0, 33, 32)
     with pytest.raises(ValueError, match="multiple of 16"):
-        native.repack_q4_0_r16(w, 33, 32)
+        native.repack_r16(GGMLType.Q4_0, w, 33, 32)
     with pytest.raises(native.NativeError, match="multiple of the block size|size"):
         native.matmul(pools[1], native.Q4_0_R16, w, 33, 32, activations(1, 32)[0])
+    with pytest.raises(ValueError, match="only Q4_0 and Q8_0"):
+        native.repack_r16(GGMLType.F16, w, 33, 32)
 
 
 @pytest.mark.parametrize("wtype", list(GGMLType))

@@ -42,6 +42,7 @@ typedef enum rs_type {
     RS_TYPE_Q6_K = 14,
     RS_TYPE_BF16 = 30,
     RS_TYPE_Q4_0_R16 = 258, /* not ggml's: Q4_0 rows in tiles of 16 (rs_repack_q4_0_r16), for dense products only */
+    RS_TYPE_Q8_0_R16 = 264, /* not ggml's: Q8_0 rows in tiles of 16 (rs_repack_q8_0_r16), likewise */
 } rs_type;
 
 typedef enum rs_status {
@@ -116,6 +117,12 @@ RS_API int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_
  * n_in of 32. rs_matmul (decode and prefill) and rs_get_rows take this type; their arithmetic is Q4_0's
  * integer GEMM (rs_matmul's prefill), for one token as for many. */
 RS_API int rs_repack_q4_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst);
+
+/* Q8_0 rows in tiles of 16 (RS_TYPE_Q8_0_R16), as Q4_0's: per tile and block a 544-byte record, the 16 binary16
+ * scales, then for t = 0..7 and r = 0..15 bytes 4t..4t+3 of row r's 32 int8 weights at 32 + 4 (16 t + r). Decode:
+ * per row, block by block, acc = fma((float)(sum_e q_e x_e), d_w d_x, acc) on the int8 activations; prefill is
+ * Q8_0's float GEMM, from the same values. */
+RS_API int rs_repack_q8_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst);
 
 /* ---- R-Sparse: the rank-aware sparse matrix-vector product (batch 1) -------------------------------------- */
 

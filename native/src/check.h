@@ -30,7 +30,7 @@ static inline int rs_check_weights(int type, const void *w, int64_t n_rows, int6
         return RS_ERR_TYPE;
     const int64_t rb = rs_row_bytes(type, n);
     if (n_rows <= 0 || rb < 0 || !rs_fits(n_rows, rb) || !rs_fits(n, sizeof(float)) ||
-        (type == RS_TYPE_Q4_0_R16 && n_rows % RS_R16 != 0))
+        ((type == RS_TYPE_Q4_0_R16 || type == RS_TYPE_Q8_0_R16) && n_rows % RS_R16 != 0))
         return RS_ERR_SHAPE;
     if (!rs_aligned(w, rs_type_align(type)))
         return RS_ERR_ALIGN;

@@ -68,6 +68,7 @@ static void init(void)
         FILL(mm_f16);
         FILL(mm_q4_0);
         FILL(mm_q4_0_r16);
+        FILL(mm_q8_0_r16);
         FILL(mm_q8_0);
         FILL(mm_bf16);
         FILL(mm_q4_1);
@@ -124,6 +125,7 @@ rs_mm_fn rs_mm_for(const rs_kernels *k, int type)
     case RS_TYPE_F16: return k->mm_f16;
     case RS_TYPE_Q4_0: return k->mm_q4_0;
     case RS_TYPE_Q4_0_R16: return k->mm_q4_0_r16;
+    case RS_TYPE_Q8_0_R16: return k->mm_q8_0_r16;
     case RS_TYPE_Q8_0: return k->mm_q8_0;
     case RS_TYPE_BF16: return k->mm_bf16;
     case RS_TYPE_Q4_1: return k->mm_q4_1;

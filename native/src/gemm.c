@@ -100,7 +100,10 @@ static void pack(const struct gemm_job *j, int64_t o0, int64_t nc, int64_t k0, i
         }
     } else {  /* a stored row is one output: its input channels go down one column of its strip */
         for (int64_t o = 0; o < nc; o++) {
-            dequant(j, j->w + (o0 + o) * j->rb, k0, kc, buf);
+            if (rs_type_tiled(j->type))  /* Q8_0 in tiles of 16 rows: the row's blocks copied out */
+                rs_dequant_tiled(j->type, j->w, j->n_in, o0 + o, k0, kc, buf);
+            else
+                dequant(j, j->w + (o0 + o) * j->rb, k0, kc, buf);
             float *col = p + (o / nr) * kc * nr + o % nr;
             for (int64_t k = 0; k < kc; k++)
                 col[k * nr] = buf[k];

@@ -97,6 +97,8 @@ typedef struct rs_kernels {
                              * n_rows a multiple of 16, rb Q4_0's row bytes. Per row, block by block in order,
                              * acc = fma((float)(sum_e n_e q_e - 8 s), d_w * d_x, acc) from acc = 0: the integer
                              * GEMM's arithmetic (igemm), so decode and prefill give the same bits on every path */
+    rs_mm_fn mm_q8_0_r16;   /* Q8_0 in tiles of 16 rows, likewise: acc = fma((float)(sum_e q_e x_e), d_w * d_x, acc),
+                             * the same bits on every path (prefill is Q8_0's float GEMM) */
     rs_mm_fn mm_bf16;       /* the types of llama.cpp's other presets (dense only); AVX-512 leaves the quantized */
     rs_mm_fn mm_q4_1;       /* ones NULL and takes AVX-VNNI's or AVX2's, whose 32-byte blocks its 64-byte */
     rs_mm_fn mm_q5_0;       /* registers would hold in pairs */

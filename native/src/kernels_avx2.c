@@ -215,12 +215,32 @@ static inline vf vs_float_wide(vs s, int32_t off)
 {
     return _mm256_cvtepi32_ps(_mm256_sub_epi32(s, _mm256_set1_epi32(off)));
 }
+static inline vf vs_float_q8(vs s, int32_t xs)
+{
+#ifdef RS_AVXVNNI
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(s, _mm256_set1_epi32(128 * xs)));
+#else
+    (void)xs;
+    return _mm256_cvtepi32_ps(s);
+#endif
+}
 static inline vf vs_float(vs s, int32_t off)
 {
 #ifndef RS_AVXVNNI
     s = _mm256_madd_epi16(s, _mm256_set1_epi16(1));  /* the int16 pairs of each output into its int32 lane */
 #endif
     return vs_float_wide(s, off);
+}
+/* Signed weights (Q8_0 in tiles): with VNNI flipped to unsigned (w + 128, an xor), the bias taken off as 128 times
+ * the activations' block sum; without, |w| times x with w's sign (vpmaddubsw's pairs reach 2 * 128 * 127 = 32512). */
+static inline vs vs_dot_q8(vs s, vw w, vw x)
+{
+#ifdef RS_AVXVNNI
+    return _mm256_dpbusd_avx_epi32(s, _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80)), x);
+#else
+    return _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)),
+                                                 _mm256_set1_epi16(1)));
+#endif
 }
 /* Bytes up to 127: a step's pair reaches 2 * 127 * 127 = 32258, so without VNNI each step goes into int32 at once. */
 static inline vs vs_dot_wide(vs s, vw w, vw x)

@@ -165,6 +165,26 @@ static inline vs vs_dot(vs s, vw w, vw x)
     return _mm512_add_epi16(s, _mm512_maddubs_epi16(w, x));  /* int16: at most 8 x 2 x 15 x 127 = 30480 */
 #endif
 }
+/* Signed weights (Q8_0 in tiles), as AVX2's: w + 128 with VNNI, else |w| times x with w's sign (a masked negation:
+ * AVX-512 has no vpsignb). */
+static inline vs vs_dot_q8(vs s, vw w, vw x)
+{
+#ifdef RS_AVX512VNNI
+    return _mm512_dpbusd_epi32(s, _mm512_xor_si512(w, _mm512_set1_epi8(-128)), x);
+#else
+    const __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+    return _mm512_add_epi32(s, _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w), sx), _mm512_set1_epi16(1)));
+#endif
+}
+static inline vf vs_float_q8(vs s, int32_t xs)
+{
+#ifdef RS_AVX512VNNI
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(s, _mm512_set1_epi32(128 * xs)));
+#else
+    (void)xs;
+    return _mm512_cvtepi32_ps(s);
+#endif
+}
 static inline vf vs_float_wide(vs s, int32_t off)
 {
     return _mm512_cvtepi32_ps(_mm512_sub_epi32(s, _mm512_set1_epi32(off)));

@@ -222,6 +222,14 @@ static inline vf vs_float(vs s, int32_t off) { return vcvtq_f32_s32(vsubq_s32(s,
 /* Bytes up to 127 are signed bytes too; without dotprod the int16 products (at most 127 x 127) pair up to 32258. */
 #define vs_dot_wide vs_dot
 #define vs_float_wide vs_float
+/* Signed weights (Q8_0 in tiles): the signed products as they are (without dotprod, int16 pairs of at most
+ * 2 * 128 * 127 = 32512: the activations stay within +-127). */
+#define vs_dot_q8 vs_dot
+static inline vf vs_float_q8(vs s, int32_t xs)
+{
+    (void)xs;
+    return vs_float(s, 0);
+}
 
 static inline vf vf_absmax(vf m, vf v) { return vmaxq_f32(m, vabsq_f32(v)); }
 static inline vf vf_max(vf a, vf b) { return vmaxq_f32(a, b); }

@@ -280,6 +280,32 @@ static void mm_q4_0_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act 
         }
 }
 
+static void mm_q8_0_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in, int64_t n_tok,
+                        float *y, int64_t ys)
+{
+    (void)rb;
+    const int64_t nb = n_in / RS_QK;
+    const block_q8_0_r16 *tiles = w;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t g = 0; g < n_rows / RS_R16; g++) {
+            float acc[RS_R16] = {0};
+            for (int64_t k = 0; k < nb; k++) {
+                const block_q8_0_r16 *b = &tiles[g * nb + k];
+                const int8_t *xq = x->q + t * n_in + k * RS_QK;
+                const float dx = x->d[t * nb + k];
+                for (int r = 0; r < RS_R16; r++) {
+                    int32_t sum = 0;
+                    for (int u = 0; u < 8; u++)
+                        for (int e = 0; e < 4; e++)
+                            sum += b->qs[u][r][e] * xq[4 * u + e];
+                    acc[r] = fmaf((float)sum, rs_fp16_to_fp32(b->d[r]) * dx, acc[r]);
+                }
+            }
+            for (int r = 0; r < RS_R16; r++)
+                y[t * ys + g * RS_R16 + r] = acc[r];
+        }
+}
+
 /* ---- the prefill GEMM's integer tiles (kernels.h): 4 tokens x 8 outputs ---------------------------------------- */
 #define IGEMM_MR 4
 #define IGEMM_NR 8
@@ -330,6 +356,7 @@ const rs_kernels rs_kernels_scalar = {
     .mm_f16 = mm_f16,
     .mm_q4_0 = mm_q4_0,
     .mm_q4_0_r16 = mm_q4_0_r16,
+    .mm_q8_0_r16 = mm_q8_0_r16,
     .mm_q8_0 = mm_q8_0,
     .mm_bf16 = mm_bf16,
     .mm_q4_1 = mm_q4_1,

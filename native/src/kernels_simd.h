@@ -40,6 +40,8 @@
  *   vs_float(s, off)        per lane, the sum minus off, as floats (exact)
  *   vs_dot_wide, vs_float_wide  the same for weight bytes of at most 127 (igemm7)
  *   vw_lo4(w), vw_hi4(w)    the low and the high nibble of every byte of w, as bytes 0..15 (mm_q4_0_r16)
+ *   vs_dot_q8(s, w, x)      vs_dot for signed weight bytes (-128..127; mm_q8_0_r16), summed into int32
+ *   vs_float_q8(s, xs)      its sums as floats (exact), xs the activations' block sum (for a bias the dot adds)
  *   vf_absmax(m, v) vf_max(a, b) vf_div(a, b)   max(m, |v|), max(a, b), a / b (IEEE, for finite inputs)
  *   vw_store_q7(p, r0, r1, r2, r3)  rounds four vectors to the nearest integer (ties to even), adds 64 and
  *                           stores them as bytes, lane j's four (r0's first) at p + 4 j
@@ -673,6 +675,42 @@ static void mm_q4_0_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act 
     }
 }
 
+/* Q8_0 in tiles of 16 rows: the same loop over eight groups of four signed weights (vs_dot_q8, vs_float_q8). */
+static void mm_q8_0_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in, int64_t n_tok,
+                        float *y, int64_t ys)
+{
+    (void)rb;
+    const int64_t nb = n_in / RS_QK;
+    for (int64_t t = 0; t < n_tok; t++) {
+        const int8_t *xq = x->q + t * n_in;
+        const float *xd = x->d + t * nb;
+        const int32_t *xs = x->s + t * nb;
+        for (int64_t g = 0; g < n_rows / RS_R16; g++) {
+            const block_q8_0_r16 *b = (const block_q8_0_r16 *)w + g * nb;
+            vf acc[R16_NV];
+            for (int v = 0; v < R16_NV; v++)
+                acc[v] = vf_zero();
+            for (int64_t k = 0; k < nb; k++, b++) {
+                for (int l = 0; l < (int)sizeof *b; l += 64)
+                    prefetch((const uint8_t *)b + 2 * R16_PF + l);
+                vs s[R16_NV];
+                for (int v = 0; v < R16_NV; v++)
+                    s[v] = vs_zero();
+                for (int u = 0; u < 8; u++) {
+                    const vw xv = vw_bcast4(xq + k * RS_QK + 4 * u);
+                    for (int v = 0; v < R16_NV; v++)
+                        s[v] = vs_dot_q8(s[v], vw_load((const uint8_t *)b->qs[u][v * VL]), xv);
+                }
+                const vf dx = vf_set1(xd[k]);
+                for (int v = 0; v < R16_NV; v++)
+                    acc[v] = vf_fma(vs_float_q8(s[v], xs[k]), vf_mul(vf_load_f16(b->d + v * VL), dx), acc[v]);
+            }
+            for (int v = 0; v < R16_NV; v++)
+                vf_store(y + t * ys + g * RS_R16 + v * VL, acc[v]);
+        }
+    }
+}
+
 /* kernels.h's rs_requant_fn, VL outputs at a time: the block's largest |v| per lane, then four rows' bytes at a
  * time per lane. */
 static void requant(const float *v, int64_t ldv, int64_t nb, uint8_t *q, float *bd)
@@ -810,6 +848,7 @@ const rs_kernels RS_CAT(rs_kernels_, PATH) = {
     .mm_f16 = mm_f16,
     .mm_q4_0 = mm_q4_0,
     .mm_q4_0_r16 = mm_q4_0_r16,
+    .mm_q8_0_r16 = mm_q8_0_r16,
     .mm_q8_0 = mm_q8_0,
     .mm_bf16 = mm_bf16,
     .mm_q4_1 = MM_K(q4_1),

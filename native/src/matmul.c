@@ -35,7 +35,7 @@ struct matmul_job {
     int64_t unit;       /* rows a slice is a multiple of */
 };
 
-/* Slice ith of nth gets a contiguous range of output rows (whole tiles of 16 for Q4_0_R16, whose tile g starts
+/* Slice ith of nth gets a contiguous range of output rows (whole tiles of 16 for the tiled types, whose tile g starts
  * at row 16 g's byte offset, g * 16 * row_bytes). */
 static void matmul_slice(void *ctx, int ith, int nth)
 {
@@ -76,7 +76,7 @@ int rs_matmul(rs_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
     if (n_tok > 1)
         return rs_gemm(pool, k, type, w, rb, 0, n_out, n_in, x, n_tok, y);
     struct matmul_job job = {.mm = rs_mm_for(k, type), .w = w, .row_bytes = rb, .n_out = n_out, .n_in = n_in,
-                             .x = {.f = x}, .y = y, .unit = type == RS_TYPE_Q4_0_R16 ? RS_R16 : 1};
+                             .x = {.f = x}, .y = y, .unit = rs_type_tiled(type) ? RS_R16 : 1};
     if (rs_type_block(type) == 1) {  /* F32, F16, BF16: the float activations as they are */
         rs_pool_run(pool, matmul_slice, &job);
         return RS_OK;
@@ -129,17 +129,10 @@ int rs_get_rows(int type, const void *w, int64_t n_rows_total, int64_t n_in,
             return RS_ERR_INDEX;
     const uint8_t *base = w;
     for (int64_t i = 0; i < n; i++) {
-        if (type != RS_TYPE_Q4_0_R16) {
+        if (!rs_type_tiled(type))
             rs_dequant_row(type, base + rows[i] * rb, out + i * n_in, n_in);
-            continue;
-        }
-        const int64_t nb = n_in / RS_QK;
-        const block_q4_0_r16 *t = (const block_q4_0_r16 *)w + rows[i] / RS_R16 * nb;
-        for (int64_t k = 0; k < nb; k++) {
-            block_q4_0 b;
-            rs_r16_block(&t[k], (int)(rows[i] % RS_R16), &b);
-            rs_dequant_q4_0(&b, out + i * n_in + k * RS_QK);
-        }
+        else
+            rs_dequant_tiled(type, w, n_in, rows[i], 0, n_in, out + i * n_in);
     }
     return RS_OK;
 }

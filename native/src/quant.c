@@ -89,7 +89,8 @@ int64_t rs_type_block(int type)
     case RS_TYPE_Q4_1:
     case RS_TYPE_Q5_0:
     case RS_TYPE_Q5_1:
-    case RS_TYPE_Q8_0: return RS_QK;
+    case RS_TYPE_Q8_0:
+    case RS_TYPE_Q8_0_R16: return RS_QK;
     case RS_TYPE_Q4_K:
     case RS_TYPE_Q5_K:
     case RS_TYPE_Q6_K: return RS_QK_K;
@@ -113,7 +114,8 @@ static int64_t block_bytes(int type)
     case RS_TYPE_Q4_1: return (int64_t)sizeof(block_q4_1);
     case RS_TYPE_Q5_0: return (int64_t)sizeof(block_q5_0);
     case RS_TYPE_Q5_1: return (int64_t)sizeof(block_q5_1);
-    case RS_TYPE_Q8_0: return (int64_t)sizeof(block_q8_0);
+    case RS_TYPE_Q8_0:
+    case RS_TYPE_Q8_0_R16: return (int64_t)sizeof(block_q8_0);
     case RS_TYPE_Q4_K: return (int64_t)sizeof(block_q4_K);
     case RS_TYPE_Q5_K: return (int64_t)sizeof(block_q5_K);
     case RS_TYPE_Q6_K: return (int64_t)sizeof(block_q6_K);
@@ -245,26 +247,37 @@ void rs_dequant_row(int type, const void *row, float *out, int64_t n)
     }
 }
 
-int rs_repack_q4_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst)
+/* Rows of blocks (bsize bytes, a binary16 scale first) into tiles of 16 rows: scales, then groups of 4 bytes. */
+static int repack_r16(int type, const void *src, int64_t n_rows, int64_t n_in, void *dst)
 {
     if (!src || !dst)
         return RS_ERR_NULL;
-    const int64_t rb = rs_row_bytes(RS_TYPE_Q4_0, n_in);
+    const int64_t rb = rs_row_bytes(type, n_in);
     if (rb < 0 || n_rows <= 0 || n_rows % RS_R16 != 0 || n_rows > PTRDIFF_MAX / rb)
         return RS_ERR_SHAPE;
     if ((uintptr_t)src % 2 != 0 || (uintptr_t)dst % 2 != 0)
         return RS_ERR_ALIGN;
-    const int64_t nb = n_in / RS_QK;
-    block_q4_0_r16 *out = dst;
+    const int64_t nb = n_in / RS_QK, bsize = rb / nb, qbytes = bsize - 2, rec = RS_R16 * bsize;
+    uint8_t *out = dst;
     for (int64_t g = 0; g < n_rows / RS_R16; g++)
         for (int r = 0; r < RS_R16; r++) {
-            const block_q4_0 *row = (const block_q4_0 *)((const uint8_t *)src + (g * RS_R16 + r) * rb);
+            const uint8_t *row = (const uint8_t *)src + (g * RS_R16 + r) * rb;
             for (int64_t k = 0; k < nb; k++) {
-                block_q4_0_r16 *t = &out[g * nb + k];
-                t->d[r] = row[k].d;
-                for (int u = 0; u < 4; u++)
-                    memcpy(t->qs[u][r], row[k].qs + 4 * u, 4);
+                uint8_t *t = out + (g * nb + k) * rec;
+                memcpy(t + 2 * r, row + k * bsize, 2);
+                for (int64_t u = 0; u < qbytes / 4; u++)
+                    memcpy(t + 2 * RS_R16 + 4 * (u * RS_R16 + r), row + k * bsize + 2 + 4 * u, 4);
             }
         }
     return RS_OK;
+}
+
+int rs_repack_q4_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst)
+{
+    return repack_r16(RS_TYPE_Q4_0, src, n_rows, n_in, dst);
+}
+
+int rs_repack_q8_0_r16(const void *src, int64_t n_rows, int64_t n_in, void *dst)
+{
+    return repack_r16(RS_TYPE_Q8_0, src, n_rows, n_in, dst);
 }

@@ -41,6 +41,20 @@ static inline void rs_r16_block(const block_q4_0_r16 *b, int r, block_q4_0 *out)
 
 _Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must match ggml's 34-byte layout");
 _Static_assert(sizeof(block_q4_0_r16) == 16 * 18, "a tile record holds 16 Q4_0 blocks");
+
+/* Q8_0 in tiles of 16 rows (RS_TYPE_Q8_0_R16): one record per tile and block of 32 inputs. */
+typedef struct {
+    uint16_t d[RS_R16];
+    int8_t qs[8][RS_R16][4];             /* [t][r]: weights 4t..4t+3 of row r */
+} block_q8_0_r16;
+_Static_assert(sizeof(block_q8_0_r16) == 16 * 34, "a tile record holds 16 Q8_0 blocks");
+
+static inline void rs_r16_block_q8(const block_q8_0_r16 *b, int r, block_q8_0 *out)
+{
+    out->d = b->d[r];
+    for (int t = 0; t < 8; t++)
+        memcpy(out->qs + 4 * t, b->qs[t][r], 4);
+}
 _Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must match ggml's 18-byte layout");
 
 /* The other types llama.cpp's quantizer writes for its common presets (Q4_K_M, Q5_K_M, Q6_K: a "Q4_K_M" file mixes
@@ -194,6 +208,28 @@ static inline void rs_dequant_q4_0(const block_q4_0 *b, float *out /* (32,) */)
         out[i] = (float)((int)(b->qs[i] & 0x0F) - 8) * d;
     for (int i = 0; i < RS_QK / 2; i++)
         out[i + RS_QK / 2] = (float)((int)(b->qs[i] >> 4) - 8) * d;
+}
+
+/* The types in tiles of 16 rows (rs_repack_q4_0_r16, rs_repack_q8_0_r16). */
+static inline int rs_type_tiled(int type) { return type == RS_TYPE_Q4_0_R16 || type == RS_TYPE_Q8_0_R16; }
+
+/* Inputs [e0, e0 + n) of row r of a tiled matrix w of n_in inputs a row (e0, n multiples of 32), exactly. */
+static inline void rs_dequant_tiled(int type, const void *w, int64_t n_in, int64_t r, int64_t e0, int64_t n,
+                                    float *out)
+{
+    const int64_t nb = n_in / RS_QK, tile = r / RS_R16 * nb;
+    for (int64_t k = e0 / RS_QK; k < (e0 + n) / RS_QK; k++) {
+        float *o = out + (k * RS_QK - e0);
+        if (type == RS_TYPE_Q4_0_R16) {
+            block_q4_0 b;
+            rs_r16_block(&((const block_q4_0_r16 *)w)[tile + k], (int)(r % RS_R16), &b);
+            rs_dequant_q4_0(&b, o);
+        } else {
+            block_q8_0 b;
+            rs_r16_block_q8(&((const block_q8_0_r16 *)w)[tile + k], (int)(r % RS_R16), &b);
+            rs_dequant_q8_0(&b, o);
+        }
+    }
 }
 
 #endif /* RS_QUANT_H */

@@ -721,9 +721,10 @@ static void test_quant_paths(rs_pool *pool, const char *path)
     }
 }
 
-/* Q4_0 in tiles of 16 rows (rs_repack_q4_0_r16): decode on this path gives the scalar path's bits and prefill's
- * (the integer GEMM's arithmetic, which is also Q4_0's prefill), stays within float rounding of Q4_0's own decode
- * (checked against float64 above), over 1 to 4 threads; rows looked up give Q4_0's; bad shapes are refused. */
+/* Q4_0 and Q8_0 in tiles of 16 rows (rs_repack_*_r16): decode on this path gives the scalar path's bits (Q4_0:
+ * also its prefill's, the integer GEMM's arithmetic), prefill gives the type's own prefill bits, decode stays within
+ * float rounding of the type's own decode (checked against float64 above), over 1 to 4 threads; rows looked up give
+ * the type's; bad shapes are refused. */
 static void test_r16(const char *path)
 {
     static const int64_t n_ins[] = {32, 96, 544, 1056};
@@ -734,61 +735,67 @@ static void test_r16(const char *path)
         CHECK(pool != NULL, "rs_pool_create(%d)", nt);
         if (!pool)
             continue;
-        for (size_t a = 0; a < sizeof n_ins / sizeof n_ins[0]; a++)
-            for (size_t b = 0; b < sizeof n_outs / sizeof n_outs[0]; b++) {
-                const int64_t n_in = n_ins[a], n_out = n_outs[b], rb = rs_row_bytes(RS_TYPE_Q4_0, n_in);
-                uint8_t *w = malloc((size_t)(n_out * rb)), *wr = malloc((size_t)(n_out * rb));
-                float *x = malloc((size_t)(N_TOK * n_in) * sizeof *x);
-                float *pre = malloc((size_t)(N_TOK * n_out) * sizeof *pre), *pre4 = malloc((size_t)(N_TOK * n_out) * 4);
-                float *y = malloc((size_t)n_out * sizeof *y), *ys = malloc((size_t)n_out * sizeof *ys);
-                float *y4 = malloc((size_t)n_out * sizeof *y4);
-                fill_weights(RS_TYPE_Q4_0, w, n_out, n_in);
-                CHECK(rs_repack_q4_0_r16(w, n_out, n_in, wr) == RS_OK, "repack %lld x %lld", (long long)n_out,
-                      (long long)n_in);
-                for (int64_t i = 0; i < N_TOK * n_in; i++)
-                    x[i] = rand_uniform(-2.0f, 2.0f);
-                for (int64_t i = 0; i < 32; i++)
-                    x[1 * n_in + i] *= 1e30f;
-                x[2 * n_in + n_in - 1] = 1e-40f;
-                x[3 * n_in + n_in / 2] = NAN;
-                CHECK(rs_matmul(pool, RS_TYPE_Q4_0_R16, wr, n_out, n_in, x, N_TOK, pre) == RS_OK, "r16 prefill");
-                CHECK(rs_matmul(pool, RS_TYPE_Q4_0, w, n_out, n_in, x, N_TOK, pre4) == RS_OK, "q4_0 prefill");
-                for (int64_t t = 0; t < N_TOK; t++) {
-                    CHECK(rs_simd_select("scalar") == RS_OK, "select scalar");
-                    CHECK(rs_matmul(pool, RS_TYPE_Q4_0_R16, wr, n_out, n_in, x + t * n_in, 1, ys) == RS_OK, "r16");
-                    CHECK(rs_simd_select(path) == RS_OK, "select %s", path);
-                    CHECK(rs_matmul(pool, RS_TYPE_Q4_0_R16, wr, n_out, n_in, x + t * n_in, 1, y) == RS_OK, "r16");
-                    CHECK(rs_matmul(pool, RS_TYPE_Q4_0, w, n_out, n_in, x + t * n_in, 1, y4) == RS_OK, "q4_0");
-                    for (int64_t r = 0; r < n_out; r++) {
-                        const float p = pre[t * n_out + r];
-                        CHECK(same_bits(y[r], ys[r]) && same_bits(y[r], p) && same_bits(p, pre4[t * n_out + r]),
-                              "%s %d threads %lld x %lld token %lld row %lld: r16 decode %.9g, scalar %.9g, "
-                              "prefill %.9g, q4_0 prefill %.9g", path, nt, (long long)n_out, (long long)n_in,
-                              (long long)t, (long long)r, y[r], ys[r], p, pre4[t * n_out + r]);
-                        if (t == 3) {
-                            CHECK(isnan(y[r]), "%s: NaN activation gives %g", path, y[r]);
-                            continue;
+        for (int q8 = 0; q8 < 2; q8++) {
+            for (size_t a = 0; a < sizeof n_ins / sizeof n_ins[0]; a++)
+                for (size_t b = 0; b < sizeof n_outs / sizeof n_outs[0]; b++) {
+                    const int type = q8 ? RS_TYPE_Q8_0 : RS_TYPE_Q4_0, tt = q8 ? RS_TYPE_Q8_0_R16 : RS_TYPE_Q4_0_R16;
+                    const int64_t n_in = n_ins[a], n_out = n_outs[b], rb = rs_row_bytes(type, n_in);
+                    uint8_t *w = malloc((size_t)(n_out * rb)), *wr = malloc((size_t)(n_out * rb));
+                    float *x = malloc((size_t)(N_TOK * n_in) * sizeof *x);
+                    float *pre = malloc((size_t)(N_TOK * n_out) * sizeof *pre);
+                    float *pre4 = malloc((size_t)(N_TOK * n_out) * sizeof *pre4);
+                    float *y = malloc((size_t)n_out * sizeof *y), *ys = malloc((size_t)n_out * sizeof *ys);
+                    float *y4 = malloc((size_t)n_out * sizeof *y4);
+                    fill_weights(type, w, n_out, n_in);
+                    CHECK((q8 ? rs_repack_q8_0_r16 : rs_repack_q4_0_r16)(w, n_out, n_in, wr) == RS_OK,
+                          "repack type %d %lld x %lld", type, (long long)n_out, (long long)n_in);
+                    for (int64_t i = 0; i < N_TOK * n_in; i++)
+                        x[i] = rand_uniform(-2.0f, 2.0f);
+                    for (int64_t i = 0; i < 32; i++)
+                        x[1 * n_in + i] *= 1e30f;
+                    x[2 * n_in + n_in - 1] = 1e-40f;
+                    x[3 * n_in + n_in / 2] = NAN;
+                    CHECK(rs_matmul(pool, tt, wr, n_out, n_in, x, N_TOK, pre) == RS_OK, "tiled prefill");
+                    CHECK(rs_matmul(pool, type, w, n_out, n_in, x, N_TOK, pre4) == RS_OK, "prefill");
+                    for (int64_t t = 0; t < N_TOK; t++) {
+                        CHECK(rs_simd_select("scalar") == RS_OK, "select scalar");
+                        CHECK(rs_matmul(pool, tt, wr, n_out, n_in, x + t * n_in, 1, ys) == RS_OK, "tiled decode");
+                        CHECK(rs_simd_select(path) == RS_OK, "select %s", path);
+                        CHECK(rs_matmul(pool, tt, wr, n_out, n_in, x + t * n_in, 1, y) == RS_OK, "tiled decode");
+                        CHECK(rs_matmul(pool, type, w, n_out, n_in, x + t * n_in, 1, y4) == RS_OK, "decode");
+                        for (int64_t r = 0; r < n_out; r++) {
+                            const float p = pre[t * n_out + r];
+                            const int same = same_bits(y[r], ys[r]) && (q8 || same_bits(y[r], p));
+                            CHECK(same && same_bits(p, pre4[t * n_out + r]),
+                                  "%s type %d %d threads %lld x %lld token %lld row %lld: tiled decode %.9g, scalar "
+                                  "%.9g, prefill %.9g, the type's prefill %.9g", path, type, nt, (long long)n_out,
+                                  (long long)n_in, (long long)t, (long long)r, y[r], ys[r], p, pre4[t * n_out + r]);
+                            if (t == 3) {
+                                CHECK(isnan(y[r]), "%s: NaN activation gives %g", path, y[r]);
+                                continue;
+                            }
+                            double mag = 0.0;
+                            for (int64_t i = 0; i < n_in; i++)
+                                mag += fabs(ref_element(type, w + r * rb, i) * (double)x[t * n_in + i]);
+                            CHECK(fabs((double)y[r] - (double)y4[r]) <= 4e-5 * mag + 1e-38,
+                                  "%s type %d tiled %.9g against decode %.9g", path, type, y[r], y4[r]);
                         }
-                        double mag = 0.0;
-                        for (int64_t i = 0; i < n_in; i++)
-                            mag += fabs(ref_element(RS_TYPE_Q4_0, w + r * rb, i) * (double)x[t * n_in + i]);
-                        CHECK(fabs((double)y[r] - (double)y4[r]) <= 4e-5 * mag + 1e-38,
-                              "%s r16 %.9g against q4_0 decode %.9g", path, y[r], y4[r]);
                     }
+                    int64_t rows[3] = {0, n_out - 1, n_out / 3};
+                    float *g = malloc((size_t)(3 * n_in) * sizeof *g), *g4 = malloc((size_t)(3 * n_in) * sizeof *g4);
+                    CHECK(rs_get_rows(tt, wr, n_out, n_in, rows, 3, g) == RS_OK, "tiled get_rows");
+                    CHECK(rs_get_rows(type, w, n_out, n_in, rows, 3, g4) == RS_OK, "get_rows");
+                    CHECK(memcmp(g, g4, (size_t)(3 * n_in) * sizeof *g) == 0, "tiled rows differ from the type's");
+                    free(g), free(g4);
+                    free(w), free(wr), free(x), free(pre), free(pre4), free(y), free(ys), free(y4);
                 }
-                int64_t rows[3] = {0, n_out - 1, n_out / 3};
-                float *g = malloc((size_t)(3 * n_in) * sizeof *g), *g4 = malloc((size_t)(3 * n_in) * sizeof *g4);
-                CHECK(rs_get_rows(RS_TYPE_Q4_0_R16, wr, n_out, n_in, rows, 3, g) == RS_OK, "r16 get_rows");
-                CHECK(rs_get_rows(RS_TYPE_Q4_0, w, n_out, n_in, rows, 3, g4) == RS_OK, "q4_0 get_rows");
-                CHECK(memcmp(g, g4, (size_t)(3 * n_in) * sizeof *g) == 0, "r16 rows differ from q4_0's");
-                free(g), free(g4);
-                free(w), free(wr), free(x), free(pre), free(pre4), free(y), free(ys), free(y4);
-            }
+        }
         float x[32] = {0}, y[24];
-        uint8_t w[24 * 18] = {0}, wr[24 * 18];
+        uint8_t w[24 * 34] = {0}, wr[24 * 34];
         CHECK(rs_matmul(pool, RS_TYPE_Q4_0_R16, w, 24, 32, x, 1, y) == RS_ERR_SHAPE, "r16: 24 rows refused");
+        CHECK(rs_matmul(pool, RS_TYPE_Q8_0_R16, w, 24, 32, x, 1, y) == RS_ERR_SHAPE, "q8 r16: 24 rows refused");
         CHECK(rs_repack_q4_0_r16(w, 24, 32, wr) == RS_ERR_SHAPE, "repack: 24 rows refused");
-        CHECK(rs_repack_q4_0_r16(w, 16, 33, wr) == RS_ERR_SHAPE, "repack: 33 inputs refused");
+        CHECK(rs_repack_q8_0_r16(w, 16, 33, wr) == RS_ERR_SHAPE, "repack: 33 inputs refused");
         CHECK(rs_repack_q4_0_r16(NULL, 16, 32, wr) == RS_ERR_NULL, "repack: NULL refused");
         rs_pool_free(pool);
     }
