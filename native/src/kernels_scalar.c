@@ -253,58 +253,51 @@ static void gemm(const float *const *a, const float *b, int64_t kc, float *c, in
             c[i * ldc + j] = acc[i][j];
 }
 
-/* ---- dense Q4_0 in tiles of 16 rows (kernels.h: mm_q4_0_r16): the reference ------------------------------------ */
-static void mm_q4_0_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in, int64_t n_tok,
-                        float *y, int64_t ys)
+/* ---- dense Q4_0 and Q8_0 in tiles of 16 rows (kernels.h: mm_q4_0_r16, mm_q8_0_r16): the reference ---------- */
+/* Row r's integer sum over block b: Q4_0's nibbles (less 8 times the activations' block sum s), Q8_0's weights. */
+static int32_t r16_sum_q4_0(const block_q4_0_r16 *b, int r, const int8_t *xq, int32_t s)
 {
-    (void)rb;
-    const int64_t nb = n_in / RS_QK;
-    const block_q4_0_r16 *tiles = w;
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t g = 0; g < n_rows / RS_R16; g++) {
-            float acc[RS_R16] = {0};
-            for (int64_t k = 0; k < nb; k++) {
-                const block_q4_0_r16 *b = &tiles[g * nb + k];
-                const int8_t *xq = x->q + t * n_in + k * RS_QK;
-                const float dx = x->d[t * nb + k];
-                for (int r = 0; r < RS_R16; r++) {
-                    int32_t sum = -8 * x->s[t * nb + k];
-                    for (int u = 0; u < 4; u++)
-                        for (int e = 0; e < 4; e++)
-                            sum += (b->qs[u][r][e] & 0x0F) * xq[4 * u + e] + (b->qs[u][r][e] >> 4) * xq[16 + 4 * u + e];
-                    acc[r] = fmaf((float)sum, rs_fp16_to_fp32(b->d[r]) * dx, acc[r]);
-                }
-            }
-            for (int r = 0; r < RS_R16; r++)
-                y[t * ys + g * RS_R16 + r] = acc[r];
-        }
+    int32_t sum = -8 * s;
+    for (int u = 0; u < 4; u++)
+        for (int e = 0; e < 4; e++)
+            sum += (b->qs[u][r][e] & 0x0F) * xq[4 * u + e] + (b->qs[u][r][e] >> 4) * xq[16 + 4 * u + e];
+    return sum;
 }
 
-static void mm_q8_0_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in, int64_t n_tok,
-                        float *y, int64_t ys)
+static int32_t r16_sum_q8_0(const block_q8_0_r16 *b, int r, const int8_t *xq, int32_t s)
 {
-    (void)rb;
-    const int64_t nb = n_in / RS_QK;
-    const block_q8_0_r16 *tiles = w;
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int64_t g = 0; g < n_rows / RS_R16; g++) {
-            float acc[RS_R16] = {0};
-            for (int64_t k = 0; k < nb; k++) {
-                const block_q8_0_r16 *b = &tiles[g * nb + k];
-                const int8_t *xq = x->q + t * n_in + k * RS_QK;
-                const float dx = x->d[t * nb + k];
-                for (int r = 0; r < RS_R16; r++) {
-                    int32_t sum = 0;
-                    for (int u = 0; u < 8; u++)
-                        for (int e = 0; e < 4; e++)
-                            sum += b->qs[u][r][e] * xq[4 * u + e];
-                    acc[r] = fmaf((float)sum, rs_fp16_to_fp32(b->d[r]) * dx, acc[r]);
-                }
-            }
-            for (int r = 0; r < RS_R16; r++)
-                y[t * ys + g * RS_R16 + r] = acc[r];
-        }
+    (void)s;
+    int32_t sum = 0;
+    for (int u = 0; u < 8; u++)
+        for (int e = 0; e < 4; e++)
+            sum += b->qs[u][r][e] * xq[4 * u + e];
+    return sum;
 }
+
+#define MM_R16(type)                                                                                         \
+    static void mm_##type##_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,     \
+                                int64_t n_tok, float *y, int64_t ys)                                         \
+    {                                                                                                        \
+        (void)rb;                                                                                            \
+        const int64_t nb = n_in / RS_QK;                                                                     \
+        const block_##type##_r16 *tiles = w;                                                                 \
+        for (int64_t t = 0; t < n_tok; t++)                                                                  \
+            for (int64_t g = 0; g < n_rows / RS_R16; g++) {                                                  \
+                float acc[RS_R16] = {0};                                                                     \
+                for (int64_t k = 0; k < nb; k++) {                                                           \
+                    const block_##type##_r16 *b = &tiles[g * nb + k];                                        \
+                    const float dx = x->d[t * nb + k];                                                       \
+                    for (int r = 0; r < RS_R16; r++) {                                                       \
+                        const int32_t sum = r16_sum_##type(b, r, x->q + t * n_in + k * RS_QK, x->s[t * nb + k]); \
+                        acc[r] = fmaf((float)sum, rs_fp16_to_fp32(b->d[r]) * dx, acc[r]);                    \
+                    }                                                                                        \
+                }                                                                                            \
+                for (int r = 0; r < RS_R16; r++)                                                             \
+                    y[t * ys + g * RS_R16 + r] = acc[r];                                                     \
+            }                                                                                                \
+    }
+MM_R16(q4_0)
+MM_R16(q8_0)
 
 /* ---- the prefill GEMM's integer tiles (kernels.h): 4 tokens x 8 outputs ---------------------------------------- */
 #define IGEMM_MR 4

@@ -629,87 +629,78 @@ static void gemm(const float *const *a, const float *b, int64_t kc, float *c, in
 IGEMM_TILE(igemm, vs_dot, vs_float)
 IGEMM_TILE(igemm7, vs_dot_wide, vs_float_wide)
 
-/* ---- dense Q4_0 in tiles of 16 rows (kernels.h: mm_q4_0_r16) ------------------------------------------------ */
+/* ---- dense Q4_0 and Q8_0 in tiles of 16 rows (kernels.h: mm_q4_0_r16, mm_q8_0_r16) ------------------------- */
 /* The integer tile's loop for one token against 16 rows that the tile record holds as igemm's panel does, but with
  * two inputs a byte: per block, four loads of 16 rows x 4 bytes (R16_NV vectors each), their low nibbles against
  * the broadcast activations 4u..4u+3 and their high ones against 16+4u..; the 16 scales in one conversion. One
  * dot-product instruction sums VL rows, and nothing is added across lanes at the end: Q4_0's own layout takes a
  * register per row, a horizontal sum per row and a scale shuffle per row and step (docs/SPEED.md). */
 #define R16_NV (RS_R16 / VL)
-#define R16_PF 1024  /* bytes ahead of the record being read: a tile's records are one stream */
-static void mm_q4_0_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in, int64_t n_tok,
-                        float *y, int64_t ys)
-{
-    (void)rb;
-    const int64_t nb = n_in / RS_QK;
-    for (int64_t t = 0; t < n_tok; t++) {
-        const int8_t *xq = x->q + t * n_in;
-        const float *xd = x->d + t * nb;
-        const int32_t *xs = x->s + t * nb;
-        for (int64_t g = 0; g < n_rows / RS_R16; g++) {
-            const block_q4_0_r16 *b = (const block_q4_0_r16 *)w + g * nb;
-            vf acc[R16_NV];
-            for (int v = 0; v < R16_NV; v++)
-                acc[v] = vf_zero();
-            for (int64_t k = 0; k < nb; k++, b++) {
-                for (int l = 0; l < (int)sizeof *b; l += 64)
-                    prefetch((const uint8_t *)b + R16_PF + l);
-                vs s[R16_NV];
-                for (int v = 0; v < R16_NV; v++)
-                    s[v] = vs_zero();
-                for (int u = 0; u < 4; u++) {
-                    const vw lo = vw_bcast4(xq + k * RS_QK + 4 * u), hi = vw_bcast4(xq + k * RS_QK + 16 + 4 * u);
-                    for (int v = 0; v < R16_NV; v++) {
-                        const vw q = vw_load(b->qs[u][v * VL]);
-                        s[v] = vs_dot(s[v], vw_lo4(q), lo);
-                        s[v] = vs_dot(s[v], vw_hi4(q), hi);
-                    }
-                }
-                const vf dx = vf_set1(xd[k]);
-                for (int v = 0; v < R16_NV; v++)
-                    acc[v] = vf_fma(vs_float(s[v], 8 * xs[k]), vf_mul(vf_load_f16(b->d + v * VL), dx), acc[v]);
-            }
-            for (int v = 0; v < R16_NV; v++)
-                vf_store(y + t * ys + g * RS_R16 + v * VL, acc[v]);
-        }
-    }
-}
+#define R16_AHEAD 4  /* records ahead of the one being read, prefetched: a tile's records are one stream */
 
-/* Q8_0 in tiles of 16 rows: the same loop over eight groups of four signed weights (vs_dot_q8, vs_float_q8). */
-static void mm_q8_0_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in, int64_t n_tok,
-                        float *y, int64_t ys)
+/* One block of a tile, s[v] (R16_NV vectors of VL rows) summed in integers: Q4_0 takes the record's four groups of
+ * nibble bytes, low nibbles against activations 4u.., high against 16 + 4u..; Q8_0 its eight groups of signed
+ * weights. */
+static inline void r16_sums_q4_0(const block_q4_0_r16 *b, const int8_t *xq, vs *s)
 {
-    (void)rb;
-    const int64_t nb = n_in / RS_QK;
-    for (int64_t t = 0; t < n_tok; t++) {
-        const int8_t *xq = x->q + t * n_in;
-        const float *xd = x->d + t * nb;
-        const int32_t *xs = x->s + t * nb;
-        for (int64_t g = 0; g < n_rows / RS_R16; g++) {
-            const block_q8_0_r16 *b = (const block_q8_0_r16 *)w + g * nb;
-            vf acc[R16_NV];
-            for (int v = 0; v < R16_NV; v++)
-                acc[v] = vf_zero();
-            for (int64_t k = 0; k < nb; k++, b++) {
-                for (int l = 0; l < (int)sizeof *b; l += 64)
-                    prefetch((const uint8_t *)b + 2 * R16_PF + l);
-                vs s[R16_NV];
-                for (int v = 0; v < R16_NV; v++)
-                    s[v] = vs_zero();
-                for (int u = 0; u < 8; u++) {
-                    const vw xv = vw_bcast4(xq + k * RS_QK + 4 * u);
-                    for (int v = 0; v < R16_NV; v++)
-                        s[v] = vs_dot_q8(s[v], vw_load((const uint8_t *)b->qs[u][v * VL]), xv);
-                }
-                const vf dx = vf_set1(xd[k]);
-                for (int v = 0; v < R16_NV; v++)
-                    acc[v] = vf_fma(vs_float_q8(s[v], xs[k]), vf_mul(vf_load_f16(b->d + v * VL), dx), acc[v]);
-            }
-            for (int v = 0; v < R16_NV; v++)
-                vf_store(y + t * ys + g * RS_R16 + v * VL, acc[v]);
+    for (int u = 0; u < 4; u++) {
+        const vw lo = vw_bcast4(xq + 4 * u), hi = vw_bcast4(xq + 16 + 4 * u);
+        for (int v = 0; v < R16_NV; v++) {
+            const vw q = vw_load(b->qs[u][v * VL]);
+            s[v] = vs_dot(s[v], vw_lo4(q), lo);
+            s[v] = vs_dot(s[v], vw_hi4(q), hi);
         }
     }
 }
+static inline vf r16_float_q4_0(vs s, int32_t xs) { return vs_float(s, 8 * xs); }
+
+static inline void r16_sums_q8_0(const block_q8_0_r16 *b, const int8_t *xq, vs *s)
+{
+    for (int u = 0; u < 8; u++) {
+        const vw xv = vw_bcast4(xq + 4 * u);
+        for (int v = 0; v < R16_NV; v++)
+            s[v] = vs_dot_q8(s[v], vw_load((const uint8_t *)b->qs[u][v * VL]), xv);
+    }
+}
+#define r16_float_q8_0 vs_float_q8
+
+/* Per tile, block by block: the block's integer sums, then one multiply-add with the 16 rows' scales (one
+ * conversion) times the activations' block scale. */
+#define MM_R16(type)                                                                                         \
+    static void mm_##type##_r16(const void *w, int64_t rb, int64_t n_rows, const rs_act *x, int64_t n_in,     \
+                                int64_t n_tok, float *y, int64_t ys)                                         \
+    {                                                                                                        \
+        (void)rb;                                                                                            \
+        const int64_t nb = n_in / RS_QK;                                                                     \
+        const int pf = R16_AHEAD * (int)sizeof(block_##type##_r16);                                          \
+        for (int64_t t = 0; t < n_tok; t++) {                                                                \
+            const int8_t *xq = x->q + t * n_in;                                                              \
+            const float *xd = x->d + t * nb;                                                                 \
+            const int32_t *xs = x->s + t * nb;                                                               \
+            for (int64_t g = 0; g < n_rows / RS_R16; g++) {                                                  \
+                const block_##type##_r16 *b = (const block_##type##_r16 *)w + g * nb;                        \
+                vf acc[R16_NV];                                                                              \
+                for (int v = 0; v < R16_NV; v++)                                                             \
+                    acc[v] = vf_zero();                                                                      \
+                for (int64_t k = 0; k < nb; k++, b++) {                                                      \
+                    for (int l = 0; l < (int)sizeof *b; l += 64)                                             \
+                        prefetch((const uint8_t *)b + pf + l);                                               \
+                    vs s[R16_NV];                                                                            \
+                    for (int v = 0; v < R16_NV; v++)                                                         \
+                        s[v] = vs_zero();                                                                    \
+                    r16_sums_##type(b, xq + k * RS_QK, s);                                                   \
+                    const vf dx = vf_set1(xd[k]);                                                            \
+                    for (int v = 0; v < R16_NV; v++)                                                         \
+                        acc[v] = vf_fma(r16_float_##type(s[v], xs[k]), vf_mul(vf_load_f16(b->d + v * VL), dx), \
+                                        acc[v]);                                                             \
+                }                                                                                            \
+                for (int v = 0; v < R16_NV; v++)                                                             \
+                    vf_store(y + t * ys + g * RS_R16 + v * VL, acc[v]);                                      \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+MM_R16(q4_0)
+MM_R16(q8_0)
 
 /* kernels.h's rs_requant_fn, VL outputs at a time: the block's largest |v| per lane, then four rows' bytes at a
  * time per lane. */
