@@ -287,11 +287,15 @@ class GGUFFile:
         if not isinstance(self._mmap, mmap.mmap):
             return view.copy()
         info = self.tensors[name]
+        out = np.empty(info.nbytes, np.uint8)  # read straight into the array: no transient copies of a large head
+        got, buf = 0, memoryview(out)
         with open(self.path, "rb") as fh:
-            data = os.pread(fh.fileno(), info.nbytes, info.offset)
-        if len(data) != info.nbytes:
-            raise GGUFError(self.path, name, f"file shrank while reading: {len(data)} of {info.nbytes} bytes")
-        return np.frombuffer(bytearray(data), dtype=view.dtype).reshape(view.shape)
+            while got < info.nbytes:
+                n = os.preadv(fh.fileno(), [buf[got:]], info.offset + got)
+                if n <= 0:
+                    raise GGUFError(self.path, name, f"file shrank while reading: {got} of {info.nbytes} bytes")
+                got += n
+        return out.view(view.dtype).reshape(view.shape)
 
     def close(self) -> None:
         # views may still point into the map; let the GC close it once they are gone
