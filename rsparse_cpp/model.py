@@ -103,7 +103,8 @@ class Model:
     def _populate(self, companion: Companion | None) -> None:
         """Map in now what every step reads, as llama.cpp does at load, so the first prompt does not pay a page
         fault per 4 KiB: the block linears (the companion's copy when there is one: the base's then stay
-        unread) and the head. Token embeddings are looked up a row at a time, and fault in as used."""
+        unread) and the head, unless they were read into tiles of 16 rows (_bind_decode). Token embeddings are
+        looked up a row at a time, and fault in as used."""
         w = self.weights
         names = [w.output.name]
         if companion is None:
